@@ -1,0 +1,45 @@
+"""How much a page costs to embed, before the model runs.
+
+The processor's own geometry gives each page's visual tokens: ColPali a
+fixed 1,024, ColQwen2 its resized area over 28x28 pixels, ColModernVBert
+64 per 512-pixel tile plus a global view. Sequence length drives both the
+memory and the time of a forward pass, so batches are planned by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from loguru import logger
+from PIL import Image
+
+_FALLBACK_PATCH = 28  # pixels per token side when a processor has no geometry API
+
+
+def visual_tokens(processor: Any, images: Sequence[Image.Image]) -> list[int]:
+    """Visual tokens each image will take, from the processor's geometry."""
+    if not images:
+        return []
+    sizes = [[img.height, img.width] for img in images]
+    counter = getattr(processor, "_get_num_multimodal_tokens", None)
+    if counter is not None:
+        try:
+            data = counter(image_sizes=sizes)
+            tokens = getattr(data, "num_image_tokens", None)
+            if tokens is not None and len(tokens) == len(images):
+                return [int(t) for t in tokens]
+        except Exception as exc:  # geometry API differs across versions
+            logger.debug("processor token count failed ({}); using a pixel estimate", exc)
+    fixed = getattr(processor, "image_seq_length", None)
+    if isinstance(fixed, int) and fixed > 0:
+        return [fixed] * len(images)
+    return [max(1, (h // _FALLBACK_PATCH) * (w // _FALLBACK_PATCH)) for h, w in sizes]
+
+
+def text_tokens(processor: Any, texts: Sequence[str]) -> list[int]:
+    """Token count of each text under the processor's tokenizer."""
+    if not texts:
+        return []
+    encoded = processor.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    return [len(ids) for ids in encoded]

@@ -1,0 +1,152 @@
+"""Resolve a model name (preset, local folder or hub id) and load it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from loguru import logger
+
+from ragged.embeddings.families import ModelFamily, family_for_config
+from ragged.embeddings.presets import PRESETS, ensure_preset, is_preset
+from ragged.errors import ModelError, UnknownModelError
+from ragged.gpu.types import DeviceInfo, DeviceType
+
+DEFAULT_MODEL = "vidore/colpali-v1.3-hf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from and which family loads it."""
+
+    name: str  # as the user wrote it
+    location: str  # local folder or hub id
+    family: ModelFamily
+    config: dict[str, Any]
+    is_local: bool
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def resolve_model(name: str, cache_dir: Path, *, local_files_only: bool = False) -> ModelSource:
+    """Find ``name``: a tiny preset, a local folder, or a Hugging Face hub id."""
+    if not name or not name.strip():
+        raise UnknownModelError("No model name given. Use --model with a hub id, a folder or a preset.")
+    if is_preset(name):
+        folder = ensure_preset(name, cache_dir)
+        return _local_source(name, folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(f"Model folder {path} has no config.json: point --model at a saved model.")
+        return _local_source(name, path)
+    if not _HUB_ID.match(name):
+        raise UnknownModelError(
+            f"Unknown model {name!r}: not a folder, not a hub id (org/name), not a preset "
+            f"({', '.join(PRESETS)})."
+        )
+    return _hub_source(name, cache_dir, local_files_only)
+
+
+def _local_source(name: str, folder: Path) -> ModelSource:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"Cannot read {folder / 'config.json'}: {exc}. Re-save or re-download the model.") from exc
+    return ModelSource(name, str(folder), family_for_config(config), config, is_local=True)
+
+
+def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSource:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        config_path = hf_hub_download(
+            name, "config.json", cache_dir=str(cache_dir / "hub"), local_files_only=local_files_only
+        )
+    except (RepositoryNotFoundError, EntryNotFoundError) as exc:
+        raise UnknownModelError(
+            f"Unknown model {name!r}: the hub has no such model. Check the name, or use a preset "
+            f"({', '.join(PRESETS)})."
+        ) from exc
+    except Exception as exc:  # offline, proxy, auth: one clear message
+        raise ModelError(
+            f"Cannot fetch model {name!r} from the Hugging Face hub ({type(exc).__name__}). "
+            "Connect once to download it, pass a local folder, or use a preset "
+            f"({', '.join(PRESETS)})."
+        ) from exc
+    config = json.loads(Path(config_path).read_text())
+    return ModelSource(name, name, family_for_config(config), config, is_local=False)
+
+
+def default_dtype(device: DeviceInfo, bf16_ok: bool) -> torch.dtype:
+    """bf16 on CUDA where supported (else fp16), bf16 on MPS from macOS 14
+    (else fp32), fp32 on the CPU."""
+    if device.device_type is DeviceType.CUDA:
+        return torch.bfloat16 if bf16_ok else torch.float16
+    if device.device_type is DeviceType.MPS:
+        return torch.bfloat16 if bf16_ok else torch.float32
+    return torch.float32
+
+
+def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
+    """Bytes the weights take on the device, by instantiating on ``meta``."""
+    _quiet_transformers()
+    try:
+        cls = source.family.model_cls()
+        config = cls.config_class.from_dict(source.config)
+        with torch.device("meta"):
+            model = cls._from_config(config)
+    except Exception as exc:
+        logger.debug("meta instantiation failed ({}); using weight file sizes", exc)
+        return _weight_file_bytes(source)
+    element = torch.empty((), dtype=dtype).element_size()
+    params = sum(p.numel() * (element if p.is_floating_point() else p.element_size()) for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return int(params + buffers)
+
+
+def _weight_file_bytes(source: ModelSource) -> int:
+    if not source.is_local:
+        return 0
+    folder = Path(source.location)
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
+
+
+def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cache_dir: Path) -> Any:
+    """Load the model's weights onto ``device`` in ``dtype``, in eval mode."""
+    _quiet_transformers()
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if not source.is_local:
+        kwargs["cache_dir"] = str(cache_dir / "hub")
+    if device.device_type is DeviceType.MPS:
+        kwargs["attn_implementation"] = "eager"  # sdpa kernels are incomplete on MPS (byaldi PR 78)
+    try:
+        model = source.family.model_cls().from_pretrained(source.location, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"Loading model {source.name!r} failed: {exc}") from exc
+    return model.to(device.torch_device).eval()
+
+
+def load_processor(source: ModelSource, cache_dir: Path) -> Any:
+    """Load the model's processor (tokenizer and image processor)."""
+    _quiet_transformers()
+    kwargs: dict[str, Any] = {} if source.is_local else {"cache_dir": str(cache_dir / "hub")}
+    try:
+        return source.family.processor_cls().from_pretrained(source.location, **kwargs)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"Loading the processor of {source.name!r} failed: {exc}") from exc

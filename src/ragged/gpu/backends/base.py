@@ -1,0 +1,62 @@
+"""The seam every hardware question goes through.
+
+One backend per device kind answers the same small set of questions. The
+managers never call ``torch.cuda`` or ``torch.mps`` directly, so tests swap
+in a fake backend that reports any memory figure and runs out of memory on
+cue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+
+
+@dataclass(frozen=True)
+class DeviceProperties:
+    """Static facts about one device."""
+
+    name: str
+    total_memory: int  # bytes
+    compute_capability: tuple[int, int] | None = None
+
+
+@runtime_checkable
+class DeviceBackend(Protocol):
+    """What ragged needs to know about one kind of device."""
+
+    kind: DeviceType
+
+    def is_available(self) -> bool:
+        """True when this kind of device can be used in this process."""
+        ...
+
+    def device_count(self) -> int:
+        """Number of visible devices of this kind."""
+        ...
+
+    def properties(self, index: int) -> DeviceProperties:
+        """Name, total memory and compute capability of device ``index``."""
+        ...
+
+    def memory_info(self, index: int) -> MemoryInfo:
+        """A full memory reading, counting other processes where possible."""
+        ...
+
+    def counters(self, index: int) -> AllocatorCounters:
+        """This process's allocator counters (hot-path safe, no sync)."""
+        ...
+
+    def reset_peak(self, index: int) -> None:
+        """Start a new peak-memory window."""
+        ...
+
+    def clear_cache(self, index: int) -> None:
+        """Return cached, unused blocks to the driver (may sync)."""
+        ...
+
+    def supports_bf16(self, index: int) -> bool:
+        """True when bfloat16 compute is fast and safe on this device."""
+        ...

@@ -1,0 +1,83 @@
+"""CPU backend: system RAM through psutil, peak RSS through /proc."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+from pathlib import Path
+
+import psutil
+
+from ragged.gpu.backends.base import DeviceProperties
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+
+_PROC_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _read_hwm_bytes() -> int | None:
+    """Peak resident set size (VmHWM) of this process, or None off Linux."""
+    try:
+        with _PROC_STATUS.open("rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB -> bytes
+    except OSError:
+        return None
+    return None
+
+
+class CPUBackend:
+    """Answers device questions for the host CPU and its RAM.
+
+    ``allocated`` is this process's resident set; the peak window uses
+    Linux's resettable high-water mark (writing ``5`` to
+    ``/proc/self/clear_refs``), a real measurement of the peak between two
+    readings. Where that is not available the peak is unknown (None).
+    """
+
+    kind = DeviceType.CPU
+
+    def __init__(self) -> None:
+        self._process = psutil.Process(os.getpid())
+        self._can_reset_hwm: bool | None = None
+
+    def is_available(self) -> bool:
+        return True
+
+    def device_count(self) -> int:
+        return 1
+
+    def properties(self, index: int) -> DeviceProperties:
+        name = platform.processor() or platform.machine() or "CPU"
+        cores = psutil.cpu_count(logical=True) or 1
+        return DeviceProperties(
+            name=f"{name} ({cores} threads)",
+            total_memory=int(psutil.virtual_memory().total),
+        )
+
+    def memory_info(self, index: int) -> MemoryInfo:
+        vm = psutil.virtual_memory()
+        rss = int(self._process.memory_info().rss)
+        return MemoryInfo(total=int(vm.total), free=int(vm.available), allocated=rss, reserved=rss)
+
+    def counters(self, index: int) -> AllocatorCounters:
+        rss = int(self._process.memory_info().rss)
+        peak = _read_hwm_bytes() if self._can_reset_hwm else None
+        return AllocatorCounters(allocated=rss, reserved=rss, peak_allocated=peak)
+
+    def reset_peak(self, index: int) -> None:
+        if self._can_reset_hwm is False:
+            return
+        try:
+            _CLEAR_REFS.write_text("5")
+            self._can_reset_hwm = True
+        except OSError:
+            self._can_reset_hwm = False
+
+    def clear_cache(self, index: int) -> None:
+        gc.collect()
+
+    def supports_bf16(self, index: int) -> bool:
+        return False

@@ -1,0 +1,120 @@
+"""CUDA backend: torch's allocator counters plus NVML for driver readings.
+
+Driver-level free memory (which counts other processes) comes from NVML when
+``nvidia-ml-py`` is installed, so querying a card never creates a CUDA
+context on it. Without NVML, ``torch.cuda.mem_get_info`` is used, which does
+create one on the card it reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from loguru import logger
+
+from ragged.gpu.backends.base import DeviceProperties
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+
+
+class _NVML:
+    """Lazy NVML session; handles looked up by UUID so that
+    ``CUDA_VISIBLE_DEVICES`` reordering is honoured."""
+
+    def __init__(self) -> None:
+        self._module: Any = None
+        self._ready: bool | None = None
+        self._handles: dict[str, Any] = {}
+
+    def ready(self) -> bool:
+        if self._ready is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._module = pynvml
+                self._ready = True
+            except Exception as exc:  # ImportError or NVMLError_LibraryNotFound
+                logger.debug("NVML not usable ({}); falling back to torch", type(exc).__name__)
+                self._ready = False
+        return self._ready
+
+    def memory(self, uuid: str) -> tuple[int, int] | None:
+        """(free, total) in bytes for the card with this UUID, or None."""
+        if not self.ready():
+            return None
+        try:
+            handle = self._handles.get(uuid)
+            if handle is None:
+                handle = self._module.nvmlDeviceGetHandleByUUID(uuid)
+                self._handles[uuid] = handle
+            info = self._module.nvmlDeviceGetMemoryInfo(handle)
+            return int(info.free), int(info.total)
+        except Exception as exc:  # NVMLError: MIG slices, unknown UUID, ...
+            logger.debug("NVML reading failed for {}: {}", uuid, type(exc).__name__)
+            return None
+
+
+class CUDABackend:
+    """Answers device questions for NVIDIA (and ROCm) GPUs through torch."""
+
+    kind = DeviceType.CUDA
+
+    def __init__(self) -> None:
+        self._nvml = _NVML()
+        self._uuids: dict[int, str] = {}
+
+    def is_available(self) -> bool:
+        return bool(torch.cuda.is_available())
+
+    def device_count(self) -> int:
+        return int(torch.cuda.device_count()) if self.is_available() else 0
+
+    def properties(self, index: int) -> DeviceProperties:
+        props = torch.cuda.get_device_properties(index)
+        return DeviceProperties(
+            name=str(props.name),
+            total_memory=int(props.total_memory),
+            compute_capability=(int(props.major), int(props.minor)),
+        )
+
+    def _uuid(self, index: int) -> str | None:
+        if index not in self._uuids:
+            uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+            if uuid is None:
+                return None
+            text = str(uuid)
+            self._uuids[index] = text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+        return self._uuids[index]
+
+    def memory_info(self, index: int) -> MemoryInfo:
+        uuid = self._uuid(index)
+        reading = self._nvml.memory(uuid) if uuid else None
+        if reading is None:
+            free, total = torch.cuda.mem_get_info(index)
+        else:
+            free, total = reading
+        return MemoryInfo(
+            total=int(total),
+            free=int(free),
+            allocated=int(torch.cuda.memory_allocated(index)),
+            reserved=int(torch.cuda.memory_reserved(index)),
+        )
+
+    def counters(self, index: int) -> AllocatorCounters:
+        return AllocatorCounters(
+            allocated=int(torch.cuda.memory_allocated(index)),
+            reserved=int(torch.cuda.memory_reserved(index)),
+            peak_allocated=int(torch.cuda.max_memory_allocated(index)),
+        )
+
+    def reset_peak(self, index: int) -> None:
+        torch.cuda.reset_peak_memory_stats(index)
+
+    def clear_cache(self, index: int) -> None:
+        with torch.cuda.device(index):
+            torch.cuda.empty_cache()
+
+    def supports_bf16(self, index: int) -> bool:
+        major, _ = self.properties(index).compute_capability or (0, 0)
+        return major >= 8

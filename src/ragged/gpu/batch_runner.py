@@ -1,0 +1,184 @@
+"""Runs items through a model in adaptive batches and loses none on OOM.
+
+Items are sorted by cost (largest first, so the first batches meet the
+worst case and similar items share a batch), cut into batches sized by the
+:class:`AdaptiveBatchSizer`, and returned in the caller's order. On an OOM
+the failed batch is split in half and retried, items already done are kept;
+a single item that still fails is retried once after clearing the cache and,
+as the last resort, run on the CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from loguru import logger
+
+from ragged.errors import OutOfMemoryRecoveryError
+from ragged.gpu.batch_sizer import AdaptiveBatchSizer, measured_peak
+from ragged.gpu.memory_monitor import MemoryMonitor
+from ragged.gpu.oom_detection import clear_tracebacks, is_oom_error
+from ragged.gpu.oom_handler import OOMHandler, OOMStats, RecoveryStrategy, summarise_oom
+from ragged.gpu.types import DeviceInfo
+
+R = TypeVar("R")
+
+# process(indices, device) -> one result per index, in the same order.
+BatchFn = Callable[[list[int], DeviceInfo], list[R]]
+
+
+@dataclass
+class RunStats:
+    """What one run did, for reports."""
+
+    device: str = ""
+    items: int = 0
+    seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+    peak_bytes: int = 0  # largest batch peak above the baseline
+    budget_bytes: int | None = None
+    cpu_fallback_items: int = 0
+    oom: OOMStats = field(default_factory=OOMStats)
+
+    @property
+    def items_per_second(self) -> float:
+        """Throughput of the run."""
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Failure:
+    reason: str
+
+
+class BatchRunner(Generic[R]):
+    """Applies a batch function to items with sizing, monitoring and recovery."""
+
+    def __init__(
+        self,
+        device: DeviceInfo,
+        sizer: AdaptiveBatchSizer | None,
+        oom_handler: OOMHandler,
+        *,
+        monitor: MemoryMonitor | None = None,
+        fixed_batch_size: int | None = None,
+    ) -> None:
+        if sizer is None and fixed_batch_size is None:
+            raise ValueError("BatchRunner needs a sizer or a fixed batch size.")
+        self.device = device
+        self.sizer = sizer
+        self.handler = oom_handler
+        self.monitor = monitor
+        self.fixed_batch_size = fixed_batch_size
+        self.manager = oom_handler.manager
+
+    def run(self, costs: Sequence[int], process: BatchFn[R]) -> tuple[list[R], RunStats]:
+        """Process every item once; results in the order of ``costs``."""
+        stats = RunStats(device=self.device.label, items=len(costs))
+        order = sorted(range(len(costs)), key=lambda i: -costs[i])
+        results: dict[int, R] = {}
+        split_cap: int | None = None
+        split_end = 0
+        cleared_for_single = False
+        start = time.perf_counter()
+        pos = 0
+        while pos < len(order):
+            longest = max(1, costs[order[pos]])
+            size = self._next_size(longest, len(order) - pos, split_cap)
+            batch = order[pos : pos + size]
+            outcome = self._attempt(batch, self.device, process, stats, longest)
+            if not isinstance(outcome, _Failure):
+                results.update(zip(batch, outcome, strict=True))
+                pos += size
+                cleared_for_single = False
+                if split_cap is not None and pos >= split_end:
+                    split_cap = None
+                continue
+            # The exception is gone by now; release what the attempt held.
+            stats.oom.ooms += 1
+            if self.sizer is not None:
+                self.sizer.record_oom(size, size * longest)
+            self.handler.release(self.device)
+            if size > 1 and self.handler.enable_batch_reduction:
+                split_cap = size // 2
+                split_end = pos + size
+                stats.oom.recoveries[RecoveryStrategy.REDUCE_BATCH] += 1
+                logger.warning(
+                    "Out of memory on {} at batch {} ({}); splitting into batches of {}",
+                    self.device.label, size, outcome.reason, split_cap,
+                )
+                continue
+            if self.device.is_accelerator and self.handler.enable_cache_clearing and not cleared_for_single:
+                cleared_for_single = True
+                stats.oom.recoveries[RecoveryStrategy.CLEAR_CACHE] += 1
+                logger.warning("Out of memory on {} ({}); retrying after clearing the cache",
+                               self.device.label, outcome.reason)
+                continue
+            results.update(zip(batch, self._on_cpu(batch, process, stats, outcome.reason), strict=True))
+            pos += size
+            cleared_for_single = False
+        stats.seconds = time.perf_counter() - start
+        if self.sizer is not None:
+            stats.budget_bytes = self.sizer.last_budget_bytes
+        return [results[i] for i in range(len(costs))], stats
+
+    def _next_size(self, longest: int, remaining: int, split_cap: int | None) -> int:
+        if self.sizer is not None:
+            size = self.sizer.next_batch_size(load_per_item=longest)
+        else:
+            assert self.fixed_batch_size is not None
+            size = self.fixed_batch_size
+        if split_cap is not None:
+            size = min(size, split_cap)
+        return max(1, min(size, remaining))
+
+    def _attempt(
+        self, batch: list[int], device: DeviceInfo, process: BatchFn[R], stats: RunStats, longest: int
+    ) -> list[R] | _Failure:
+        before = self.manager.counters(device)
+        self.manager.reset_peak(device)
+        began = time.perf_counter()
+        try:
+            out = process(batch, device)
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            return _Failure(summarise_oom(exc))
+        seconds = time.perf_counter() - began
+        peak = measured_peak(before, self.manager.counters(device))
+        stats.batch_sizes.append(len(batch))
+        stats.peak_bytes = max(stats.peak_bytes, peak)
+        if self.sizer is not None and device.same_device(self.device):
+            self.sizer.record_batch(len(batch), len(batch) * longest, peak, seconds)
+        if self.monitor is not None:
+            self.monitor.take_snapshot()
+        return out
+
+    def _on_cpu(self, batch: list[int], process: BatchFn[R], stats: RunStats, reason: str) -> list[R]:
+        cpu = self.manager.cpu()
+        if not (self.device.is_accelerator and self.handler.enable_cpu_fallback):
+            stats.oom.failures += 1
+            raise OutOfMemoryRecoveryError(
+                f"Out of memory on {self.device.label} even at batch {len(batch)} ({reason}). "
+                "Free memory (close other programs), lower the model's resolution, "
+                "or choose another device with --device."
+            )
+        stats.oom.recoveries[RecoveryStrategy.CPU_FALLBACK] += 1
+        logger.warning("Out of memory on {} at batch {}; running it on the CPU (slow)",
+                       self.device.label, len(batch))
+        try:
+            out = process(batch, cpu)
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            stats.oom.failures += 1
+            clear_tracebacks(exc)
+            raise OutOfMemoryRecoveryError(
+                f"Out of memory on {self.device.label} and on the CPU for one item. "
+                "The input is too large for this machine: lower --dpi or use a smaller model."
+            ) from exc
+        stats.cpu_fallback_items += len(batch)
+        return out

@@ -1,0 +1,220 @@
+"""Device detection and selection.
+
+Auto-selection order is the order of the backends list (CUDA, MPS, CPU).
+An explicit hint is honoured or refused with a clear error; it never falls
+back silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+from loguru import logger
+
+from ragged.errors import DeviceError, DeviceUnavailableError
+from ragged.gpu.backends import DeviceBackend, default_backends
+from ragged.gpu.types import AllocatorCounters, DeviceInfo, DeviceType, MemoryInfo
+
+DeviceHint = str | torch.device | DeviceInfo | None
+
+_GB = 1024**3
+
+
+def parse_device_hint(hint: DeviceHint) -> tuple[DeviceType, int | None] | None:
+    """Turn a user's device hint into (kind, index); None means auto.
+
+    Accepts ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, a
+    :class:`torch.device` or a :class:`DeviceInfo`.
+    """
+    if hint is None:
+        return None
+    if isinstance(hint, DeviceInfo):
+        return hint.device_type, hint.device_id
+    if isinstance(hint, torch.device):
+        text = str(hint)
+    elif isinstance(hint, str):
+        text = hint.strip().lower()
+    else:
+        raise DeviceUnavailableError(f"Device hint {hint!r} is not a string or torch.device.")
+    if text == "auto":
+        return None
+    kind_text, _, index_text = text.partition(":")
+    try:
+        kind = DeviceType(kind_text)
+    except ValueError:
+        raise DeviceUnavailableError(
+            f"Unknown device {text!r}: use auto, cpu, mps, cuda or cuda:N."
+        ) from None
+    if not index_text:
+        return kind, None
+    if not index_text.isdigit() or kind is not DeviceType.CUDA and index_text != "0":
+        raise DeviceUnavailableError(f"Unknown device {text!r}: use auto, cpu, mps, cuda or cuda:N.")
+    return kind, int(index_text)
+
+
+class DeviceManager:
+    """Finds the machine's devices and picks one for a job.
+
+    All hardware questions go through ``backends`` (one per device kind, in
+    auto-selection priority), so tests can pass fakes.
+    """
+
+    def __init__(self, backends: Sequence[DeviceBackend] | None = None) -> None:
+        self._backends: dict[DeviceType, DeviceBackend] = {}
+        self._order: list[DeviceType] = []
+        for backend in backends if backends is not None else default_backends():
+            self._backends[backend.kind] = backend
+            self._order.append(backend.kind)
+        self._available_devices: list[DeviceInfo] = []
+        self.detection_seconds = 0.0
+        self.refresh()
+
+    def refresh(self) -> list[DeviceInfo]:
+        """Detect devices again (after a driver or environment change)."""
+        start = time.perf_counter()
+        found: list[DeviceInfo] = []
+        for kind in self._order:
+            backend = self._backends[kind]
+            try:
+                if not backend.is_available():
+                    continue
+                for index in range(backend.device_count()):
+                    props = backend.properties(index)
+                    found.append(
+                        DeviceInfo(
+                            device_type=kind,
+                            device_id=index if kind is DeviceType.CUDA else None,
+                            total_memory=props.total_memory,
+                            name=props.name,
+                            compute_capability=props.compute_capability,
+                        )
+                    )
+            except Exception as exc:  # a broken driver must not stop CPU use
+                logger.warning("Skipping {} devices: {}", kind.value, exc)
+        self._available_devices = found
+        self.detection_seconds = time.perf_counter() - start
+        return list(found)
+
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        """Every detected device, in priority order."""
+        return list(self._available_devices)
+
+    def backend_for(self, device: DeviceInfo) -> DeviceBackend:
+        """The backend that answers for ``device``'s kind."""
+        try:
+            return self._backends[device.device_type]
+        except KeyError:
+            raise DeviceError(f"No backend for {device.device_type.value} devices.") from None
+
+    def _describe_available(self) -> str:
+        return ", ".join(d.label for d in self._available_devices) or "none"
+
+    def find(self, kind: DeviceType, index: int | None = None) -> list[DeviceInfo]:
+        """Detected devices of ``kind`` (and ``index`` when given)."""
+        return [
+            d
+            for d in self._available_devices
+            if d.device_type is kind and (index is None or d.index == index)
+        ]
+
+    def get_optimal_device(
+        self, device_hint: DeviceHint = None, min_memory_gb: float | None = None
+    ) -> DeviceInfo:
+        """Pick the device for a job.
+
+        Without a hint: the first kind in priority order with a device that
+        has ``min_memory_gb`` free (among several CUDA cards, the one with the
+        most free memory); the CPU always qualifies as the last resort. With
+        a hint: that device, or :class:`DeviceUnavailableError`.
+        """
+        parsed = parse_device_hint(device_hint)
+        need = int(min_memory_gb * _GB) if min_memory_gb else 0
+        if parsed is None:
+            return self._auto(need)
+        kind, index = parsed
+        candidates = self.find(kind, index)
+        if not candidates:
+            wanted = f"{kind.value}:{index}" if index is not None else kind.value
+            raise DeviceUnavailableError(
+                f"Device {wanted} is not available on this machine "
+                f"(available: {self._describe_available()}). Use --device auto or one of those."
+            )
+        best = self._most_free(candidates)
+        if need and self.free_bytes(best) < need:
+            raise DeviceUnavailableError(
+                f"Device {best.label} has {self.free_bytes(best) / _GB:.1f} GB free, "
+                f"less than the {min_memory_gb} GB required. Free memory or pick another device."
+            )
+        return best
+
+    def _auto(self, need: int) -> DeviceInfo:
+        for kind in self._order:
+            candidates = self.find(kind)
+            if not candidates:
+                continue
+            if kind is DeviceType.CPU:
+                return candidates[0]
+            best = self._most_free(candidates)
+            if not need or self.free_bytes(best) >= need:
+                return best
+            logger.info("{} has too little free memory; trying the next kind", best.label)
+        return DeviceInfo(device_type=DeviceType.CPU, name="CPU")
+
+    def _most_free(self, candidates: list[DeviceInfo]) -> DeviceInfo:
+        if len(candidates) == 1:
+            return candidates[0]
+        return max(candidates, key=self.free_bytes)
+
+    def free_bytes(self, device: DeviceInfo) -> int:
+        """Free memory on ``device`` in bytes (0 when it cannot be read)."""
+        try:
+            return self.get_device_memory_info(device).free
+        except DeviceError:
+            return 0
+
+    def get_device_memory_info(self, device: DeviceInfo) -> MemoryInfo:
+        """A full reading (``total``, ``free``, ``allocated``, ``reserved``, bytes)."""
+        backend = self.backend_for(device)
+        if not self.find(device.device_type, device.index):
+            raise DeviceUnavailableError(
+                f"Cannot read memory of {device.label}: it is not available here "
+                f"(available: {self._describe_available()})."
+            )
+        try:
+            return backend.memory_info(device.index)
+        except Exception as exc:
+            raise DeviceError(f"Reading memory of {device.label} failed: {exc}") from exc
+
+    def counters(self, device: DeviceInfo) -> AllocatorCounters:
+        """This process's allocator counters on ``device`` (no device sync)."""
+        return self.backend_for(device).counters(device.index)
+
+    def reset_peak(self, device: DeviceInfo) -> None:
+        """Start a new peak-memory window on ``device``."""
+        self.backend_for(device).reset_peak(device.index)
+
+    def clear_cache(self, device: DeviceInfo) -> None:
+        """Release cached memory on ``device``; a no-op where there is none."""
+        if not self.find(device.device_type, device.index):
+            logger.debug("clear_cache({}): device not present, nothing to do", device.label)
+            return
+        self.backend_for(device).clear_cache(device.index)
+
+    def supports_bf16(self, device: DeviceInfo) -> bool:
+        """True when bfloat16 is fast and safe on ``device``."""
+        return self.backend_for(device).supports_bf16(device.index)
+
+    def cpu(self) -> DeviceInfo:
+        """The CPU device record."""
+        found = self.find(DeviceType.CPU)
+        return found[0] if found else DeviceInfo(device_type=DeviceType.CPU, name="CPU")
+
+
+@lru_cache(maxsize=1)
+def default_device_manager() -> DeviceManager:
+    """The process-wide manager over the real backends."""
+    return DeviceManager()
