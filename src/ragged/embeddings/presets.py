@@ -60,7 +60,7 @@ def _build_colpali() -> tuple[Any, Any]:
         bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
     )
     images = SiglipImageProcessorPil(size={"height": 448, "width": 448})
-    images.image_seq_length = 1024  # (448 / 14) ** 2 patches
+    setattr(images, "image_seq_length", 1024)  # noqa: B010  (448 / 14) ** 2 patches; ColPaliProcessor reads it
     processor = ColPaliProcessor(image_processor=images, tokenizer=tok)
     vocab = len(processor.tokenizer)  # the processor adds ~1,150 <loc>/<seg> tokens
     vlm = {

@@ -52,6 +52,7 @@ class RunStats:
 @dataclass
 class _Failure:
     reason: str
+    baseline_allocated: int
 
 
 class BatchRunner(Generic[R]):
@@ -101,7 +102,7 @@ class BatchRunner(Generic[R]):
             stats.oom.ooms += 1
             if self.sizer is not None:
                 self.sizer.record_oom(size, size * longest)
-            self.handler.release(self.device)
+            self.handler.release(self.device, outcome.baseline_allocated)
             if size > 1 and self.handler.enable_batch_reduction:
                 split_cap = size // 2
                 split_end = pos + size
@@ -146,7 +147,7 @@ class BatchRunner(Generic[R]):
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
-            return _Failure(summarise_oom(exc))
+            return _Failure(summarise_oom(exc), before.allocated)
         seconds = time.perf_counter() - began
         peak = measured_peak(before, self.manager.counters(device))
         stats.batch_sizes.append(len(batch))

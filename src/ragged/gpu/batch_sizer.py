@@ -259,7 +259,11 @@ class AdaptiveBatchSizer:
     def _best_size(self) -> int:
         if not self._throughput:
             return self._last_size or self.config.min_batch_size
-        return max(self._throughput, key=lambda size: self._throughput[size])
+        # The smallest size within the gain threshold of the fastest: the
+        # same speed for less memory.
+        fastest = max(self._throughput.values())
+        floor = fastest / (1 + self.config.min_throughput_gain)
+        return min(size for size, rate in self._throughput.items() if rate >= floor)
 
     def record_batch(self, batch_size: int, load: int, peak_bytes: int, seconds: float) -> None:
         """Feed back one finished batch."""

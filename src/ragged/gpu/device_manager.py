@@ -50,7 +50,7 @@ def parse_device_hint(hint: DeviceHint) -> tuple[DeviceType, int | None] | None:
         ) from None
     if not index_text:
         return kind, None
-    if not index_text.isdigit() or kind is not DeviceType.CUDA and index_text != "0":
+    if not index_text.isdigit() or (kind is not DeviceType.CUDA and index_text != "0"):
         raise DeviceUnavailableError(f"Unknown device {text!r}: use auto, cpu, mps, cuda or cuda:N.")
     return kind, int(index_text)
 
@@ -178,12 +178,12 @@ class DeviceManager:
 
     def get_device_memory_info(self, device: DeviceInfo) -> MemoryInfo:
         """A full reading (``total``, ``free``, ``allocated``, ``reserved``, bytes)."""
-        backend = self.backend_for(device)
         if not self.find(device.device_type, device.index):
             raise DeviceUnavailableError(
                 f"Cannot read memory of {device.label}: it is not available here "
                 f"(available: {self._describe_available()})."
             )
+        backend = self.backend_for(device)
         try:
             return backend.memory_info(device.index)
         except Exception as exc:

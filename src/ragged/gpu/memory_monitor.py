@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from loguru import logger
 
@@ -48,7 +48,7 @@ class MemorySnapshot:
         )
 
 
-class MemoryLevel(str, Enum):
+class MemoryLevel(StrEnum):
     """Where utilisation stands against the thresholds."""
 
     NORMAL = "normal"

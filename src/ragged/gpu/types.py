@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from enum import Enum
+from enum import StrEnum
 
 import torch
 
 
-class DeviceType(str, Enum):
+class DeviceType(StrEnum):
     """Kinds of compute device, in no particular order."""
 
     CUDA = "cuda"
     MPS = "mps"
     CPU = "cpu"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

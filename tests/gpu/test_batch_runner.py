@@ -1,0 +1,139 @@
+"""Adaptive batches over a fake card that runs out of memory for real."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragged.errors import OutOfMemoryRecoveryError
+from ragged.gpu import (
+    AdaptiveBatchSizer,
+    BatchRunner,
+    BatchSizeConfig,
+    DeviceInfo,
+    DeviceManager,
+    DeviceType,
+    MemoryMonitor,
+    OOMHandler,
+)
+from tests.fakes import FakeBackend, FakeCard, GiB, MiB, Workload, fake_cpu, oom_message
+
+
+def setup(card: FakeCard, config: BatchSizeConfig | None = None):  # type: ignore[no-untyped-def]
+    backend = FakeBackend(cards=[card])
+    manager = DeviceManager([backend, fake_cpu()])
+    device = manager.get_optimal_device("cuda:0")
+    monitor = MemoryMonitor(device, manager)
+    sizer = AdaptiveBatchSizer(device, monitor, config or BatchSizeConfig(max_batch_size=64), manager)
+    return backend, manager, device, sizer, monitor
+
+
+def run_workload(runner: BatchRunner[int], work: Workload, n: int):  # type: ignore[no-untyped-def]
+    return runner.run([100] * n, lambda idx, dev: work(idx, dev.label))
+
+
+def test_every_item_once_in_caller_order_largest_first() -> None:
+    backend, manager, device, sizer, monitor = setup(FakeCard(total=10 * GiB))
+    seen: list[list[int]] = []
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[str]:
+        seen.append(indices)
+        return [f"item{i}" for i in indices]
+
+    costs = [5, 50, 10, 40, 20, 30, 1]
+    results, stats = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=3).run(costs, process)
+    assert results == [f"item{i}" for i in range(7)]
+    assert seen == [[1, 3, 5], [4, 2, 0], [6]]  # sorted by cost, descending
+    assert stats.batch_sizes == [3, 3, 1]
+
+
+def test_calibrates_to_what_fits_without_oom() -> None:
+    # 10 GiB card with a 4 GiB model held; each item needs 200 MiB, plus 100 MiB.
+    card = FakeCard(total=10 * GiB, allocated=4 * GiB, reserved=4 * GiB)
+    backend, manager, device, sizer, monitor = setup(card)
+    work = Workload(backend, base=100 * MiB, per_item=200 * MiB)
+    runner: BatchRunner[int] = BatchRunner(device, sizer, OOMHandler(manager), monitor=monitor)
+    sizer.prior_bytes_per_load = 1.0  # a wildly optimistic prior: measurements must take over
+    results, stats = runner.run([1] * 60, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(60)]
+    budget = int(10 * GiB * 0.65) - 4 * GiB
+    best = (budget - 100 * MiB) // (200 * MiB)
+    assert stats.oom.ooms == 0
+    assert stats.batch_sizes[:3] == [2, 4, 8]
+    assert max(stats.batch_sizes) == best
+    assert stats.peak_bytes <= budget
+
+
+def test_oom_splits_the_batch_and_keeps_finished_items() -> None:
+    card = FakeCard(total=4 * GiB)
+    backend, manager, device, sizer, monitor = setup(card, BatchSizeConfig(max_batch_size=64, initial_batch_size=16))
+    work = Workload(backend, base=0, per_item=1 * GiB)  # at most 3 items fit in 4 GiB
+    sizer.prior_bytes_per_load = 1.0
+    runner: BatchRunner[int] = BatchRunner(device, sizer, OOMHandler(manager), monitor=monitor)
+    results, stats = runner.run([1] * 10, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(10)]
+    tried = [size for _, size in work.calls]
+    assert tried[:4] == [10, 5, 2, 2]  # 10 fails, 5 fails, then halves of 2
+    assert all(size <= 4 for size in tried[2:])  # never back to an OOM size
+    assert stats.oom.ooms == 2 and stats.oom.recoveries["reduce_batch"] == 2
+    assert sizer.ceiling is not None and sizer.ceiling <= 4
+    assert sum(stats.batch_sizes) == 10
+
+
+def test_single_item_retries_after_clearing_then_runs_on_cpu() -> None:
+    card = FakeCard(total=4 * GiB)
+    backend, manager, device, sizer, _ = setup(card)
+    calls: list[tuple[str, int]] = []
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        calls.append((dev.label, len(indices)))
+        if dev.is_accelerator and 2 in indices:
+            backend.allocate(0, 5 * GiB)  # page 2 alone is too big for this card
+        return [i + 100 for i in indices]
+
+    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=2)
+    results, stats = runner.run([3, 2, 1, 0], process)
+    assert results == [100, 101, 102, 103]
+    # [0, 1] fits; [2, 3] fails and is split; [2] fails, again after clearing, then runs on the CPU.
+    assert calls == [("cuda:0", 2), ("cuda:0", 2), ("cuda:0", 1), ("cuda:0", 1), ("cpu", 1), ("cuda:0", 1)]
+    assert stats.cpu_fallback_items == 1
+    assert stats.oom.as_dict() == {"ooms": 3, "failures": 0, "clear_cache": 1, "reduce_batch": 1,
+                                   "cpu_fallback": 1}
+
+
+def test_cpu_fallback_disabled_gives_clear_error() -> None:
+    backend, manager, device, _, _ = setup(FakeCard(total=1 * GiB))
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
+
+    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager, enable_cpu_fallback=False),
+                                           fixed_batch_size=1)
+    with pytest.raises(OutOfMemoryRecoveryError, match="even at batch 1"):
+        runner.run([1], process)
+
+
+def test_oom_on_cpu_at_one_item_is_reported() -> None:
+    manager = DeviceManager([fake_cpu()])
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        raise RuntimeError(oom_message(DeviceType.CPU, 10**12))
+
+    runner: BatchRunner[int] = BatchRunner(manager.cpu(), None, OOMHandler(manager), fixed_batch_size=2)
+    with pytest.raises(OutOfMemoryRecoveryError):
+        runner.run([1, 1], process)
+
+
+def test_other_errors_propagate_untouched() -> None:
+    _, manager, device, sizer, _ = setup(FakeCard())
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        raise ValueError("bad page")
+
+    with pytest.raises(ValueError, match="bad page"):
+        BatchRunner(device, sizer, OOMHandler(manager)).run([1, 2], process)
+
+
+def test_needs_a_sizer_or_a_size(gpu_manager: DeviceManager) -> None:
+    with pytest.raises(ValueError):
+        BatchRunner(gpu_manager.cpu(), None, OOMHandler(gpu_manager))

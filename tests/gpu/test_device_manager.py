@@ -1,0 +1,200 @@
+"""Device detection and selection, through fake backends and the real CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ragged.errors import DeviceUnavailableError
+from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, MemoryInfo, parse_device_hint
+from ragged.gpu.backends import CPUBackend, CUDABackend
+from ragged.gpu.backends.cuda import _NVML
+from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
+
+
+def two_gpus_and_mps() -> DeviceManager:
+    cuda = FakeBackend(
+        kind=DeviceType.CUDA,
+        cards=[FakeCard(name="A", total=24 * GiB, others=20 * GiB), FakeCard(name="B", total=16 * GiB)],
+    )
+    mps = FakeBackend(kind=DeviceType.MPS, cards=[FakeCard(name="M", total=32 * GiB, compute_capability=None)])
+    return DeviceManager([cuda, mps, fake_cpu()])
+
+
+class TestDetection:
+    def test_real_machine_always_has_cpu(self) -> None:
+        manager = DeviceManager()
+        kinds = [d.device_type for d in manager._available_devices]
+        assert DeviceType.CPU in kinds
+        assert manager.get_optimal_device("cpu").device_type is DeviceType.CPU
+
+    def test_order_and_properties(self) -> None:
+        manager = two_gpus_and_mps()
+        assert [d.label for d in manager.devices] == ["cuda:0", "cuda:1", "mps", "cpu"]
+        first = manager.devices[0]
+        assert (first.name, first.total_memory, first.compute_capability) == ("A", 24 * GiB, (8, 0))
+
+    def test_broken_backend_does_not_stop_cpu(self) -> None:
+        class Broken(FakeBackend):
+            def device_count(self) -> int:
+                raise RuntimeError("driver exploded")
+
+        manager = DeviceManager([Broken(), fake_cpu()])
+        assert [d.label for d in manager.devices] == ["cpu"]
+
+    def test_real_cuda_backend_without_cuda(self) -> None:
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+        backend = CUDABackend()
+        assert backend.is_available() is False
+        assert backend.device_count() == 0
+        assert _NVML().ready() is False  # nvidia-ml-py installed, no driver library
+
+
+class TestSelection:
+    def test_auto_prefers_cuda_with_most_free_memory(self) -> None:
+        assert two_gpus_and_mps().get_optimal_device().label == "cuda:1"
+
+    def test_auto_respects_min_memory_then_falls_to_next_kind(self) -> None:
+        manager = two_gpus_and_mps()
+        assert manager.get_optimal_device(min_memory_gb=10).label == "cuda:1"
+        assert manager.get_optimal_device(min_memory_gb=20).label == "mps"
+        assert manager.get_optimal_device(min_memory_gb=40).label == "cpu"
+
+    @pytest.mark.parametrize(
+        ("hint", "label"),
+        [
+            ("cuda", "cuda:1"),
+            ("cuda:0", "cuda:0"),
+            ("CUDA:1", "cuda:1"),
+            ("mps", "mps"),
+            ("cpu", "cpu"),
+            ("auto", "cuda:1"),
+            (None, "cuda:1"),
+            (torch.device("cuda", 0), "cuda:0"),
+            (DeviceInfo(device_type=DeviceType.CUDA, device_id=0), "cuda:0"),
+        ],
+    )
+    def test_hints(self, hint: object, label: str) -> None:
+        assert two_gpus_and_mps().get_optimal_device(hint).label == label  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("hint", ["cuda:7", "tpu", "", "cuda:x", "cpu:1", "mps:3"])
+    def test_impossible_hints_raise_and_name_what_is_there(self, hint: str) -> None:
+        with pytest.raises(DeviceUnavailableError) as info:
+            two_gpus_and_mps().get_optimal_device(hint)
+        text = str(info.value)
+        assert "cuda:0" in text or "use auto, cpu, mps, cuda or cuda:N" in text
+
+    def test_cuda_hint_without_cuda_never_falls_back(self) -> None:
+        manager = DeviceManager([fake_cpu()])
+        with pytest.raises(DeviceUnavailableError, match=r"cuda is not available.*available: cpu"):
+            manager.get_optimal_device("cuda")
+
+    def test_explicit_device_with_too_little_memory(self) -> None:
+        with pytest.raises(DeviceUnavailableError, match="less than the 10 GB"):
+            two_gpus_and_mps().get_optimal_device("cuda:0", min_memory_gb=10)
+
+    def test_parse_hint(self) -> None:
+        assert parse_device_hint("auto") is None
+        assert parse_device_hint(" cuda:2 ") == (DeviceType.CUDA, 2)
+        assert parse_device_hint("mps") == (DeviceType.MPS, None)
+
+
+class TestMemory:
+    def test_memory_info_is_a_record_and_a_mapping(self) -> None:
+        manager = two_gpus_and_mps()
+        info = manager.get_device_memory_info(manager.get_optimal_device("cuda:0"))
+        assert isinstance(info, MemoryInfo)
+        assert dict(info) == {"total": 24 * GiB, "free": 4 * GiB, "allocated": 0, "reserved": 0}
+        assert info["free"] <= info["total"]
+        assert info.utilisation_pct == pytest.approx(100 * 20 / 24)
+
+    def test_memory_of_absent_device_is_an_error(self) -> None:
+        with pytest.raises(DeviceUnavailableError):
+            DeviceManager([fake_cpu()]).get_device_memory_info(DeviceInfo(device_type=DeviceType.CUDA))
+
+    def test_real_cpu_reading_matches_psutil(self) -> None:
+        import psutil
+
+        manager = DeviceManager([CPUBackend()])
+        info = manager.get_device_memory_info(manager.cpu())
+        assert info.total == psutil.virtual_memory().total
+        assert 0 < info.free <= info.total
+        assert info.allocated > 50 * 1024**2  # this process's RSS: torch alone is more
+
+    def test_real_cpu_peak_window_sees_a_transient_allocation(self) -> None:
+        import numpy as np
+
+        backend = CPUBackend()
+        backend.reset_peak(0)
+        before = backend.counters(0)
+        if before.peak_allocated is None:
+            pytest.skip("no resettable peak RSS on this OS")
+        block = np.ones(200 * 1024**2 // 8)  # 200 MiB, touched
+        del block
+        after = backend.counters(0)
+        assert after.peak_allocated is not None
+        assert after.peak_allocated - before.allocated >= 190 * 1024**2
+        backend.reset_peak(0)
+        assert backend.counters(0).peak_allocated < after.peak_allocated  # type: ignore[operator]
+
+
+class TestClearCache:
+    def test_clear_cache_on_missing_cuda_is_a_noop(self) -> None:
+        DeviceManager([fake_cpu()]).clear_cache(DeviceInfo(device_type=DeviceType.CUDA, device_id=0))
+
+    def test_real_manager_clear_cache_everywhere(self) -> None:
+        manager = DeviceManager()
+        manager.clear_cache(DeviceInfo(device_type=DeviceType.CUDA, device_id=0))
+        manager.clear_cache(DeviceInfo(device_type=DeviceType.MPS))
+        manager.clear_cache(manager.cpu())
+
+    def test_clear_cache_reaches_the_backend(self) -> None:
+        cuda = FakeBackend(cards=[FakeCard(allocated=1 * GiB, reserved=3 * GiB)])
+        manager = DeviceManager([cuda, fake_cpu()])
+        manager.clear_cache(manager.get_optimal_device("cuda:0"))
+        assert cuda.cards[0].clear_calls == 1
+        assert cuda.cards[0].reserved == 1 * GiB
+
+
+def test_hidden_devices_are_not_detected() -> None:
+    """CUDA_VISIBLE_DEVICES is honoured: an empty list hides every card."""
+    code = (
+        "from ragged.gpu import DeviceManager, DeviceType;"
+        "print(sum(d.device_type is DeviceType.CUDA for d in DeviceManager().devices))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={"CUDA_VISIBLE_DEVICES": "", "PATH": ""},
+        capture_output=True, text=True, check=True,
+    )
+    assert out.stdout.strip() == "0"
+
+
+@pytest.mark.cuda
+class TestRealCUDA:
+    def test_memory_info_accurate(self) -> None:
+        manager = DeviceManager()
+        device = manager.get_optimal_device("cuda")
+        info = manager.get_device_memory_info(device)
+        free, total = torch.cuda.mem_get_info(device.index)
+        assert info.total == total
+        assert abs(info.free - free) < 256 * 1024**2
+        assert device.compute_capability is not None
+
+    def test_allocation_shows_in_counters_and_clear_cache_returns_it(self) -> None:
+        manager = DeviceManager()
+        device = manager.get_optimal_device("cuda")
+        before = manager.counters(device)
+        block = torch.empty(256 * 1024**2, dtype=torch.uint8, device=device.torch_device)
+        assert manager.counters(device).allocated - before.allocated >= 256 * 1024**2
+        del block
+        manager.clear_cache(device)
+        assert manager.counters(device).reserved <= before.reserved + 2 * 1024**2
+
+    def test_every_visible_card_selectable(self) -> None:
+        manager = DeviceManager()
+        for index in range(torch.cuda.device_count()):
+            assert manager.get_optimal_device(f"cuda:{index}").index == index
