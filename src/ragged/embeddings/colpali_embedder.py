@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ragged.embeddings.cost import text_tokens, visual_tokens
+from ragged.embeddings.cost import prompt_overhead, text_tokens, visual_tokens
 from ragged.embeddings.loading import (
     DEFAULT_MODEL,
     default_dtype,
@@ -38,7 +38,6 @@ from ragged.gpu.types import DeviceInfo
 from ragged.paths import cache_dir as default_cache_dir
 
 DEFAULT_FIXED_BATCH_SIZE = 4  # the spec's conservative baseline
-PROMPT_TOKENS = 16  # text around the image tokens, roughly, for cost planning
 
 Embedding = np.ndarray  # (tokens, dim) float32
 
@@ -115,6 +114,7 @@ class ColPaliEmbedder:
         self._sizer: AdaptiveBatchSizer | None = None
         self._monitor: MemoryMonitor | None = None
         self.last_report: EmbeddingReport | None = None
+        self.prompt_tokens = prompt_overhead(self.processor)  # per page, besides its visual tokens
         _ = self.model  # load now, so errors surface at construction
 
     # -- model and device -------------------------------------------------
@@ -176,7 +176,7 @@ class ColPaliEmbedder:
         if not pages:
             return []
         if self.enable_adaptive_batching:
-            costs = [t + PROMPT_TOKENS for t in visual_tokens(self.processor, pages)]
+            costs = [t + self.prompt_tokens for t in visual_tokens(self.processor, pages)]
         else:
             costs = [0] * len(pages)  # a plain fixed-batch run keeps input order
 

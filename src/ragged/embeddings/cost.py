@@ -43,3 +43,16 @@ def text_tokens(processor: Any, texts: Sequence[str]) -> list[int]:
         return []
     encoded = processor.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     return [len(ids) for ids in encoded]
+
+
+def prompt_overhead(processor: Any) -> int:
+    """Tokens a page's sequence holds besides its visual tokens (the prompt),
+    measured once by processing a small blank page."""
+    blank = Image.new("RGB", (64, 64), "white")
+    try:
+        inputs = processor.process_images([blank])
+        total = int(inputs["attention_mask"].sum())
+    except Exception as exc:  # an unusual processor: fall back to a typical prompt
+        logger.debug("could not measure the prompt length ({})", exc)
+        return 16
+    return max(0, total - visual_tokens(processor, [blank])[0])
