@@ -171,7 +171,7 @@ class TestBehaviour:
             ColPaliEmbedder(name, cache_dir=model_cache)
 
     def test_folder_without_config(self, tmp_path: Path) -> None:
-        with pytest.raises(UnknownModelError, match="config.json"):
+        with pytest.raises(UnknownModelError, match=r"config\.json"):
             ColPaliEmbedder(str(tmp_path), cache_dir=tmp_path)
 
     def test_hub_id_offline_says_what_to_do(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

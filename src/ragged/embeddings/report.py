@@ -24,6 +24,7 @@ class EmbeddingReport:
     ooms: int
     recoveries: dict[str, int] = field(default_factory=dict)
     cpu_fallback_items: int = 0
+    overhead_fraction: float = 0.0  # share of the call spent managing, not embedding
 
     @property
     def items_per_second(self) -> float:
@@ -49,6 +50,7 @@ class EmbeddingReport:
             ooms=counts.pop("ooms"),
             recoveries={k: v for k, v in counts.items() if k != "failures"},
             cpu_fallback_items=stats.cpu_fallback_items,
+            overhead_fraction=stats.overhead_fraction,
         )
 
     def to_dict(self) -> dict[str, Any]:

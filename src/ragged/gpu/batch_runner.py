@@ -37,6 +37,7 @@ class RunStats:
     device: str = ""
     items: int = 0
     seconds: float = 0.0
+    work_seconds: float = 0.0  # inside the batch function, successful batches only
     batch_sizes: list[int] = field(default_factory=list)
     peak_bytes: int = 0  # largest batch peak above the baseline
     budget_bytes: int | None = None
@@ -47,6 +48,11 @@ class RunStats:
     def items_per_second(self) -> float:
         """Throughput of the run."""
         return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def overhead_fraction(self) -> float:
+        """Share of the run spent outside the batch function (management)."""
+        return max(0.0, 1.0 - self.work_seconds / self.seconds) if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -150,6 +156,7 @@ class BatchRunner(Generic[R]):
             return _Failure(summarise_oom(exc), before.allocated)
         seconds = time.perf_counter() - began
         peak = measured_peak(before, self.manager.counters(device))
+        stats.work_seconds += seconds
         stats.batch_sizes.append(len(batch))
         stats.peak_bytes = max(stats.peak_bytes, peak)
         if self.sizer is not None and device.same_device(self.device):
