@@ -259,9 +259,9 @@ class ColPaliEmbedder:
     # -- lifetime ---------------------------------------------------------
 
     def close(self) -> None:
-        """Release the model (and the model manager, if this embedder made it)."""
+        """Release the model if this embedder owns its model manager; a shared
+        manager keeps it for other users and unloads it when idle."""
         self._cpu_model = None
-        self.model_manager.unload(self._key)
         if self._owns_model_manager:
             self.model_manager.close()
 

@@ -12,6 +12,7 @@ import torch
 from loguru import logger
 
 from ragged.embeddings.families import ModelFamily, family_for_config
+from ragged.embeddings.hf import quiet_transformers
 from ragged.embeddings.presets import PRESETS, ensure_preset, is_preset
 from ragged.errors import ModelError, UnknownModelError
 from ragged.gpu.types import DeviceInfo, DeviceType
@@ -29,13 +30,6 @@ class ModelSource:
     family: ModelFamily
     config: dict[str, Any]
     is_local: bool
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 def resolve_model(name: str, cache_dir: Path, *, local_files_only: bool = False) -> ModelSource:
@@ -101,7 +95,7 @@ def default_dtype(device: DeviceInfo, bf16_ok: bool) -> torch.dtype:
 
 def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
     """Bytes the weights take on the device, by instantiating on ``meta``."""
-    _quiet_transformers()
+    quiet_transformers()
     try:
         cls = source.family.model_cls()
         config = cls.config_class.from_dict(source.config)
@@ -125,7 +119,7 @@ def _weight_file_bytes(source: ModelSource) -> int:
 
 def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cache_dir: Path) -> Any:
     """Load the model's weights onto ``device`` in ``dtype``, in eval mode."""
-    _quiet_transformers()
+    quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if not source.is_local:
         kwargs["cache_dir"] = str(cache_dir / "hub")
@@ -142,7 +136,7 @@ def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cach
 
 def load_processor(source: ModelSource, cache_dir: Path) -> Any:
     """Load the model's processor (tokenizer and image processor)."""
-    _quiet_transformers()
+    quiet_transformers()
     kwargs: dict[str, Any] = {} if source.is_local else {"cache_dir": str(cache_dir / "hub")}
     try:
         return source.family.processor_cls().from_pretrained(source.location, **kwargs)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ragged.embeddings.hf import quiet_transformers
+
 PRESET_VERSION = "v1"
 _SEED = 1234
 _CORPUS = [
@@ -166,6 +168,7 @@ def is_preset(name: str) -> bool:
 
 def build_preset(name: str, folder: Path) -> None:
     """Build preset ``name`` from a fixed seed and save it to ``folder``."""
+    quiet_transformers()
     fork = torch.random.fork_rng(devices=[])
     with fork:
         torch.manual_seed(_SEED)

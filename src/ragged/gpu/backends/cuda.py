@@ -94,12 +94,27 @@ class CUDABackend:
             free, total = torch.cuda.mem_get_info(index)
         else:
             free, total = reading
+        reserved = int(torch.cuda.memory_reserved(index))
+        cap = self._process_cap(index, int(total))
+        if cap is not None:  # set_per_process_memory_fraction: the allocator's real limit
+            total, free = cap, min(int(free), max(0, cap - reserved))
         return MemoryInfo(
             total=int(total),
             free=int(free),
             allocated=int(torch.cuda.memory_allocated(index)),
-            reserved=int(torch.cuda.memory_reserved(index)),
+            reserved=reserved,
         )
+
+    @staticmethod
+    def _process_cap(index: int, total: int) -> int | None:
+        """Bytes this process may hold if a memory fraction was set, else None."""
+        if not torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+            return None  # setting a fraction initialises CUDA, so none was set
+        try:
+            fraction = float(torch.cuda.get_per_process_memory_fraction(index))
+        except (AttributeError, RuntimeError):
+            return None
+        return int(total * fraction) if fraction < 1.0 else None
 
     def counters(self, index: int) -> AllocatorCounters:
         return AllocatorCounters(
