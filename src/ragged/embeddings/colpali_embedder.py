@@ -167,8 +167,12 @@ class ColPaliEmbedder:
 
     # -- embedding --------------------------------------------------------
 
-    def embed_images(self, images: Sequence[Image.Image]) -> list[Embedding]:
-        """One (tokens, dim) float32 array per page, in input order."""
+    def embed_images(
+        self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None = None
+    ) -> list[Embedding]:
+        """One (tokens, dim) float32 array per page, in input order.
+
+        ``on_batch(n)`` is called after each batch of ``n`` pages (progress)."""
         pages = list(images)
         for i, page in enumerate(pages):
             if not isinstance(page, Image.Image):
@@ -184,7 +188,7 @@ class ColPaliEmbedder:
             inputs = self.processor.process_images([pages[i] for i in indices])
             return self._forward(inputs, device)
 
-        return self._run(costs, process, self.batch_size or DEFAULT_FIXED_BATCH_SIZE)
+        return self._run(costs, process, self.batch_size or DEFAULT_FIXED_BATCH_SIZE, on_batch=on_batch)
 
     def embed_batch(self, images: Sequence[Image.Image]) -> list[Embedding]:
         """The spec's name for :meth:`embed_images`."""
@@ -209,6 +213,7 @@ class ColPaliEmbedder:
         process: Callable[[list[int], DeviceInfo], list[Embedding]],
         fixed: int,
         adaptive: bool | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[Embedding]:
         use_sizer = self.enable_adaptive_batching if adaptive is None else adaptive
         device = self.device
@@ -221,7 +226,7 @@ class ColPaliEmbedder:
         )
         try:
             with self.model_manager.using(self._key):
-                results, stats = runner.run(costs, process)
+                results, stats = runner.run(costs, process, on_batch)
         finally:
             self._cpu_model = None  # release the fallback copy
         self.last_report = EmbeddingReport.from_stats(

@@ -82,8 +82,12 @@ class BatchRunner(Generic[R]):
         self.fixed_batch_size = fixed_batch_size
         self.manager = oom_handler.manager
 
-    def run(self, costs: Sequence[int], process: BatchFn[R]) -> tuple[list[R], RunStats]:
-        """Process every item once; results in the order of ``costs``."""
+    def run(
+        self, costs: Sequence[int], process: BatchFn[R], on_batch: Callable[[int], None] | None = None
+    ) -> tuple[list[R], RunStats]:
+        """Process every item once; results in the order of ``costs``.
+
+        ``on_batch(n)`` is called after each finished batch of ``n`` items."""
         stats = RunStats(device=self.device.label, items=len(costs))
         order = sorted(range(len(costs)), key=lambda i: -costs[i])
         results: dict[int, R] = {}
@@ -101,6 +105,8 @@ class BatchRunner(Generic[R]):
                 results.update(zip(batch, outcome, strict=True))
                 pos += size
                 cleared_for_single = False
+                if on_batch is not None:
+                    on_batch(size)
                 if split_cap is not None and pos >= split_end:
                     split_cap = None
                 continue
@@ -127,6 +133,8 @@ class BatchRunner(Generic[R]):
             results.update(zip(batch, self._on_cpu(batch, process, stats, outcome.reason), strict=True))
             pos += size
             cleared_for_single = False
+            if on_batch is not None:
+                on_batch(size)
         stats.seconds = time.perf_counter() - start
         if self.sizer is not None:
             stats.budget_bytes = self.sizer.last_budget_bytes

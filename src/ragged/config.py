@@ -1,0 +1,47 @@
+"""User settings: command-line flag, then ``RAGGED_*`` variable, then the
+config file, then the built-in default.
+
+The config file is TOML at ``$RAGGED_CONFIG`` or ``config.toml`` in the
+user config folder, with any of: ``model``, ``device``, ``index``, ``dpi``,
+``batch_size``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_dir
+
+from ragged.errors import ConfigurationError
+
+KEYS = {"model", "device", "index", "dpi", "batch_size"}
+
+
+def config_path() -> Path:
+    """Where the config file is looked for."""
+    return Path(os.environ.get("RAGGED_CONFIG") or Path(user_config_dir("ragged")) / "config.toml").expanduser()
+
+
+@lru_cache(maxsize=1)
+def load_config() -> dict[str, Any]:
+    """The config file's settings ({} when there is none)."""
+    path = config_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"Config file {path} is not valid TOML ({exc}); fix or remove it.") from exc
+    unknown = set(data) - KEYS
+    if unknown:
+        raise ConfigurationError(f"Config file {path} has unknown keys {sorted(unknown)}; allowed: {sorted(KEYS)}.")
+    return data
+
+
+def setting(key: str, default: Any = None) -> Any:
+    """A setting from the config file, else ``default``."""
+    return load_config().get(key, default)

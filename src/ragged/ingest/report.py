@@ -1,0 +1,78 @@
+"""The resource report at the end of an ingest run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragged.embeddings.report import EmbeddingReport
+from ragged.ingest.documents import InputProblem
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did and what it used (memory in bytes)."""
+
+    index: str
+    model: str
+    device: str = ""
+    dtype: str = ""
+    device_total_bytes: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+    peak_bytes: int = 0
+    budget_bytes: int | None = None
+    ooms: int = 0
+    recoveries: Counter[str] = field(default_factory=Counter)
+    cpu_fallback_pages: int = 0
+    documents_added: int = 0
+    pages_added: int = 0
+    documents_skipped: int = 0
+    problems: list[InputProblem] = field(default_factory=list)
+
+    @property
+    def pages_per_second(self) -> float:
+        """Embedding throughput over the run."""
+        return self.pages_added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    def absorb(self, part: EmbeddingReport) -> None:
+        """Add one embedding call's figures."""
+        self.device, self.dtype, self.device_total_bytes = part.device, part.dtype, part.device_total_bytes
+        self.embed_seconds += part.seconds
+        self.batch_sizes.extend(part.batch_sizes)
+        self.peak_bytes = max(self.peak_bytes, part.peak_bytes)
+        if part.budget_bytes is not None:
+            self.budget_bytes = part.budget_bytes
+        self.ooms += part.ooms
+        self.recoveries.update(part.recoveries)
+        self.cpu_fallback_pages += part.cpu_fallback_items
+
+    @property
+    def failed(self) -> bool:
+        """True when inputs were given and none of them could be used."""
+        return bool(self.problems) and self.documents_added == 0 and self.documents_skipped == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {
+            "index": self.index,
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "device_total_bytes": self.device_total_bytes,
+            "seconds": round(self.seconds, 3),
+            "pages_per_second": round(self.pages_per_second, 3),
+            "batch_sizes": sorted(set(self.batch_sizes)),
+            "batches": len(self.batch_sizes),
+            "peak_bytes": self.peak_bytes,
+            "budget_bytes": self.budget_bytes,
+            "ooms": self.ooms,
+            "recoveries": {k: v for k, v in self.recoveries.items() if v},
+            "cpu_fallback_pages": self.cpu_fallback_pages,
+            "documents_added": self.documents_added,
+            "pages_added": self.pages_added,
+            "documents_skipped": self.documents_skipped,
+            "errors": [{"path": p.path, "error": p.message} for p in self.problems],
+        }
