@@ -17,7 +17,7 @@ from loguru import logger
 
 from ragged import __version__
 from ragged.cli.gpu import gpu
-from ragged.cli.output import err, fail, gib, out
+from ragged.cli.output import err, fail, gib, out, print_error
 from ragged.config import setting
 from ragged.errors import RaggedError
 from ragged.paths import cache_dir, default_index_dir
@@ -104,7 +104,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     with IngestProgress(err, enabled=not as_json) as progress:
         report = run_ingest(paths, options, progress.callbacks())
     for problem in report.problems:
-        err.print(f"[bold red]error:[/] {problem.message}", soft_wrap=True, markup=True)
+        print_error(problem.message)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:

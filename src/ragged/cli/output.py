@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -21,5 +22,10 @@ def gib(n: int | None) -> str:
 
 def fail(message: str, code: int = 1) -> None:
     """Print a one-line error and exit with ``code``."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    print_error(message)
     sys.exit(code)
+
+
+def print_error(message: str) -> None:
+    """One ``error:`` line on stderr; the message is printed verbatim."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

@@ -8,6 +8,7 @@ report it and go on with the other inputs.
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ from ragged.errors import (
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 PDF_SUFFIXES = {".pdf"}
+# PDFium's FPDF_GetLastError codes.
+_ERR_PASSWORD, _ERR_SECURITY = 4, 5
+# A page tree that counts zero pages and no page object anywhere.
+_ZERO_PAGES = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+0\b|/Count\s+0\b[^>]*?/Type\s*/Pages\b")
+_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?!s)\b")
 MAX_PAGE_PIXELS = 64_000_000  # ~ an A0 poster at 150 dpi; larger is treated as a decompression bomb
 
 
@@ -117,17 +123,30 @@ def _sniff(path: Path) -> DocumentKind:
     return DocumentKind.IMAGE
 
 
+def _looks_empty(path: Path) -> bool:
+    """True when a PDF's page tree is plainly empty. PDFium refuses such
+    files without a specific error, so the bytes are checked directly."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(4 << 20)
+    except OSError:
+        return False
+    return bool(_ZERO_PAGES.search(data)) and not _PAGE_OBJECT.search(data)
+
+
 def _open_pdf(path: Path) -> object:
     import pypdfium2 as pdfium
 
     try:
         return pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
-        text = str(exc).lower()
-        if "password" in text:
+        code = getattr(exc, "err_code", None)
+        if code in (_ERR_PASSWORD, _ERR_SECURITY) or "password" in str(exc).lower():
             raise EncryptedDocumentError(
                 f"{path}: the PDF is password-protected; save an unlocked copy and ingest that."
             ) from exc
+        if _looks_empty(path):  # PDFium refuses a document whose page tree is empty
+            raise EmptyDocumentError(f"{path}: the PDF has no pages; nothing to ingest.") from exc
         raise CorruptDocumentError(
             f"{path}: the PDF is damaged or truncated ({exc}); repair or re-download it."
         ) from exc

@@ -1,0 +1,122 @@
+"""The index store and exact MaxSim search, on synthetic vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragged.errors import IndexStoreError, ModelMismatchError
+from ragged.gpu import DeviceManager
+from ragged.index import search as search_module
+from ragged.index.search import MaxSimSearcher, _segment_max
+from ragged.index.store import IndexStore
+
+DIM = 16
+
+
+def random_docs(rng: np.random.Generator, docs: int, pages: int, equal: bool) -> dict[str, list[np.ndarray]]:
+    out = {}
+    for d in range(docs):
+        lengths = [30] * pages if equal else rng.integers(5, 60, pages).tolist()
+        vecs = [rng.standard_normal((n, DIM)).astype(np.float32) for n in lengths]
+        out[f"{d:064x}"] = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in vecs]
+    return out
+
+
+def brute_force(queries: list[np.ndarray], pages: list[np.ndarray]) -> np.ndarray:
+    """float64 reference on the fp16-rounded vectors the index stores."""
+    return np.array([[float((q.astype(np.float64) @ p.astype(np.float16).astype(np.float64).T).max(axis=1).sum())
+                      for q in queries] for p in pages])
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> IndexStore:
+    return IndexStore.open_for_writing(tmp_path / "index", "model-a")
+
+
+@pytest.mark.parametrize("equal", [True, False], ids=["equal-pages", "ragged-pages"])
+def test_search_is_exact_and_ordered(store: IndexStore, equal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    docs = random_docs(rng, docs=7, pages=5, equal=equal)
+    for doc_hash, pages in docs.items():
+        store.add_document(doc_hash, f"/docs/{doc_hash[-1]}.pdf", pages)
+    monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 100)  # many chunks, pages across boundaries
+    searcher = MaxSimSearcher(IndexStore.open(store.folder), DeviceManager().cpu())
+    queries = [rng.standard_normal((n, DIM)).astype(np.float32) for n in (3, 7)]
+    all_pages = [p for pages in docs.values() for p in pages]
+    expected = brute_force(queries, all_pages)  # (pages, queries)
+    np.testing.assert_allclose(searcher.score_all(queries), expected, rtol=1e-4, atol=1e-4)
+    hits = searcher.search(queries, k=5)
+    for column, query_hits in enumerate(hits):
+        assert [round(h.score, 3) for h in query_hits] == [round(s, 3) for s in sorted(expected[:, column])[::-1][:5]]
+        best = int(np.argmax(expected[:, column]))
+        doc_index, page_index = divmod(best, 5)
+        assert (query_hits[0].doc_hash, query_hits[0].page) == (list(docs)[doc_index], page_index + 1)
+
+
+def test_segment_max_matches_numpy() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    sims = rng.standard_normal((20, 3)).astype(np.float32)
+    lengths = [2, 5, 1, 12]
+    got = _segment_max(torch.from_numpy(sims), lengths).numpy()
+    starts = np.cumsum([0, *lengths[:-1]])
+    np.testing.assert_array_equal(got, np.maximum.reduceat(sims, starts, axis=0))
+
+
+def test_reopen_lists_documents_once(store: IndexStore) -> None:
+    rng = np.random.default_rng(2)
+    docs = random_docs(rng, docs=3, pages=2, equal=False)
+    for doc_hash, pages in docs.items():
+        store.add_document(doc_hash, "p.pdf", pages)
+    store.close()
+    reopened = IndexStore.open(store.folder)
+    assert reopened.known_hashes() == set(docs)
+    catalog = reopened.catalog()
+    assert [(p.doc_hash, p.page) for p in catalog.pages] == [(h, n) for h in docs for n in (1, 2)]
+    assert catalog.total_vectors == sum(len(p) for pages in docs.values() for p in pages)
+
+
+def test_missing_segment_is_rebuilt_from_lancedb(store: IndexStore) -> None:
+    rng = np.random.default_rng(3)
+    (doc_hash, pages), = random_docs(rng, docs=1, pages=3, equal=False).items()
+    store.add_document(doc_hash, "p.pdf", pages)
+    segment = store.folder / "segments" / f"{doc_hash}.npy"
+    expected = np.load(segment)
+    segment.unlink()
+    rebuilt = IndexStore.open(store.folder).segment(doc_hash, expected.shape[0])
+    np.testing.assert_array_equal(rebuilt, expected)
+    assert segment.is_file()
+
+
+def test_orphan_segment_is_invisible(store: IndexStore) -> None:
+    """A run killed between writing a segment and committing leaves a file search never reads."""
+    store._write_segment("f" * 64, np.ones((4, DIM), dtype=np.float16))
+    assert store.known_hashes() == set()
+    assert MaxSimSearcher(store, DeviceManager().cpu()).catalog.pages == []
+
+
+def test_model_mismatch_and_second_writer(store: IndexStore) -> None:
+    store.add_document("a" * 64, "p.pdf", [np.ones((2, DIM), dtype=np.float32)])
+    with pytest.raises(ModelMismatchError, match="model-a"):
+        IndexStore.open_for_writing(store.folder, "model-b")
+    with pytest.raises(IndexStoreError, match="Another 'ragged ingest'"):
+        IndexStore.open_for_writing(store.folder, "model-a")
+    store.close()
+    IndexStore.open_for_writing(store.folder, "model-a").close()
+
+
+def test_unwritable_and_missing_indexes(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(IndexStoreError, match="not writable"):
+        IndexStore.open_for_writing(blocker / "index", "m")
+    with pytest.raises(IndexStoreError, match="No index at"):
+        IndexStore.open(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ragged-index.json").write_text("{not json")
+    with pytest.raises(IndexStoreError, match="damaged"):
+        IndexStore.open(tmp_path / "bad")

@@ -1,0 +1,76 @@
+"""Bad and good input files for ingest tests, made on the fly."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+from PIL import Image
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def minimal_pdf(kids: str = "", count: int = 0) -> bytes:
+    """A well-formed PDF whose page tree has ``count`` pages (0: an empty document)."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG file that claims a huge size (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
+        b"IEND", b""
+    )
+
+
+def make_bad_inputs(folder: Path) -> dict[str, Path]:
+    """One file per kind of bad input, plus one good PDF and one good image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    good = (EXAMPLES / "recipe-card.pdf").read_bytes()
+    files["good_pdf"] = folder / "good.pdf"
+    files["good_pdf"].write_bytes(good)
+    files["good_png"] = folder / "good.png"
+    Image.new("RGB", (300, 400), "white").save(files["good_png"])
+    files["not_a_document"] = folder / "notes.txt"
+    files["not_a_document"].write_text("just text")
+    files["truncated_pdf"] = folder / "truncated.pdf"
+    files["truncated_pdf"].write_bytes((EXAMPLES / "annual-report.pdf").read_bytes()[:20_000])
+    files["fake_pdf"] = folder / "fake.pdf"
+    files["fake_pdf"].write_bytes(b"this is not a pdf")
+    files["empty_pdf"] = folder / "empty.pdf"
+    files["empty_pdf"].write_bytes(minimal_pdf())
+    files["bomb_png"] = folder / "bomb.png"
+    files["bomb_png"].write_bytes(bomb_png())
+    files["truncated_png"] = folder / "truncated.png"
+    data = (folder / "good.png").read_bytes()
+    files["truncated_png"].write_bytes(data[: len(data) // 2])
+    try:
+        from pypdf import PdfWriter
+
+        writer = PdfWriter(clone_from=EXAMPLES / "recipe-card.pdf")
+        writer.encrypt("secret", algorithm="RC4-128")
+        files["encrypted_pdf"] = folder / "encrypted.pdf"
+        with files["encrypted_pdf"].open("wb") as fh:
+            writer.write(fh)
+    except ImportError:  # pypdf is a dev dependency
+        pass
+    return files
