@@ -20,9 +20,9 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
         return
     sizes = sorted(set(report.batch_sizes))
     size_text = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    peak = gib(report.peak_bytes)
+    peak = f"{gib(report.peak_bytes)} per batch, above the model"
     if report.budget_bytes:
-        peak += f" of a {gib(report.budget_bytes)} budget ({100 * report.peak_bytes / report.budget_bytes:.0f}%)"
+        peak += f", of a {gib(report.budget_bytes)} budget ({100 * report.peak_bytes / report.budget_bytes:.0f}%)"
     if report.ooms:
         ooms = f"{report.ooms} recovered (" + ", ".join(f"{k} {v}" for k, v in report.recoveries.items() if v) + ")"
         if report.cpu_fallback_pages:
@@ -35,7 +35,7 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
     table.add_row("model", report.model)
     table.add_row("device", f"{report.device} ({gib(report.device_total_bytes)}), {report.dtype}")
     table.add_row("batches", f"{len(report.batch_sizes)}, sizes {size_text}")
-    table.add_row("peak memory", f"{peak} per batch, above the model")
+    table.add_row("peak memory", peak)
     table.add_row("out of memory", ooms)
     table.add_row("speed", f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all)")
     console.print(table)

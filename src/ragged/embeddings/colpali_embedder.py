@@ -9,6 +9,7 @@ without losing a page (see :mod:`ragged.gpu.batch_runner`).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,8 +102,9 @@ class ColPaliEmbedder:
         self.query_batch_size = query_batch_size
         config = batch_config or BatchSizeConfig()
         if batch_size is not None and enable_adaptive_batching:
-            config = BatchSizeConfig(**{**config.__dict__, "max_batch_size": batch_size,
-                                        "initial_batch_size": min(config.initial_batch_size, batch_size)})
+            config = replace(config, max_batch_size=batch_size,
+                             initial_batch_size=min(config.initial_batch_size, batch_size),
+                             min_batch_size=min(config.min_batch_size, batch_size))
         self.batch_config = config
         self.oom_handler = oom_handler or OOMHandler(self.device_manager)
         self.model_manager = model_manager or ModelManager(self.device_manager, idle_timeout_s=None)
@@ -244,7 +246,9 @@ class ColPaliEmbedder:
             if k != "labels" and isinstance(v, torch.Tensor)
         }
         with torch.inference_mode():
-            out = model(**batch).embeddings  # (batch, tokens, dim)
+            out = model(**batch)
+        out = getattr(out, "embeddings", out)  # transformers' output record, or colpali-engine's tensor
+        # out: (batch, tokens, dim)
         vectors = out.float().cpu()  # (batch, tokens, dim)
         mask = batch["attention_mask"].bool().cpu()  # (batch, tokens)
         return [vectors[j][mask[j]].numpy() for j in range(vectors.shape[0])]  # each (kept, dim)
@@ -258,7 +262,10 @@ class ColPaliEmbedder:
         device = self.device.torch_device
         qs = [torch.as_tensor(q, dtype=torch.float32).to(device) for q in query_embeddings]  # each (q_tokens, dim)
         ps = [torch.as_tensor(p, dtype=torch.float32).to(device) for p in page_embeddings]  # each (p_tokens, dim)
-        scores = self.processor.score_retrieval(qs, ps, output_dtype=torch.float32)  # (queries, pages)
+        if hasattr(self.processor, "score_retrieval"):  # transformers' processors
+            scores = self.processor.score_retrieval(qs, ps, output_dtype=torch.float32)  # (queries, pages)
+        else:  # colpali-engine's
+            scores = self.processor.score_multi_vector(qs, ps)  # (queries, pages)
         return np.asarray(scores.float().cpu().numpy(), dtype=np.float32)
 
     # -- lifetime ---------------------------------------------------------

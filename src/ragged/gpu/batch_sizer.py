@@ -9,6 +9,7 @@ longest item) when token counts are known, else the item count.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from ragged.errors import ConfigurationError
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
+
+SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
 
 
 @dataclass(frozen=True)
@@ -207,9 +210,17 @@ class AdaptiveBatchSizer:
         return fitted
 
     def _budget_now(self) -> int:
-        info = self.manager.get_device_memory_info(self.device)
+        info = self._fresh_reading() or self.manager.get_device_memory_info(self.device)
         self._budget = memory_budget(info, self.config)
         return self._budget
+
+    def _fresh_reading(self) -> MemoryInfo | None:
+        """The monitor's latest snapshot if under ``SNAPSHOT_MAX_AGE_S`` old, so
+        the per-batch path reads the device once, not twice."""
+        latest = self.monitor.latest if self.monitor is not None else None
+        if latest is None or time.monotonic() - latest.timestamp > SNAPSHOT_MAX_AGE_S:
+            return None
+        return MemoryInfo(total=latest.total, free=latest.free, allocated=latest.allocated, reserved=latest.reserved)
 
     def memory_limit(self, load_per_item: float = 1.0) -> int:
         """The largest batch that memory allows now (fit, else prior)."""

@@ -9,7 +9,7 @@ one-hot matmul sums them per query.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,30 +77,26 @@ class MaxSimSearcher:
             page_index += len(lengths)
         return out.numpy()
 
-    def _blocks(self, chunk: int):  # type: ignore[no-untyped-def]
-        """Contiguous runs of whole pages of at most ``chunk`` vectors (one
-        page larger than a chunk forms its own block)."""
-        pending: list[np.ndarray] = []
-        lengths: list[int] = []
-        size = 0
-        catalog = self.catalog
+    def _blocks(self, chunk: int) -> Iterator[tuple[np.ndarray, list[int]]]:
+        """Runs of whole pages of one document, at most ``chunk`` vectors each
+        (a larger page is a block of its own). Blocks are views into the
+        memory-mapped segment: nothing is copied before the f32 conversion."""
         by_doc: dict[str, list[int]] = {}
-        for page in catalog.pages:
+        for page in self.catalog.pages:
             by_doc.setdefault(page.doc_hash, []).append(page.n_vectors)
-        for doc in catalog.documents:
+        for doc in self.catalog.documents:
             doc_lengths = by_doc[doc]
             vectors = self.store.segment(doc, sum(doc_lengths))  # (tokens, dim) fp16, memory-mapped
-            offset = 0
+            start = end = 0
+            lengths: list[int] = []
             for n in doc_lengths:
-                if size and size + n > chunk:
-                    yield _join(pending), lengths
-                    pending, lengths, size = [], [], 0
-                pending.append(vectors[offset : offset + n])
+                if lengths and end - start + n > chunk:
+                    yield vectors[start:end], lengths
+                    start, lengths = end, []
                 lengths.append(n)
-                size += n
-                offset += n
-        if lengths:
-            yield _join(pending), lengths
+                end += n
+            if lengths:
+                yield vectors[start:end], lengths
 
     def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[SearchHit]]:
         """The ``k`` best pages for each query, best first."""
@@ -115,10 +111,6 @@ class MaxSimSearcher:
                 for i in top
             ])
         return hits
-
-
-def _join(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def _segment_max(sims: torch.Tensor, lengths: list[int]) -> torch.Tensor:

@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -283,7 +284,9 @@ class IndexStore:
         order: dict[str, int] = {}
         for record in records:
             order.setdefault(record.doc_hash, len(order))
-        records.sort(key=lambda r: (order[r.doc_hash], r.page))
+        keys = [(order[r.doc_hash], r.page) for r in records]
+        if any(a > b for a, b in pairwise(keys)):  # rows usually arrive in commit order
+            records = [r for _, r in sorted(zip(keys, records, strict=True), key=lambda kr: kr[0])]
         return Catalog(records, list(order))
 
     def segment(self, doc_hash: str, expected_vectors: int) -> np.ndarray:
