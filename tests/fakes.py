@@ -3,6 +3,7 @@ run out of memory on cue, raising torch's real OOM types and messages."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -123,6 +124,7 @@ class Workload:
     backend: FakeBackend
     base: int
     per_item: int
+    seconds_per_batch: float = 0.0  # a fixed cost per batch, so larger batches are faster per item
     calls: list[tuple[str, int]] = field(default_factory=list)
 
     def __call__(self, indices: list[int], device_label: str, index: int = 0) -> list[int]:
@@ -130,6 +132,8 @@ class Workload:
         need = self.base + self.per_item * len(indices)
         self.backend.allocate(index, need)
         try:
+            if self.seconds_per_batch:
+                time.sleep(self.seconds_per_batch)
             return [i * 10 for i in indices]
         finally:
             self.backend.release(index, need)

@@ -51,7 +51,7 @@ def test_calibrates_to_what_fits_without_oom() -> None:
     # 10 GiB card with a 4 GiB model held; each item needs 200 MiB, plus 100 MiB.
     card = FakeCard(total=10 * GiB, allocated=4 * GiB, reserved=4 * GiB)
     backend, manager, device, sizer, monitor = setup(card)
-    work = Workload(backend, base=100 * MiB, per_item=200 * MiB)
+    work = Workload(backend, base=100 * MiB, per_item=200 * MiB, seconds_per_batch=0.01)
     runner: BatchRunner[int] = BatchRunner(device, sizer, OOMHandler(manager), monitor=monitor)
     sizer.prior_bytes_per_load = 1.0  # a wildly optimistic prior: measurements must take over
     results, stats = runner.run([1] * 60, lambda idx, dev: work(idx, dev.label))
@@ -137,3 +137,13 @@ def test_other_errors_propagate_untouched() -> None:
 def test_needs_a_sizer_or_a_size(gpu_manager: DeviceManager) -> None:
     with pytest.raises(ValueError):
         BatchRunner(gpu_manager.cpu(), None, OOMHandler(gpu_manager))
+
+
+def test_fixed_batches_never_return_to_a_size_that_failed() -> None:
+    backend, manager, device, _, _ = setup(FakeCard(total=int(3.5 * GiB)))
+    work = Workload(backend, base=0, per_item=1 * GiB)  # 3 items fit, 4 do not
+    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=4)
+    results, stats = runner.run([1] * 12, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(12)]
+    assert [size for _, size in work.calls] == [4, 2, 2, 3, 3, 2]  # one OOM, then at most 3
+    assert stats.oom.ooms == 1

@@ -180,8 +180,8 @@ class TestRealCUDA:
         device = manager.get_optimal_device("cuda")
         info = manager.get_device_memory_info(device)
         free, total = torch.cuda.mem_get_info(device.index)
-        assert info.total == total
-        assert abs(info.free - free) < 256 * 1024**2
+        assert info.total == total == device.total_memory
+        assert abs(info.free - free) < 1024**3  # NVML and the CUDA runtime count reserved memory differently
         assert device.compute_capability is not None
 
     def test_allocation_shows_in_counters_and_clear_cache_returns_it(self) -> None:

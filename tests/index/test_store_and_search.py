@@ -120,3 +120,35 @@ def test_unwritable_and_missing_indexes(tmp_path: Path) -> None:
     (tmp_path / "bad" / "ragged-index.json").write_text("{not json")
     with pytest.raises(IndexStoreError, match="damaged"):
         IndexStore.open(tmp_path / "bad")
+
+
+def test_search_recovers_from_oom_by_smaller_chunks(store: IndexStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring that runs out of memory with large chunks is retried smaller."""
+    import torch
+
+    from tests.fakes import oom_message
+
+    rng = np.random.default_rng(4)
+    docs = random_docs(rng, docs=2, pages=40, equal=False)  # about 1,300 vectors a document
+    for doc_hash, pages in docs.items():
+        store.add_document(doc_hash, "p.pdf", pages)
+    searcher = MaxSimSearcher(store, DeviceManager().cpu())
+    queries = [rng.standard_normal((4, DIM)).astype(np.float32)]
+    expected = searcher.score_all(queries)
+    monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 4096)
+    tried: list[int] = []
+    real_mm = torch.mm
+
+    def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        tried.append(int(a.shape[0]))
+        if a.shape[0] > 1100:
+            raise RuntimeError(oom_message(search_module.DeviceType.CPU, 10**9))
+        return real_mm(a, b, out=out)
+
+    monkeypatch.setattr(search_module.torch, "mm", mm)
+    np.testing.assert_allclose(searcher.score_all(queries), expected, rtol=1e-6)
+    # 4,096 fails, again after clearing, 2,048 fails (a whole document is larger), 1,024 works.
+    assert searcher.oom_handler.stats.as_dict() == {
+        "ooms": 3, "failures": 0, "clear_cache": 1, "reduce_batch": 2, "cpu_fallback": 0
+    }
+    assert max(tried[-4:]) <= 1024

@@ -231,8 +231,9 @@ class ColPaliEmbedder:
                 results, stats = runner.run(costs, process, on_batch)
         finally:
             self._cpu_model = None  # release the fallback copy
+        model_dtype = next(self.model.parameters()).dtype  # float32 if the model fell back to the CPU
         self.last_report = EmbeddingReport.from_stats(
-            stats, model=self.model_name, dtype=str(self.dtype).removeprefix("torch."),
+            stats, model=self.model_name, dtype=str(model_dtype).removeprefix("torch."),
             device_total_bytes=device.total_memory,
         )
         return results

@@ -91,14 +91,15 @@ class BatchRunner(Generic[R]):
         stats = RunStats(device=self.device.label, items=len(costs))
         order = sorted(range(len(costs)), key=lambda i: -costs[i])
         results: dict[int, R] = {}
-        split_cap: int | None = None
+        split_cap: int | None = None  # halves of a failed batch, until its items are done
         split_end = 0
+        ceiling: int | None = None  # below every size that ran out of memory, for the rest of the run
         cleared_for_single = False
         start = time.perf_counter()
         pos = 0
         while pos < len(order):
             longest = max(1, costs[order[pos]])
-            size = self._next_size(longest, len(order) - pos, split_cap)
+            size = self._next_size(longest, len(order) - pos, split_cap, ceiling)
             batch = order[pos : pos + size]
             outcome = self._attempt(batch, self.device, process, stats, longest)
             if not isinstance(outcome, _Failure):
@@ -112,6 +113,7 @@ class BatchRunner(Generic[R]):
                 continue
             # The exception is gone by now; release what the attempt held.
             stats.oom.ooms += 1
+            ceiling = max(1, size - 1) if ceiling is None else max(1, min(ceiling, size - 1))
             if self.sizer is not None:
                 self.sizer.record_oom(size, size * longest)
             self.handler.release(self.device, outcome.baseline_allocated)
@@ -140,14 +142,15 @@ class BatchRunner(Generic[R]):
             stats.budget_bytes = self.sizer.last_budget_bytes
         return [results[i] for i in range(len(costs))], stats
 
-    def _next_size(self, longest: int, remaining: int, split_cap: int | None) -> int:
+    def _next_size(self, longest: int, remaining: int, split_cap: int | None, ceiling: int | None) -> int:
         if self.sizer is not None:
             size = self.sizer.next_batch_size(load_per_item=longest)
         else:
             assert self.fixed_batch_size is not None
             size = self.fixed_batch_size
-        if split_cap is not None:
-            size = min(size, split_cap)
+        for cap in (split_cap, ceiling):
+            if cap is not None:
+                size = min(size, cap)
         return max(1, min(size, remaining))
 
     def _attempt(

@@ -13,11 +13,11 @@ from loguru import logger
 
 from ragged.errors import ConfigurationError
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
-from ragged.gpu.types import DeviceInfo, MemoryInfo
+from ragged.gpu.types import DeviceInfo, MemoryInfo, MemoryUsage
 
 
 @dataclass(frozen=True)
-class MemorySnapshot:
+class MemorySnapshot(MemoryUsage):
     """Memory of one device at one moment (bytes; ``timestamp`` monotonic s)."""
 
     timestamp: float
@@ -25,16 +25,6 @@ class MemorySnapshot:
     allocated: int  # bytes
     reserved: int  # bytes
     free: int  # bytes
-
-    @property
-    def used(self) -> int:
-        """Bytes in use by every process on the device."""
-        return max(0, self.total - self.free)
-
-    @property
-    def utilisation_pct(self) -> float:
-        """Share of the device's memory in use, in percent."""
-        return 100.0 * self.used / self.total if self.total else 0.0
 
     @classmethod
     def from_info(cls, info: MemoryInfo, timestamp: float | None = None) -> MemorySnapshot:

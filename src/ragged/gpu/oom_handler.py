@@ -101,6 +101,7 @@ class OOMHandler:
         enable_cpu_fallback: bool = True,
         max_retries: int = 3,
         min_batch_size: int = 1,
+        advice: str | None = None,
     ) -> None:
         if max_retries < 0 or min_batch_size < 1:
             raise ConfigurationError("max_retries must be >= 0 and min_batch_size >= 1.")
@@ -110,6 +111,7 @@ class OOMHandler:
         self.enable_cpu_fallback = enable_cpu_fallback
         self.max_retries = max_retries
         self.min_batch_size = min_batch_size
+        self.advice = advice  # what to tell the user when every step failed; None: the batch-size advice
         self.stats = OOMStats()
 
     def plan(self, device: DeviceInfo, batch_size: int) -> list[RecoveryStep]:
@@ -176,7 +178,7 @@ class OOMHandler:
                     self.stats.failures += 1
                     clear_tracebacks(exc)
                     raise OutOfMemoryRecoveryError(
-                        self._give_up_message(device, batch_size, tried, reason)
+                        self._give_up_message(device, batch_size, tried, reason, self.advice)
                     ) from exc
             # Out of the except block: the failed attempt's frames are gone.
             logger.warning(
@@ -189,14 +191,15 @@ class OOMHandler:
             current_device, current_batch = step.device, step.batch_size
 
     @staticmethod
-    def _give_up_message(device: DeviceInfo, batch_size: int, tried: list[str], reason: str) -> str:
+    def _give_up_message(
+        device: DeviceInfo, batch_size: int, tried: list[str], reason: str, advice: str | None
+    ) -> str:
         attempts = "; ".join(tried) if tried else "no recovery strategy enabled"
-        smaller = max(1, batch_size // 4)
-        return (
-            f"Out of memory on {device.label} at batch {batch_size} ({reason}). "
-            f"Tried: {attempts}. Use a smaller --batch-size (e.g. {smaller}), "
+        advice = advice or (
+            f"Use a smaller --batch-size (e.g. {max(1, batch_size // 4)}), "
             "close other programs using the device, or choose another with --device."
         )
+        return f"Out of memory on {device.label} at batch {batch_size} ({reason}). Tried: {attempts}. {advice}"
 
 
 def with_oom_handling(

@@ -62,8 +62,25 @@ class DeviceInfo:
         return f"{self.label} ({self.name})" if self.name else self.label
 
 
+class MemoryUsage:
+    """Derived figures for records that carry ``total`` and ``free`` bytes."""
+
+    total: int
+    free: int
+
+    @property
+    def used(self) -> int:
+        """Bytes in use by every process (``total - free``)."""
+        return max(0, self.total - self.free)
+
+    @property
+    def utilisation_pct(self) -> float:
+        """Share of ``total`` in use, in percent."""
+        return 100.0 * self.used / self.total if self.total else 0.0
+
+
 @dataclass(frozen=True)
-class MemoryInfo(Mapping[str, int]):
+class MemoryInfo(MemoryUsage, Mapping[str, int]):
     """Memory of one device at one moment, all in bytes.
 
     ``free`` is what the driver (or the OS, for the CPU) can still hand out,
@@ -76,16 +93,6 @@ class MemoryInfo(Mapping[str, int]):
     free: int  # bytes
     allocated: int  # bytes
     reserved: int  # bytes
-
-    @property
-    def used(self) -> int:
-        """Bytes in use by every process (``total - free``)."""
-        return max(0, self.total - self.free)
-
-    @property
-    def utilisation_pct(self) -> float:
-        """Share of ``total`` in use, in percent."""
-        return 100.0 * self.used / self.total if self.total else 0.0
 
     def __getitem__(self, key: str) -> int:
         if key not in self._keys():

@@ -17,6 +17,7 @@ import torch
 
 from ragged.gpu.batch_sizer import BatchSizeConfig, memory_budget
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.types import DeviceInfo
 from ragged.index.store import Catalog, IndexStore
 
@@ -41,6 +42,10 @@ class MaxSimSearcher:
         self.store = store
         self.device = device
         self.manager = device_manager or default_device_manager()
+        self.oom_handler = OOMHandler(
+            self.manager, min_batch_size=1024,
+            advice="Close other programs using the device, or search on another with --device.",
+        )
         self.catalog: Catalog = store.catalog()
 
     def _chunk_vectors(self, dim: int, query_tokens: int) -> int:
@@ -52,17 +57,25 @@ class MaxSimSearcher:
         return int(max(CPU_CHUNK_VECTORS, min(MAX_GPU_CHUNK_VECTORS, budget // per_vector)))
 
     def score_all(self, queries: Sequence[np.ndarray]) -> np.ndarray:
-        """MaxSim of every page for every query: shape (pages, queries)."""
+        """MaxSim of every page for every query: shape (pages, queries).
+
+        An OOM on the device is recovered by the OOM handler's plan: clear
+        the cache, halve the chunk, then score on the CPU."""
         pages = self.catalog.pages
         if not pages or not queries:
             return np.zeros((len(pages), len(queries)), dtype=np.float32)
-        dev = self.device.torch_device
+        dim = int(np.asarray(queries[0]).shape[1])
+        chunk = self._chunk_vectors(dim, sum(len(q) for q in queries))
+        return self.oom_handler.run(lambda device, size: self._score(queries, device, size), self.device, chunk)
+
+    def _score(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int) -> np.ndarray:
+        pages = self.catalog.pages
+        dev = device.torch_device
         q = torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.float32) for x in queries])).to(dev)  # (qt, dim)
         qt = q.t().contiguous()  # (dim, qt)
         owner = torch.repeat_interleave(torch.arange(len(queries)), torch.tensor([len(x) for x in queries]))
         to_query = torch.nn.functional.one_hot(owner, len(queries)).to(dev, torch.float32)  # (qt, queries)
         dim, tokens = q.shape[1], q.shape[0]
-        chunk = self._chunk_vectors(dim, tokens)
         buffer = torch.empty((chunk, dim), dtype=torch.float32, device=dev)  # reused: no page faults per chunk
         sims = torch.empty((chunk, tokens), dtype=torch.float32, device=dev)
         out = torch.empty((len(pages), len(queries)), dtype=torch.float32)

@@ -71,7 +71,7 @@ class CUDABackend:
         return int(torch.cuda.device_count()) if self.is_available() else 0
 
     def properties(self, index: int) -> DeviceProperties:
-        props = torch.cuda.get_device_properties(index)
+        props = torch.cuda.get_device_properties(index)  # cached by torch: cheap to call again
         return DeviceProperties(
             name=str(props.name),
             total_memory=int(props.total_memory),
@@ -93,7 +93,10 @@ class CUDABackend:
         if reading is None:
             free, total = torch.cuda.mem_get_info(index)
         else:
-            free, total = reading
+            # NVML's total counts memory the driver keeps for itself; CUDA's
+            # (the device properties) is what can be allocated, so use that.
+            total = self.properties(index).total_memory
+            free = min(reading[0], total)
         reserved = int(torch.cuda.memory_reserved(index))
         cap = self._process_cap(index, int(total))
         if cap is not None:  # set_per_process_memory_fraction: the allocator's real limit
