@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ragged.errors import IndexStoreError, ModelMismatchError
-from ragged.gpu import DeviceManager
+from ragged.gpu import DeviceManager, DeviceType
 from ragged.index import search as search_module
 from ragged.index.search import MaxSimSearcher, _segment_max
 from ragged.index.store import IndexStore
@@ -142,7 +142,7 @@ def test_search_recovers_from_oom_by_smaller_chunks(store: IndexStore, monkeypat
     def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         tried.append(int(a.shape[0]))
         if a.shape[0] > 1100:
-            raise RuntimeError(oom_message(search_module.DeviceType.CPU, 10**9))
+            raise RuntimeError(oom_message(DeviceType.CPU, 10**9))
         return real_mm(a, b, out=out)
 
     monkeypatch.setattr(search_module.torch, "mm", mm)

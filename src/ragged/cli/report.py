@@ -14,7 +14,8 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
     failed = len(report.problems)
     console.print(
         f"[bold]{report.documents_added} document(s), {report.pages_added} page(s) added[/] to {report.index}; "
-        f"{report.documents_skipped} unchanged skipped; {failed} failed."
+        f"{report.documents_skipped} unchanged skipped; {failed} failed.",
+        soft_wrap=True,
     )
     if not report.batch_sizes:
         return
