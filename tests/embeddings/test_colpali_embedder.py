@@ -191,9 +191,10 @@ class TestBehaviour:
             ColPaliEmbedder("tiny-colpali", cache_dir=model_cache, device="cuda")
 
     def test_rejects_non_images(self, model_cache: Path) -> None:
-        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb, pytest.raises(ConfigurationError):
-            emb.embed_images(["page.png"])  # type: ignore[list-item]
-            assert emb.embed_images([]) == []
+        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
+            with pytest.raises(ConfigurationError, match="not a PIL image"):
+                emb.embed_images(["page.png"])  # type: ignore[list-item]
+            assert emb.embed_images([]) == [] and emb.embed_queries([]) == []
 
     def test_dtypes_by_device(self) -> None:
         cuda, mps, cpu = (DeviceInfo(device_type=k) for k in (DeviceType.CUDA, DeviceType.MPS, DeviceType.CPU))
