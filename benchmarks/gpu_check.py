@@ -12,7 +12,9 @@
 4. Adaptive batching against a sweep of fixed batch sizes at several caps:
    pages per second relative to the best fixed size and to fixed size 4,
    peak memory against the target, OOM count. A fixed size that runs out
-   of memory is reported as failed (no recovery for the baseline).
+   of memory is reported as failed (no recovery for the baseline). Adaptive
+   runs once with preprocessing pipelined (the default on a GPU) and once
+   without, to measure what the overlap is worth.
 
 Prints Markdown tables ready for docs/benchmarks.md and, where ``$OUT`` is
 set, writes them with the raw numbers to ``$OUT/gpu_check.{md,json}``.
@@ -106,7 +108,7 @@ def run_tests(smoke: bool) -> None:
 
 def embed_run(models: ModelManager, folder: Path, cache: Path, device: str, imgs: list[Image.Image], *,
               adaptive: bool, batch: int | None, config: BatchSizeConfig | None = None,
-              recover: bool = True) -> dict[str, Any]:
+              recover: bool = True, prefetch: bool | None = None) -> dict[str, Any]:
     """One embedding run; returns its figures (or the failure). The model
     stays loaded in ``models`` between runs."""
     handler = None if recover else OOMHandler(
@@ -114,7 +116,7 @@ def embed_run(models: ModelManager, folder: Path, cache: Path, device: str, imgs
     )
     emb = ColPaliEmbedder(str(folder), device=device, batch_size=batch, cache_dir=cache,
                           enable_adaptive_batching=adaptive, batch_config=config, oom_handler=handler,
-                          model_manager=models)
+                          model_manager=models, prefetch=prefetch)
     try:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -190,8 +192,11 @@ def sweep_section(folder: Path, cache: Path, device: str, smoke: bool, n: int,
                                                      batch=size, recover=False)
             results["adaptive"] = embed_run(held, folder, cache, device, imgs, adaptive=True, batch=None,
                                             config=BatchSizeConfig(max_batch_size=64))
+            results["adaptive, no prefetch"] = embed_run(held, folder, cache, device, imgs, adaptive=True,
+                                                         batch=None, config=BatchSizeConfig(max_batch_size=64),
+                                                         prefetch=False)
         Cap("full", None).apply(smoke)
-        ok = {k: v for k, v in results.items() if "failed" not in v and k != "adaptive"}
+        ok = {k: v for k, v in results.items() if "failed" not in v and k.startswith("fixed")}
         best = max((v["pages_per_s"] for v in ok.values()), default=float("nan"))
         four = results.get("fixed 4", {}).get("pages_per_s", float("nan"))
         cap_bytes = (cap.gb * GB) if cap.gb else (torch.cuda.get_device_properties(0).total_memory

@@ -11,7 +11,7 @@ def test_gpu_exports_are_pinned() -> None:
         "AdaptiveBatchSizer", "AllocatorCounters", "BatchMeasurement", "BatchRunner", "BatchSizeConfig",
         "CPUBackend", "CUDABackend", "DeviceBackend", "DeviceInfo", "DeviceManager", "DeviceProperties",
         "DeviceType", "MPSBackend", "MemoryFit", "MemoryInfo", "MemoryLevel", "MemoryMonitor",
-        "MemorySnapshot", "OOMHandler", "OOMStats", "RecoveryStep", "RecoveryStrategy", "RunStats",
+        "MemorySnapshot", "OOMHandler", "OOMStats", "RecoveryStep", "RecoveryStrategy", "RunStats", "Stages",
         "default_device_manager", "is_oom_error", "memory_budget", "parse_device_hint", "plan_batch_size",
         "with_oom_handling",
     }

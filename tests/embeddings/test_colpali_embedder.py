@@ -103,6 +103,13 @@ class TestEmbedding:
             if size >= 3:  # an OOM: nothing later may be as large
                 assert all(later < size for later in seen[n + 1 :])
 
+    def test_prefetching_gives_the_same_pages(self, embedder: ColPaliEmbedder, model_cache: Path,
+                                              reference: list[np.ndarray]) -> None:
+        with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
+                             enable_adaptive_batching=False, prefetch=True) as piped:
+            assert close(piped.embed_images(PAGES), reference)
+            assert piped.last_report is not None and piped.last_report.batch_sizes == (3, 3, 2)
+
     def test_queries_and_scores(self, embedder: ColPaliEmbedder) -> None:
         queries = embedder.embed_queries(["quarterly revenue", "which page has the table?"])
         pages = embedder.embed_images(PAGES[:3])

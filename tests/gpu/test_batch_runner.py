@@ -147,3 +147,74 @@ def test_fixed_batches_never_return_to_a_size_that_failed() -> None:
     assert results == [i * 10 for i in range(12)]
     assert [size for _, size in work.calls] == [4, 2, 2, 3, 3, 2]  # one OOM, then at most 3
     assert stats.oom.ooms == 1
+
+
+class PrepareLog:
+    """Stages that record which thread prepared which batch."""
+
+    def __init__(self, fail_compute_at: int | None = None) -> None:
+        import threading
+
+        self.prepared: list[tuple[list[int], str]] = []
+        self.computed: list[list[int]] = []
+        self.active = 0
+        self.overlap = False
+        self.lock = threading.Lock()
+        self.fail_at = fail_compute_at
+
+    def prepare(self, indices: list[int]) -> list[int]:
+        import threading
+        import time
+
+        with self.lock:
+            self.active += 1
+            self.overlap |= self.active > 1
+        time.sleep(0.002)
+        self.prepared.append((list(indices), threading.current_thread().name))
+        with self.lock:
+            self.active -= 1
+        return [i * 10 for i in indices]
+
+    def compute(self, prepared: list[int], device: DeviceInfo) -> list[int]:
+        import time
+
+        self.computed.append(prepared)
+        if self.fail_at is not None and device.is_accelerator and len(prepared) >= self.fail_at:
+            raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
+        time.sleep(0.005)
+        return [p + 1 for p in prepared]
+
+
+def test_prefetch_prepares_the_next_batch_in_a_worker() -> None:
+    from ragged.gpu.batch_runner import Stages
+
+    _, manager, device, _, _ = setup(FakeCard())
+    log = PrepareLog()
+    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=3)
+    assert runner.prefetch  # on by default on accelerators
+    results, _ = runner.run([1] * 10, Stages(log.prepare, log.compute))
+    assert results == [i * 10 + 1 for i in range(10)]
+    assert [b for b, _ in log.prepared] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]  # each once: guesses hit
+    assert [t.startswith("ragged-prepare") for _, t in log.prepared] == [False, True, True, True]
+    assert not log.overlap  # never two preparations at once
+
+
+def test_prefetch_survives_oom_and_wrong_guesses() -> None:
+    from ragged.gpu.batch_runner import Stages
+
+    _, manager, device, _, _ = setup(FakeCard())
+    log = PrepareLog(fail_compute_at=4)
+    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=4)
+    results, stats = runner.run([1] * 9, Stages(log.prepare, log.compute))
+    assert results == [i * 10 + 1 for i in range(9)]
+    assert stats.oom.ooms == 1 and not log.overlap
+    assert sorted(i for batch in log.computed[1:] for i in batch) == [i * 10 for i in range(9)]
+
+
+def test_no_prefetch_on_the_cpu(gpu_manager: DeviceManager) -> None:
+    from ragged.gpu.batch_runner import Stages
+
+    log = PrepareLog()
+    runner: BatchRunner[int] = BatchRunner(gpu_manager.cpu(), None, OOMHandler(gpu_manager), fixed_batch_size=2)
+    assert runner.run([1] * 4, Stages(log.prepare, log.compute))[0] == [1, 11, 21, 31]
+    assert all(t == "MainThread" for _, t in log.prepared)

@@ -29,7 +29,7 @@ from ragged.embeddings.loading import (
 )
 from ragged.embeddings.report import EmbeddingReport
 from ragged.errors import ConfigurationError
-from ragged.gpu.batch_runner import BatchRunner
+from ragged.gpu.batch_runner import BatchRunner, Stages
 from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
 from ragged.gpu.device_manager import DeviceHint, DeviceManager, default_device_manager
 from ragged.gpu.memory_monitor import MemoryMonitor
@@ -86,6 +86,7 @@ class ColPaliEmbedder:
         oom_handler: OOMHandler | None = None,
         local_files_only: bool = False,
         query_batch_size: int = 32,
+        prefetch: bool | None = None,
     ) -> None:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"Batch size must be a positive integer, got {batch_size!r}.")
@@ -100,6 +101,7 @@ class ColPaliEmbedder:
         self.enable_adaptive_batching = enable_adaptive_batching
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
+        self.prefetch = prefetch  # prepare the next batch while the device computes; None: on accelerators
         config = batch_config or BatchSizeConfig()
         if batch_size is not None and enable_adaptive_batching:
             config = replace(config, max_batch_size=batch_size,
@@ -186,11 +188,11 @@ class ColPaliEmbedder:
         else:
             costs = [0] * len(pages)  # a plain fixed-batch run keeps input order
 
-        def process(indices: list[int], device: DeviceInfo) -> list[Embedding]:
-            inputs = self.processor.process_images([pages[i] for i in indices])
-            return self._forward(inputs, device)
-
-        return self._run(costs, process, self.batch_size or DEFAULT_FIXED_BATCH_SIZE, on_batch=on_batch)
+        stages: Stages[Any, Embedding] = Stages(
+            prepare=lambda indices: self.processor.process_images([pages[i] for i in indices]),
+            compute=self._forward,
+        )
+        return self._run(costs, stages, self.batch_size or DEFAULT_FIXED_BATCH_SIZE, on_batch=on_batch)
 
     def embed_batch(self, images: Sequence[Image.Image]) -> list[Embedding]:
         """The spec's name for :meth:`embed_images`."""
@@ -203,16 +205,16 @@ class ColPaliEmbedder:
             return []
         costs = text_tokens(self.processor, queries)
 
-        def process(indices: list[int], device: DeviceInfo) -> list[Embedding]:
-            inputs = self.processor.process_queries([queries[i] for i in indices])
-            return self._forward(inputs, device)
-
-        return self._run(costs, process, self.query_batch_size, adaptive=False)
+        stages: Stages[Any, Embedding] = Stages(
+            prepare=lambda indices: self.processor.process_queries([queries[i] for i in indices]),
+            compute=self._forward,
+        )
+        return self._run(costs, stages, self.query_batch_size, adaptive=False)
 
     def _run(
         self,
         costs: list[int],
-        process: Callable[[list[int], DeviceInfo], list[Embedding]],
+        stages: Stages[Any, Embedding],
         fixed: int,
         adaptive: bool | None = None,
         on_batch: Callable[[int], None] | None = None,
@@ -225,10 +227,11 @@ class ColPaliEmbedder:
             self.oom_handler,
             monitor=self.memory_monitor,
             fixed_batch_size=None if use_sizer else fixed,
+            prefetch=self.prefetch,
         )
         try:
             with self.model_manager.using(self._key):
-                results, stats = runner.run(costs, process, on_batch)
+                results, stats = runner.run(costs, stages, on_batch)
         finally:
             self._cpu_model = None  # release the fallback copy
         model_dtype = next(self.model.parameters()).dtype  # float32 if the model fell back to the CPU

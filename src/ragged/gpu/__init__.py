@@ -5,7 +5,7 @@ Everything here is hardware-agnostic above the backend seam
 """
 
 from ragged.gpu.backends import CPUBackend, CUDABackend, DeviceBackend, DeviceProperties, MPSBackend
-from ragged.gpu.batch_runner import BatchRunner, RunStats
+from ragged.gpu.batch_runner import BatchRunner, RunStats, Stages
 from ragged.gpu.batch_sizer import (
     AdaptiveBatchSizer,
     BatchMeasurement,
@@ -50,6 +50,7 @@ __all__ = [
     "RecoveryStep",
     "RecoveryStrategy",
     "RunStats",
+    "Stages",
     "default_device_manager",
     "is_oom_error",
     "memory_budget",

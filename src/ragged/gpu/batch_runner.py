@@ -6,14 +6,23 @@ worst case and similar items share a batch), cut into batches sized by the
 the failed batch is split in half and retried, items already done are kept;
 a single item that still fails is retried once after clearing the cache and,
 as the last resort, run on the CPU.
+
+A batch function given as :class:`Stages` (host-side preparation, then
+device compute) is pipelined on accelerators: while the device computes
+batch k, a worker thread prepares batch k+1 (guessed to be the same size;
+a wrong guess is dropped and prepared again), so CPU preprocessing does not
+leave the GPU idle.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
@@ -25,9 +34,67 @@ from ragged.gpu.oom_handler import OOMHandler, OOMStats, RecoveryStrategy, summa
 from ragged.gpu.types import DeviceInfo
 
 R = TypeVar("R")
+P = TypeVar("P")
 
 # process(indices, device) -> one result per index, in the same order.
 BatchFn = Callable[[list[int], DeviceInfo], list[R]]
+
+
+@dataclass(frozen=True)
+class Stages(Generic[P, R]):
+    """A batch function in two steps: ``prepare(indices)`` on the host (must
+    be thread-safe), then ``compute(prepared, device)``, one result per index."""
+
+    prepare: Callable[[list[int]], P]
+    compute: Callable[[P, DeviceInfo], list[R]]
+
+
+class _Prefetcher:
+    """Prepares the guessed next batch in a worker thread, one preparation
+    at a time (tokenizers are not re-entrant)."""
+
+    def __init__(self, stages: Stages[Any, Any], enabled: bool) -> None:
+        self._stages = stages
+        self._executor = ThreadPoolExecutor(1, "ragged-prepare") if enabled else None
+        self._ahead: tuple[list[int], Future[Any]] | None = None
+
+    def take(self, batch: list[int]) -> Future[Any] | None:
+        """The preparation of ``batch`` if it was guessed; a wrong guess is
+        let finish and dropped, so the caller can prepare the right batch."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        if ahead[0] == batch:
+            return ahead[1]
+        self._drop(ahead[1])
+        return None
+
+    def start(self, following: list[int]) -> None:
+        """Begin preparing ``following`` (call once the current batch is prepared)."""
+        if self._executor is not None and following:
+            self._ahead = (following, self._executor.submit(self._stages.prepare, following))
+
+    def settle(self) -> None:
+        """Wait for, and drop, any preparation in flight."""
+        if self._ahead is not None:
+            self._drop(self._ahead[1])
+            self._ahead = None
+
+    @staticmethod
+    def _drop(future: Future[Any]) -> None:
+        if not future.cancel():
+            with suppress(Exception):  # its batch is prepared again, and fails again, in the open
+                future.result()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_stages(process: BatchFn[R] | Stages[Any, R]) -> Stages[Any, R]:
+    if isinstance(process, Stages):
+        return process
+    return Stages(prepare=lambda indices: indices, compute=process)
 
 
 @dataclass
@@ -72,9 +139,12 @@ class BatchRunner(Generic[R]):
         *,
         monitor: MemoryMonitor | None = None,
         fixed_batch_size: int | None = None,
+        prefetch: bool | None = None,
     ) -> None:
         if sizer is None and fixed_batch_size is None:
             raise ValueError("BatchRunner needs a sizer or a fixed batch size.")
+        # On the CPU a preparing thread would compete with compute for the same cores.
+        self.prefetch = device.is_accelerator if prefetch is None else prefetch
         self.device = device
         self.sizer = sizer
         self.handler = oom_handler
@@ -83,11 +153,28 @@ class BatchRunner(Generic[R]):
         self.manager = oom_handler.manager
 
     def run(
-        self, costs: Sequence[int], process: BatchFn[R], on_batch: Callable[[int], None] | None = None
+        self,
+        costs: Sequence[int],
+        process: BatchFn[R] | Stages[Any, R],
+        on_batch: Callable[[int], None] | None = None,
     ) -> tuple[list[R], RunStats]:
         """Process every item once; results in the order of ``costs``.
 
         ``on_batch(n)`` is called after each finished batch of ``n`` items."""
+        stages = _as_stages(process)
+        prefetcher = _Prefetcher(stages, self.prefetch and isinstance(process, Stages))
+        try:
+            return self._run(costs, stages, on_batch, prefetcher)
+        finally:
+            prefetcher.close()
+
+    def _run(
+        self,
+        costs: Sequence[int],
+        stages: Stages[Any, R],
+        on_batch: Callable[[int], None] | None,
+        prefetcher: _Prefetcher,
+    ) -> tuple[list[R], RunStats]:
         stats = RunStats(device=self.device.label, items=len(costs))
         order = sorted(range(len(costs)), key=lambda i: -costs[i])
         results: dict[int, R] = {}
@@ -101,7 +188,9 @@ class BatchRunner(Generic[R]):
             longest = max(1, costs[order[pos]])
             size = self._next_size(longest, len(order) - pos, split_cap, ceiling)
             batch = order[pos : pos + size]
-            outcome = self._attempt(batch, self.device, process, stats, longest)
+            following = order[pos + size : pos + 2 * size]  # the guess: same size again
+            outcome = self._attempt(batch, self.device, stages, stats, longest, prefetcher.take(batch),
+                                    partial(prefetcher.start, following))
             if not isinstance(outcome, _Failure):
                 results.update(zip(batch, outcome, strict=True))
                 pos += size
@@ -132,7 +221,8 @@ class BatchRunner(Generic[R]):
                 logger.warning("Out of memory on {} ({}); retrying after clearing the cache",
                                self.device.label, outcome.reason)
                 continue
-            results.update(zip(batch, self._on_cpu(batch, process, stats, outcome.reason), strict=True))
+            prefetcher.settle()
+            results.update(zip(batch, self._on_cpu(batch, stages, stats, outcome.reason), strict=True))
             pos += size
             cleared_for_single = False
             if on_batch is not None:
@@ -154,13 +244,23 @@ class BatchRunner(Generic[R]):
         return max(1, min(size, remaining))
 
     def _attempt(
-        self, batch: list[int], device: DeviceInfo, process: BatchFn[R], stats: RunStats, longest: int
+        self,
+        batch: list[int],
+        device: DeviceInfo,
+        stages: Stages[Any, R],
+        stats: RunStats,
+        longest: int,
+        ready: Future[Any] | None = None,
+        prepare_next: Callable[[], None] | None = None,
     ) -> list[R] | _Failure:
         before = self.manager.counters(device)
         self.manager.reset_peak(device)
         began = time.perf_counter()
         try:
-            out = process(batch, device)
+            prepared = ready.result() if ready is not None else stages.prepare(batch)
+            if prepare_next is not None:  # only now: one preparation at a time
+                prepare_next()
+            out = stages.compute(prepared, device)
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
@@ -176,7 +276,7 @@ class BatchRunner(Generic[R]):
             self.monitor.take_snapshot()
         return out
 
-    def _on_cpu(self, batch: list[int], process: BatchFn[R], stats: RunStats, reason: str) -> list[R]:
+    def _on_cpu(self, batch: list[int], stages: Stages[Any, R], stats: RunStats, reason: str) -> list[R]:
         cpu = self.manager.cpu()
         if not (self.device.is_accelerator and self.handler.enable_cpu_fallback):
             stats.oom.failures += 1
@@ -189,7 +289,7 @@ class BatchRunner(Generic[R]):
         logger.warning("Out of memory on {} at batch {}; running it on the CPU (slow)",
                        self.device.label, len(batch))
         try:
-            out = process(batch, cpu)
+            out = stages.compute(stages.prepare(batch), cpu)
         except Exception as exc:
             if not is_oom_error(exc):
                 raise
