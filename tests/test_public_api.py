@@ -20,13 +20,18 @@ def test_gpu_exports_are_pinned() -> None:
 
 
 def test_spec_module_paths() -> None:
-    from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
-    from ragged.gpu.device_manager import DeviceManager, DeviceType
-    from ragged.gpu.memory_monitor import MemoryMonitor, MemorySnapshot
-    from ragged.gpu.oom_handler import OOMHandler, is_oom_error, with_oom_handling
+    """The spec's module paths name the same objects the package exports."""
+    from ragged.gpu import batch_sizer, device_manager, memory_monitor, oom_handler
 
-    assert {DeviceManager, DeviceType, MemoryMonitor, MemorySnapshot, OOMHandler, AdaptiveBatchSizer,
-            BatchSizeConfig} and callable(is_oom_error) and callable(with_oom_handling)
+    pairs = {
+        device_manager: ("DeviceManager", "DeviceType", "DeviceInfo"),
+        memory_monitor: ("MemoryMonitor", "MemorySnapshot"),
+        oom_handler: ("OOMHandler", "is_oom_error", "with_oom_handling"),
+        batch_sizer: ("AdaptiveBatchSizer", "BatchSizeConfig"),
+    }
+    for module, names in pairs.items():
+        for name in names:
+            assert getattr(module, name) is getattr(gpu, name), f"{module.__name__}.{name}"
 
 
 def test_one_exception_tree() -> None:

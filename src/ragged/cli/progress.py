@@ -26,7 +26,7 @@ class IngestProgress:
 
     def callbacks(self) -> Callbacks:
         """The callbacks the pipeline calls."""
-        return Callbacks(start=self._on_start, advance=self._on_advance, note=lambda text: None)
+        return Callbacks(start=self._on_start, advance=self._on_advance)
 
     def _on_start(self, total: int) -> None:
         self._start = time.perf_counter()

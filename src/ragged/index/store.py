@@ -19,11 +19,12 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -210,10 +211,11 @@ class IndexStore:
             self.meta = IndexMeta(model=self.writer_model, dim=dim)
         elif dim != self.meta.dim:
             raise IndexStoreError(f"Vectors of size {dim} do not match the index's {self.meta.dim}.")
-        halves = [np.ascontiguousarray(p, dtype=np.float16) for p in pages]  # each (tokens, dim)
-        self._write_segment(doc_hash, np.concatenate(halves, axis=0))
+        halves = [np.asarray(p, dtype=np.float16) for p in pages]  # each (tokens, dim)
+        stacked = np.ascontiguousarray(np.concatenate(halves, axis=0))  # (all tokens, dim)
+        self._write_segment(doc_hash, stacked)
         vector_type = pa.list_(pa.list_(pa.float16(), dim))
-        flat = pa.array(np.concatenate([h.reshape(-1) for h in halves]), type=pa.float16())
+        flat = pa.array(stacked.reshape(-1), type=pa.float16())
         inner = pa.FixedSizeListArray.from_arrays(flat, dim)  # (all tokens, dim)
         offsets = pa.array(np.concatenate([[0], np.cumsum([h.shape[0] for h in halves])]).astype(np.int32))
         vectors = pa.ListArray.from_arrays(offsets, inner, type=vector_type)
@@ -237,15 +239,18 @@ class IndexStore:
         path = self.folder / META
         if path.is_file():
             return
-        self._atomic_write(path, json.dumps({"model": self.meta.model, "dim": self.meta.dim,
-                                             "format": self.meta.format}).encode())
+        data = json.dumps({"model": self.meta.model, "dim": self.meta.dim, "format": self.meta.format}).encode()
+        self._atomic_write(path, lambda fh: fh.write(data))
 
     @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
+    def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+        """Write ``path`` through a temporary file renamed into place, so a
+        killed process never leaves it half-written."""
+        path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write(fh)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -257,16 +262,7 @@ class IndexStore:
         return self.folder / "segments" / f"{doc_hash}.npy"
 
     def _write_segment(self, doc_hash: str, vectors: np.ndarray) -> None:
-        target = self._segment_path(doc_hash)
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{doc_hash}-", suffix=".npy")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, vectors)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self._atomic_write(self._segment_path(doc_hash), lambda fh: np.save(fh, vectors))
 
     def catalog(self) -> Catalog:
         """Every stored page, grouped by document in page order."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ class Progress:
 
     start: Callable[[int], None] = lambda total: None
     advance: Callable[[int], None] = lambda pages: None
-    note: Callable[[str], None] = lambda text: None
 
 
 @dataclass
@@ -56,7 +55,6 @@ class IngestOptions:
     batch_size: int | None = None
     dpi: int = 150
     cache_dir: Path | None = None
-    embedder_factory: Callable[..., ColPaliEmbedder] = field(default=ColPaliEmbedder)
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
@@ -82,7 +80,7 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             todo.append(doc)
         if todo:
             progress.start(sum(d.pages for d in todo))
-            embedder = options.embedder_factory(
+            embedder = ColPaliEmbedder(
                 options.model, device=options.device, batch_size=options.batch_size, cache_dir=options.cache_dir
             )
             with embedder:
