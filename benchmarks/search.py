@@ -45,7 +45,7 @@ def build(folder: Path, pages: int, seed: int) -> tuple[list[int], object]:
     import pyarrow as pa
 
     rng = np.random.default_rng(seed)
-    store = IndexStore.open_for_writing(folder / "ragged", "synthetic")
+    store = IndexStore.open_for_writing(folder / "ragged", "synthetic/maxsim")
     db = _lancedb().connect(str(folder / "lance"))
     table = None
     ids: list[int] = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ragged.gpu.backends.base import DeviceProperties
-from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
 
 GiB = 1024**3
 MiB = 1024**2
@@ -56,6 +56,7 @@ class FakeBackend:
     available: bool = True
     bf16: bool = True
     on_clear: Callable[[int], None] | None = None
+    readable: bool = True  # False: memory readings fail, as a broken driver's would
 
     def is_available(self) -> bool:
         return self.available
@@ -68,6 +69,8 @@ class FakeBackend:
         return DeviceProperties(card.name, card.total, card.compute_capability)
 
     def memory_info(self, index: int) -> MemoryInfo:
+        if not self.readable:
+            raise RuntimeError("NVML: GPU is lost")
         card = self.cards[index]
         return MemoryInfo(total=card.total, free=card.free, allocated=card.allocated, reserved=card.reserved)
 
@@ -87,6 +90,15 @@ class FakeBackend:
 
     def supports_bf16(self, index: int) -> bool:
         return self.bf16
+
+    def compute_dtype(self, index: int) -> str:
+        if self.kind is DeviceType.CPU:
+            return "float32"
+        return "bfloat16" if self.bf16 else "float16"
+
+    def processes(self, index: int) -> list[ProcessMemory] | None:
+        card = self.cards[index]
+        return [ProcessMemory(4242, "other-job", card.others)] if card.others else []
 
     # -- simulated allocations ----------------------------------------------
 
@@ -117,14 +129,32 @@ def fake_cpu(total: int = 16 * GiB, others: int = 2 * GiB) -> FakeBackend:
     )
 
 
+class FakeClock:
+    """A ``time.perf_counter`` stand-in that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class Workload:
-    """A batch function that needs ``base + per_item x n`` bytes on a fake card."""
+    """A batch function that needs ``base + per_item x n`` bytes on a fake card.
+
+    With a ``clock``, each batch takes ``seconds_per_batch + seconds_per_item
+    x n`` of fake time, so larger batches are faster per item, without sleeping."""
 
     backend: FakeBackend
     base: int
     per_item: int
-    seconds_per_batch: float = 0.0  # a fixed cost per batch, so larger batches are faster per item
+    seconds_per_batch: float = 0.0
+    seconds_per_item: float = 0.0
+    clock: FakeClock | None = None
     calls: list[tuple[str, int]] = field(default_factory=list)
 
     def __call__(self, indices: list[int], device_label: str, index: int = 0) -> list[int]:
@@ -132,8 +162,30 @@ class Workload:
         need = self.base + self.per_item * len(indices)
         self.backend.allocate(index, need)
         try:
-            if self.seconds_per_batch:
-                time.sleep(self.seconds_per_batch)
+            cost = self.seconds_per_batch + self.seconds_per_item * len(indices)
+            if self.clock is not None:
+                self.clock.advance(cost)
+            elif cost:
+                time.sleep(cost)
             return [i * 10 for i in indices]
         finally:
             self.backend.release(index, need)
+
+
+class BookedModule(torch.nn.Module):
+    """A model whose weights are booked on a fake card: moving it to ``meta``
+    (what unloading does) gives the bytes back, as real storage would be freed."""
+
+    def __init__(self, backend: FakeBackend, nbytes: int, on_card: bool) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 4)
+        self.backend, self.nbytes, self.on_card = backend, nbytes, on_card
+        if on_card:
+            backend.allocate(0, nbytes)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        result = super()._apply(fn, recurse)
+        if self.on_card and self.layer.weight.device.type == "meta":
+            self.backend.release(0, self.nbytes)  # the cache keeps it until cleared, like torch's
+            self.on_card = False
+        return result

@@ -1,5 +1,5 @@
 """``python -m ragged``: the same as the ``ragged`` command."""
 
-from ragged.cli.main import main
+from ragged.cli import main
 
 main()

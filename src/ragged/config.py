@@ -3,7 +3,7 @@ config file, then the built-in default.
 
 The config file is TOML at ``$RAGGED_CONFIG`` or ``config.toml`` in the
 user config folder, with any of: ``model``, ``device``, ``index``, ``dpi``,
-``batch_size``.
+``batch_size``, ``memory_target``, ``text_model``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from platformdirs import user_config_dir
 
 from ragged.errors import ConfigurationError
 
-KEYS = {"model", "device", "index", "dpi", "batch_size"}
+KEYS = {"model", "device", "index", "dpi", "batch_size", "memory_target", "text_model"}
 
 
 def config_path() -> Path:

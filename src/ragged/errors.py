@@ -10,7 +10,8 @@ and carries a message that says what went wrong and what to do next::
     ├── OutOfMemoryRecoveryError    every enabled OOM strategy failed
     ├── ModelError
     │   ├── UnknownModelError       not a preset, folder or loadable hub id
-    │   └── ModelMismatchError      index built by another model
+    │   ├── ModelMismatchError      index built by another model
+    │   └── ModelDoesNotFitError    the memory policy admits the model nowhere allowed
     ├── InputError                  one input file could not be used
     │   ├── UnsupportedFileError
     │   ├── CorruptDocumentError
@@ -57,6 +58,10 @@ class UnknownModelError(ModelError):
 
 class ModelMismatchError(ModelError):
     """The index was built by a different model than the one requested."""
+
+
+class ModelDoesNotFitError(ModelError):
+    """The model (with room for one item of work) does not fit where it may go."""
 
 
 class InputError(RaggedError):

@@ -1,4 +1,5 @@
-"""ColPaliEmbedder on the tiny presets, on the CPU."""
+"""ColPaliEmbedder on the tiny presets, on the CPU (and on a fake card that
+computes on the CPU, for placement and fallback)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import pytest
 import torch
 
 from ragged.embeddings import PRESETS, ColPaliEmbedder
+from ragged.embeddings.colpali_embedder import PageVectors
 from ragged.embeddings.cost import visual_tokens
-from ragged.embeddings.loading import default_dtype
 from ragged.errors import (
     ConfigurationError,
     DeviceUnavailableError,
+    ModelDoesNotFitError,
     ModelError,
     OutOfMemoryRecoveryError,
     UnknownModelError,
 )
-from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceType
-from tests.fakes import oom_message
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, ItemFailure
+from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
 from tests.pages import MIXED, make_pages
 
 PAGES = make_pages(MIXED)
@@ -79,19 +81,33 @@ class TestEmbedding:
         assert [v.shape[0] for v in out] == [e + embedder.prompt_tokens for e in estimates]
         assert embedder.prompt_tokens > 0
 
+    def test_patch_grids_where_the_model_has_one(self, embedder: ColPaliEmbedder) -> None:
+        pages = embedder.embed_pages(PAGES[:2])
+        grids = [p.grid for p in pages if isinstance(p, PageVectors)]
+        if embedder.source.family.name == "colmodernvbert":  # tiles with separators: no single grid
+            assert grids == [None, None]
+            return
+        for page, grid, (w, h) in zip(pages, grids, MIXED[:2], strict=True):
+            assert grid is not None and isinstance(page, PageVectors)
+            assert grid.start + grid.rows * grid.cols <= page.vectors.shape[0]
+            if embedder.source.family.name == "colpali":
+                assert (grid.rows, grid.cols) == (32, 32)
+            else:  # ColQwen2 keeps the page's shape: taller pages have more rows
+                assert (grid.rows > grid.cols) == (h > w) or grid.rows == grid.cols
+
     def test_adaptive_and_fixed_agree(self, embedder: ColPaliEmbedder, model_cache: Path,
                                       reference: list[np.ndarray]) -> None:
-        fixed = ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
-                                enable_adaptive_batching=False)
-        out = fixed.embed_images(PAGES)
-        assert fixed.last_report is not None and fixed.last_report.batch_sizes == (3, 3, 2)
+        with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
+                             enable_adaptive_batching=False) as fixed:
+            out = fixed.embed_images(PAGES)
+            assert fixed.last_report is not None and fixed.last_report.batch_sizes == (3, 3, 2)
         assert close(out, reference)
-        fixed.close()
 
     def test_oom_in_forward_loses_nothing(self, embedder: ColPaliEmbedder, reference: list[np.ndarray],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(embedder, "_sizer", None)  # a fresh run that starts at 4 pages
-        monkeypatch.setattr(embedder, "batch_config", BatchSizeConfig(initial_batch_size=4))
+        monkeypatch.setattr(embedder.job, "_sizers", {})  # a fresh run that starts at 4 pages
+        monkeypatch.setattr(embedder.job, "batch_config", BatchSizeConfig(initial_batch_size=4))
+        monkeypatch.setattr(embedder.job, "oom_handler", type(embedder.oom_handler)(embedder.device_manager))
         seen = inject_oom(monkeypatch, embedder.model, at_batch=3)
         out = embedder.embed_images(PAGES)
         assert close(out, reference)
@@ -109,8 +125,9 @@ class TestEmbedding:
                              enable_adaptive_batching=False, prefetch=True) as piped:
             assert close(piped.embed_images(PAGES), reference)
             assert piped.last_report is not None and piped.last_report.batch_sizes == (3, 3, 2)
+            assert piped.last_report.prepared_items == len(PAGES)
 
-    def test_queries_and_scores(self, embedder: ColPaliEmbedder) -> None:
+    def test_queries_and_exact_scores(self, embedder: ColPaliEmbedder) -> None:
         queries = embedder.embed_queries(["quarterly revenue", "which page has the table?"])
         pages = embedder.embed_images(PAGES[:3])
         assert [q.shape[1] for q in queries] == [128, 128]
@@ -125,7 +142,20 @@ class TestEmbedding:
         assert report is not None
         assert report.device == "cpu" and report.dtype == "float32" and report.items == len(PAGES)
         assert sum(report.batch_sizes) == len(PAGES) and report.items_per_second > 0
+        assert report.model_bytes > 0 and report.placement_note is None
+        assert report.compute_seconds > 0 and report.prepare_seconds > 0
+        assert len(report.batch_peaks) == len(report.batch_sizes)
         assert report.to_dict()["items_per_second"] > 0
+
+
+def test_score_is_exact_when_every_similarity_is_negative() -> None:
+    """Zero padding gave such a page a score of 0 instead of its true MaxSim."""
+    from ragged.index.maxsim import maxsim_scores
+
+    query = [np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)]
+    pages = [np.array([[-1.0, -2.0]], dtype=np.float32), np.array([[-3.0, -1.0], [-2.0, -0.5], [-1.0, -4.0]],
+                                                                   dtype=np.float32)]
+    np.testing.assert_allclose(maxsim_scores(query, pages), [[-3.0, -1.5]])
 
 
 class TestBehaviour:
@@ -135,16 +165,17 @@ class TestBehaviour:
             assert emb.last_report is not None and max(emb.last_report.batch_sizes) <= 3
 
     def test_sizer_learns_across_calls(self, model_cache: Path) -> None:
-        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
+        always_grow = BatchSizeConfig(min_throughput_gain=-0.99)  # growth never stops: the path is predictable
+        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache, batch_config=always_grow) as emb:
             sizer = emb.batch_sizer
             emb.embed_images(PAGES)
             first = emb.last_report
-            assert first is not None and first.batch_sizes[0] == 2  # the initial probe
+            assert first is not None and first.batch_sizes == (2, 4, 2)  # the probe, doubled, then the rest
             emb.embed_images(PAGES)
             second = emb.last_report
             assert emb.batch_sizer is sizer and second is not None
             assert len(sizer.measurements) == len(first.batch_sizes) + len(second.batch_sizes)
-            assert sizer.fit() is not None  # the second call was sized from measurements
+            assert second.batch_sizes == (8,)  # it goes on from 4 (the cut-short tail does not count), no probe
 
     def test_persistent_oom_on_cpu_is_reported_not_crashed(self, model_cache: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,14 +183,34 @@ class TestBehaviour:
             inject_oom(monkeypatch, emb.model, at_batch=1)
             with pytest.raises(OutOfMemoryRecoveryError, match="Out of memory on cpu"):
                 emb.embed_images(PAGES[:2])
+            results = emb.embed_pages(PAGES[:2])
+            assert all(isinstance(r, ItemFailure) for r in results)
 
-    def test_unloaded_model_is_reloaded(self, model_cache: Path) -> None:
+    def test_reading_the_device_never_reloads(self, model_cache: Path) -> None:
         with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
             first = emb.embed_images(PAGES[:2])
             old = emb.model
-            assert emb.model_manager.unload(emb._key)
+            assert emb.model_manager.unload(emb.job.key)
             assert next(old.parameters()).device.type == "meta"
-            assert close(emb.embed_images(PAGES[:2]), first)
+            assert emb.device.label == "cpu" and emb.batch_sizer is not None and emb.memory_monitor is not None
+            assert not emb.job.loaded  # none of those reads loaded it back
+            assert close(emb.embed_images(PAGES[:2]), first)  # the next call does
+            assert emb.job.loaded
+
+    def test_long_queries_are_cut_with_a_notice(self, model_cache: Path) -> None:
+        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache, max_query_tokens=16) as emb:
+            short, long = emb.embed_queries(["quarterly revenue", "quarterly revenue " * 200])
+            assert long.shape[0] <= 16 + 30  # the query's tokens plus the processor's own prompt
+            assert len(emb.last_query_notices) == 1 and "cut to its first 16 tokens" in emb.last_query_notices[0]
+
+    def test_page_view_size_keeps_what_the_model_sees(self, model_cache: Path) -> None:
+        with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache) as emb:
+            w, h = emb.page_view_size(7500, 7500)
+            assert w * h < 2_000_000  # a poster page is held at under 2 Mpx
+            from PIL import Image
+
+            big, small = Image.new("RGB", (7500, 7500)), Image.new("RGB", (w, h))
+            assert visual_tokens(emb.processor, [big]) == visual_tokens(emb.processor, [small])
 
     def test_loads_a_saved_local_folder_offline(self, model_cache: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,20 +254,65 @@ class TestBehaviour:
                 emb.embed_images(["page.png"])  # type: ignore[list-item]
             assert emb.embed_images([]) == [] and emb.embed_queries([]) == []
 
-    def test_dtypes_by_device(self) -> None:
-        cuda, mps, cpu = (DeviceInfo(device_type=k) for k in (DeviceType.CUDA, DeviceType.MPS, DeviceType.CPU))
-        assert default_dtype(cuda, True) is torch.bfloat16 and default_dtype(cuda, False) is torch.float16
-        assert default_dtype(mps, True) is torch.bfloat16 and default_dtype(mps, False) is torch.float32
-        assert default_dtype(cpu, True) is torch.float32
+
+@pytest.fixture
+def fake_card(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeBackend, DeviceManager]]:
+    """A fake CUDA card whose tensors live on the CPU: placement and
+    fallback run for real, with real models, without a GPU."""
+    monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
+    backend = FakeBackend(cards=[FakeCard(total=8 * GiB)])
+    yield backend, DeviceManager([backend, fake_cpu()])
 
 
-def test_presets_are_deterministic(tmp_path: Path) -> None:
-    import hashlib
+class TestPlacement:
+    def test_explicit_device_is_honoured(self, fake_card: tuple[FakeBackend, DeviceManager],
+                                         model_cache: Path) -> None:
+        _, manager = fake_card
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+                             dtype=torch.float32) as emb:
+            assert emb.device.label == "cuda:0" and emb.placement is not None and not emb.placement.fell_back
+            emb.embed_images(PAGES[:2])
+            assert emb.last_report is not None and emb.last_report.device == "cuda:0"
 
-    from ragged.embeddings.presets import ensure_preset
+    def test_explicit_device_that_cannot_hold_it_is_refused(self, fake_card: tuple[FakeBackend, DeviceManager],
+                                                            model_cache: Path) -> None:
+        backend, manager = fake_card
+        backend.cards[0].others = int(7.5 * GiB)  # someone else fills the card
+        with pytest.raises(ModelDoesNotFitError, match="cuda:0 has"):
+            ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager)
 
-    digests = {
-        hashlib.sha256((ensure_preset("tiny-colqwen2", tmp_path / d) / "model.safetensors").read_bytes()).hexdigest()
-        for d in ("a", "b")
-    }
-    assert len(digests) == 1
+    def test_auto_falls_back_and_the_report_says_why(self, fake_card: tuple[FakeBackend, DeviceManager],
+                                                     model_cache: Path) -> None:
+        backend, manager = fake_card
+        backend.cards[0].others = int(7.5 * GiB)
+        with ColPaliEmbedder("tiny-colpali", "auto", cache_dir=model_cache, device_manager=manager) as emb:
+            assert emb.device.label == "cpu"
+            emb.embed_images(PAGES[:1])
+            report = emb.last_report
+            assert report is not None and report.device == "cpu" and report.dtype == "float32"
+            assert report.placement_note is not None and "under its 65% line" in report.placement_note
+
+    def test_oom_fallback_runs_a_real_cpu_copy(self, fake_card: tuple[FakeBackend, DeviceManager],
+                                               model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        _, manager = fake_card
+        with ColPaliEmbedder("tiny-colpali", device="cpu", cache_dir=model_cache) as plain:
+            reference = plain.embed_images(PAGES[:3])
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+                             dtype=torch.float32) as emb:
+            inject_oom(monkeypatch, emb.model, at_batch=1)  # the card's model fails every batch
+            out = emb.embed_images(PAGES[:3])
+            report = emb.last_report
+            assert report is not None and report.cpu_fallback_items == 3 and report.recoveries["cpu_fallback"] >= 1
+            assert f"{emb.job.key}|cpu-fallback" in emb.model_manager.loaded  # admitted like any model
+        assert close(out, reference)
+
+    def test_no_room_for_the_cpu_copy_fails_the_page_clearly(self, model_cache: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
+        manager = DeviceManager([FakeBackend(cards=[FakeCard(total=8 * GiB)]),
+                                 fake_cpu(total=8 * GiB, others=int(5.2 * GiB))])
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+                             dtype=torch.float32) as emb:
+            inject_oom(monkeypatch, emb.model, at_batch=1)
+            results = emb.embed_pages(PAGES[:2])
+        assert all(isinstance(r, ItemFailure) and "no CPU fallback" in r.reason for r in results)

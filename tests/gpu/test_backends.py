@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ragged.gpu import DeviceManager, DeviceType
-from ragged.gpu.backends import CUDABackend, MPSBackend
+from ragged.gpu.backends import CPUBackend, CUDABackend, MPSBackend
 from ragged.gpu.backends import mps as mps_module
 
 GiB = 1024**3
@@ -135,3 +135,77 @@ def test_real_mps_reading() -> None:
     manager = DeviceManager()
     info = manager.get_device_memory_info(manager.get_optimal_device("mps"))
     assert info.total > 0 and 0 <= info.free <= info.total
+
+
+def test_cuda_lists_processes_through_nvml(fake_cuda: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_nvml(monkeypatch, {"GPU-aaaa-1111": 20 * GiB})
+    import pynvml
+
+    running = [SimpleNamespace(pid=1, usedGpuMemory=GiB), SimpleNamespace(pid=2, usedGpuMemory=3 * GiB)]
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", lambda handle: running, raising=False)
+    procs = CUDABackend().processes(0)
+    assert procs is not None and [(p.pid, p.used_bytes) for p in procs] == [(2, 3 * GiB), (1, GiB)]
+    assert CUDABackend().compute_dtype(0) == "bfloat16" and CUDABackend().compute_dtype(1) == "float16"
+
+
+@pytest.fixture
+def fake_rocm(fake_cuda: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ROCm build: torch.version.hip is set and cards carry gfx names."""
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    cards = [SimpleNamespace(name="AMD Instinct MI250X", total_memory=64 * GiB, major=9, minor=0,
+                             gcnArchName="gfx90a:sramecc+:xnack-"),
+             SimpleNamespace(name="Radeon Pro W6800", total_memory=32 * GiB, major=10, minor=3,
+                             gcnArchName="gfx1030")]
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
+
+
+def test_rocm_names_chips_by_gfx_target_and_owns_the_bf16_rule(fake_rocm: None) -> None:
+    from ragged.gpu.backends import ROCmBackend, default_backends
+
+    rocm = ROCmBackend()
+    assert rocm.is_available() and not CUDABackend().is_available()  # one build, one backend
+    assert rocm.properties(0).arch == "gfx90a" and rocm.properties(0).compute_capability is None
+    assert (rocm.supports_bf16(0), rocm.supports_bf16(1)) == (True, False)
+    assert (rocm.compute_dtype(0), rocm.compute_dtype(1)) == ("bfloat16", "float16")
+    assert rocm.memory_info(0).free == 10 * GiB  # from the HIP runtime (fake_cuda's mem_get_info)
+    manager = DeviceManager(default_backends())
+    assert [d.label for d in manager.devices][:2] == ["cuda:0", "cuda:1"]
+    assert manager.devices[0].arch == "gfx90a" and manager.backend_for(manager.devices[0]) is not None
+    assert isinstance(manager.backend_for(manager.devices[0]), ROCmBackend)
+
+
+def test_xpu_backend_answers_through_torch_xpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragged.gpu.backends import XPUBackend
+
+    xpu = SimpleNamespace(
+        is_available=lambda: True, device_count=lambda: 2,
+        get_device_properties=lambda i: SimpleNamespace(name=f"Intel Arc {i}", total_memory=16 * GiB),
+        mem_get_info=lambda i: (12 * GiB, 16 * GiB), memory_allocated=lambda i: GiB,
+        memory_reserved=lambda i: 2 * GiB, max_memory_allocated=lambda i: 3 * GiB,
+        reset_peak_memory_stats=lambda i: None, empty_cache=lambda: None,
+    )
+    monkeypatch.setattr(torch, "xpu", xpu, raising=False)
+    manager = DeviceManager([XPUBackend(), CPUBackend()])
+    assert [d.label for d in manager.devices] == ["xpu:0", "xpu:1", "cpu"]
+    assert manager.get_optimal_device("xpu:1").name == "Intel Arc 1"
+    info = manager.get_device_memory_info(manager.get_optimal_device("xpu:0"))
+    assert (info.free, info.allocated, info.reserved) == (12 * GiB, GiB, 2 * GiB)
+    assert manager.compute_dtype(manager.devices[0]) == "bfloat16"
+
+
+def test_real_cpu_peak_sees_many_small_tensors() -> None:
+    """Freed heap memory stays resident; without handing it back first, a
+    batch of small tensors read as a 0-byte peak."""
+    from ragged.gpu.batch_sizer import measured_peak
+
+    backend = CPUBackend()
+    warm = [torch.ones(64, 64) for _ in range(3000)]  # ~48 MiB of 16 KiB tensors, then freed
+    del warm
+    backend.reset_peak(0)
+    before = backend.counters(0)
+    if before.peak_allocated is None:
+        pytest.skip("no resettable peak RSS on this OS")
+    batch = [torch.ones(64, 64) for _ in range(2000)]  # ~31 MiB that fits in the freed heap
+    peak = measured_peak(before, backend.counters(0))
+    del batch
+    assert peak is not None and peak > 20 * 1024**2

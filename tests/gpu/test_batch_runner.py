@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
 import pytest
 import torch
 
-from ragged.errors import OutOfMemoryRecoveryError
+from ragged.errors import ModelDoesNotFitError, OutOfMemoryRecoveryError
 from ragged.gpu import (
     AdaptiveBatchSizer,
     BatchRunner,
@@ -13,10 +16,20 @@ from ragged.gpu import (
     DeviceInfo,
     DeviceManager,
     DeviceType,
+    ItemFailure,
     MemoryMonitor,
     OOMHandler,
+    Stages,
 )
-from tests.fakes import FakeBackend, FakeCard, GiB, MiB, Workload, fake_cpu, oom_message
+from tests.fakes import FakeBackend, FakeCard, FakeClock, GiB, MiB, Workload, fake_cpu, oom_message
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    """The runner's timer, moved only by the workloads: throughput is deterministic."""
+    fake = FakeClock()
+    monkeypatch.setattr("ragged.gpu.batch_runner.time.perf_counter", fake)
+    yield fake
 
 
 def setup(card: FakeCard, config: BatchSizeConfig | None = None):  # type: ignore[no-untyped-def]
@@ -24,16 +37,14 @@ def setup(card: FakeCard, config: BatchSizeConfig | None = None):  # type: ignor
     manager = DeviceManager([backend, fake_cpu()])
     device = manager.get_optimal_device("cuda:0")
     monitor = MemoryMonitor(device, manager)
-    sizer = AdaptiveBatchSizer(device, monitor, config or BatchSizeConfig(max_batch_size=64), manager)
-    return backend, manager, device, sizer, monitor
-
-
-def run_workload(runner: BatchRunner[int], work: Workload, n: int):  # type: ignore[no-untyped-def]
-    return runner.run([100] * n, lambda idx, dev: work(idx, dev.label))
+    handler = OOMHandler(manager)
+    sizer = AdaptiveBatchSizer(device, monitor, config or BatchSizeConfig(max_batch_size=64), manager,
+                               oom_handler=handler)
+    return backend, manager, device, sizer, monitor, handler
 
 
 def test_every_item_once_in_caller_order_largest_first() -> None:
-    backend, manager, device, sizer, monitor = setup(FakeCard(total=10 * GiB))
+    _, manager, device, _, _, handler = setup(FakeCard(total=10 * GiB))
     seen: list[list[int]] = []
 
     def process(indices: list[int], dev: DeviceInfo) -> list[str]:
@@ -41,48 +52,61 @@ def test_every_item_once_in_caller_order_largest_first() -> None:
         return [f"item{i}" for i in indices]
 
     costs = [5, 50, 10, 40, 20, 30, 1]
-    results, stats = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=3).run(costs, process)
+    results, stats = BatchRunner(device, None, handler, fixed_batch_size=3).run(costs, process)
     assert results == [f"item{i}" for i in range(7)]
     assert seen == [[1, 3, 5], [4, 2, 0], [6]]  # sorted by cost, descending
     assert stats.batch_sizes == [3, 3, 1]
 
 
-def test_calibrates_to_what_fits_without_oom() -> None:
+def test_calibrates_to_what_fits_without_oom(clock: FakeClock) -> None:
     # 10 GiB card with a 4 GiB model held; each item needs 200 MiB, plus 100 MiB.
     card = FakeCard(total=10 * GiB, allocated=4 * GiB, reserved=4 * GiB)
-    backend, manager, device, sizer, monitor = setup(card)
-    work = Workload(backend, base=100 * MiB, per_item=200 * MiB, seconds_per_batch=0.01)
-    runner: BatchRunner[int] = BatchRunner(device, sizer, OOMHandler(manager), monitor=monitor)
+    backend, _, device, sizer, monitor, handler = setup(card)
+    work = Workload(backend, base=100 * MiB, per_item=200 * MiB, seconds_per_batch=0.1, seconds_per_item=0.01,
+                    clock=clock)
     sizer.prior_bytes_per_load = 1.0  # a wildly optimistic prior: measurements must take over
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
     results, stats = runner.run([1] * 60, lambda idx, dev: work(idx, dev.label))
     assert results == [i * 10 for i in range(60)]
     budget = int(10 * GiB * 0.65) - 4 * GiB
     best = (budget - 100 * MiB) // (200 * MiB)
     assert stats.oom.ooms == 0
-    assert stats.batch_sizes[:3] == [2, 4, 8]
+    assert stats.batch_sizes[:4] == [2, 4, 8, best]  # at most doubling, then what the fit allows
     assert max(stats.batch_sizes) == best
-    assert stats.peak_bytes <= budget
+    assert stats.peak_bytes is not None and stats.peak_bytes <= budget
 
 
-def test_oom_splits_the_batch_and_keeps_finished_items() -> None:
+def test_oom_splits_the_batch_keeps_finished_items_and_counts_once() -> None:
     card = FakeCard(total=4 * GiB)
-    backend, manager, device, sizer, monitor = setup(card, BatchSizeConfig(max_batch_size=64, initial_batch_size=16))
+    backend, _, device, sizer, monitor, handler = setup(card, BatchSizeConfig(max_batch_size=64,
+                                                                               initial_batch_size=16))
     work = Workload(backend, base=0, per_item=1 * GiB)  # at most 3 items fit in 4 GiB
     sizer.prior_bytes_per_load = 1.0
-    runner: BatchRunner[int] = BatchRunner(device, sizer, OOMHandler(manager), monitor=monitor)
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
     results, stats = runner.run([1] * 10, lambda idx, dev: work(idx, dev.label))
     assert results == [i * 10 for i in range(10)]
     tried = [size for _, size in work.calls]
     assert tried[:4] == [10, 5, 2, 2]  # 10 fails, 5 fails, then halves of 2
-    assert all(size <= 4 for size in tried[2:])  # never back to an OOM size
+    assert all(size <= 4 for size in tried[2:])  # never back to a size that failed
     assert stats.oom.ooms == 2 and stats.oom.recoveries["reduce_batch"] == 2
+    assert handler.stats.ooms == 2  # the engine's own record, not a second one
     assert sizer.ceiling is not None and sizer.ceiling <= 4
     assert sum(stats.batch_sizes) == 10
 
 
-def test_single_item_retries_after_clearing_then_runs_on_cpu() -> None:
-    card = FakeCard(total=4 * GiB)
-    backend, manager, device, sizer, _ = setup(card)
+def test_the_next_run_starts_below_the_size_that_failed() -> None:
+    card = FakeCard(total=int(3.5 * GiB))
+    backend, _, device, _, _, handler = setup(card)
+    work = Workload(backend, base=0, per_item=1 * GiB)
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=8, work="pages")
+    runner.run([1] * 8, lambda idx, dev: work(idx, dev.label))
+    work.calls.clear()
+    _, stats = runner.run([1] * 8, lambda idx, dev: work(idx, dev.label))
+    assert stats.oom.ooms == 0 and max(size for _, size in work.calls) <= 3
+
+
+def test_single_item_is_split_then_retried_after_clearing_then_runs_on_cpu() -> None:
+    backend, _, device, _, _, handler = setup(FakeCard(total=4 * GiB))
     calls: list[tuple[str, int]] = []
 
     def process(indices: list[int], dev: DeviceInfo) -> list[int]:
@@ -91,7 +115,7 @@ def test_single_item_retries_after_clearing_then_runs_on_cpu() -> None:
             backend.allocate(0, 5 * GiB)  # page 2 alone is too big for this card
         return [i + 100 for i in indices]
 
-    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=2)
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=2)
     results, stats = runner.run([3, 2, 1, 0], process)
     assert results == [100, 101, 102, 103]
     # [0, 1] fits; [2, 3] fails and is split; [2] fails, again after clearing, then runs on the CPU.
@@ -99,17 +123,51 @@ def test_single_item_retries_after_clearing_then_runs_on_cpu() -> None:
     assert stats.cpu_fallback_items == 1
     assert stats.oom.as_dict() == {"ooms": 3, "failures": 0, "clear_cache": 1, "reduce_batch": 1,
                                    "cpu_fallback": 1}
+    assert backend.cards[0].clear_calls == 3  # released after each OOM
 
 
-def test_cpu_fallback_disabled_gives_clear_error() -> None:
-    backend, manager, device, _, _ = setup(FakeCard(total=1 * GiB))
+def test_cpu_fallback_disabled_gives_a_clear_error() -> None:
+    _, manager, device, _, _, _ = setup(FakeCard(total=1 * GiB))
 
     def process(indices: list[int], dev: DeviceInfo) -> list[int]:
         raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
 
     runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager, enable_cpu_fallback=False),
                                            fixed_batch_size=1)
-    with pytest.raises(OutOfMemoryRecoveryError, match="even at batch 1"):
+    with pytest.raises(OutOfMemoryRecoveryError, match=r"Out of memory on cuda:0 at batch 1 .*Tried: clear cache"):
+        runner.run([1], process)
+
+
+def test_keep_going_fails_only_the_item_that_fits_nowhere() -> None:
+    backend, _, device, _, _, handler = setup(FakeCard(total=4 * GiB))
+    done: list[int] = []
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        if 3 in indices:  # too large on the card and on the CPU
+            raise (torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB)) if dev.is_accelerator
+                   else RuntimeError(oom_message(DeviceType.CPU, 10**12)))
+        return [i * 2 for i in indices]
+
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=4)
+    results, stats = runner.run([1] * 6, process, on_batch=done.append, keep_going=True)
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 2, 4, 8, 10]
+    failure = results[3]
+    assert isinstance(failure, ItemFailure) and "Out of memory on cuda:0" in failure.reason
+    assert sum(done) == 6  # every item counted once, the failed one too
+    assert stats.failed_items == 1 and handler.stats.failures == 1
+
+
+def test_no_room_for_a_cpu_copy_is_a_clear_failure() -> None:
+    _, _, device, _, _, handler = setup(FakeCard(total=4 * GiB))
+
+    def no_room(cpu: DeviceInfo) -> None:
+        raise ModelDoesNotFitError("its CPU copy (9 GiB) does not fit in RAM either")
+
+    def process(indices: list[int], dev: DeviceInfo) -> list[int]:
+        raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
+
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=1, prepare_fallback=no_room)
+    with pytest.raises(OutOfMemoryRecoveryError, match="no CPU fallback: its CPU copy"):
         runner.run([1], process)
 
 
@@ -120,18 +178,18 @@ def test_oom_on_cpu_at_one_item_is_reported() -> None:
         raise RuntimeError(oom_message(DeviceType.CPU, 10**12))
 
     runner: BatchRunner[int] = BatchRunner(manager.cpu(), None, OOMHandler(manager), fixed_batch_size=2)
-    with pytest.raises(OutOfMemoryRecoveryError):
+    with pytest.raises(OutOfMemoryRecoveryError, match=r"Out of memory on cpu at batch 2 .*split -> batch 1 on cpu"):
         runner.run([1, 1], process)
 
 
 def test_other_errors_propagate_untouched() -> None:
-    _, manager, device, sizer, _ = setup(FakeCard())
+    _, _, device, sizer, _, handler = setup(FakeCard())
 
     def process(indices: list[int], dev: DeviceInfo) -> list[int]:
         raise ValueError("bad page")
 
     with pytest.raises(ValueError, match="bad page"):
-        BatchRunner(device, sizer, OOMHandler(manager)).run([1, 2], process)
+        BatchRunner(device, sizer, handler).run([1, 2], process)
 
 
 def test_needs_a_sizer_or_a_size(gpu_manager: DeviceManager) -> None:
@@ -140,9 +198,9 @@ def test_needs_a_sizer_or_a_size(gpu_manager: DeviceManager) -> None:
 
 
 def test_fixed_batches_never_return_to_a_size_that_failed() -> None:
-    backend, manager, device, _, _ = setup(FakeCard(total=int(3.5 * GiB)))
+    backend, _, device, _, _, handler = setup(FakeCard(total=int(3.5 * GiB)))
     work = Workload(backend, base=0, per_item=1 * GiB)  # 3 items fit, 4 do not
-    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=4)
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=4)
     results, stats = runner.run([1] * 12, lambda idx, dev: work(idx, dev.label))
     assert results == [i * 10 for i in range(12)]
     assert [size for _, size in work.calls] == [4, 2, 2, 3, 3, 2]  # one OOM, then at most 3
@@ -152,59 +210,60 @@ def test_fixed_batches_never_return_to_a_size_that_failed() -> None:
 class PrepareLog:
     """Stages that record which thread prepared which batch."""
 
-    def __init__(self, fail_compute_at: int | None = None) -> None:
-        import threading
-
+    def __init__(self, fail_compute_at: int | None = None, clock: FakeClock | None = None) -> None:
         self.prepared: list[tuple[list[int], str]] = []
         self.computed: list[list[int]] = []
         self.active = 0
         self.overlap = False
         self.lock = threading.Lock()
         self.fail_at = fail_compute_at
+        self.clock = clock
 
     def prepare(self, indices: list[int]) -> list[int]:
-        import threading
-        import time
-
         with self.lock:
             self.active += 1
             self.overlap |= self.active > 1
-        time.sleep(0.002)
         self.prepared.append((list(indices), threading.current_thread().name))
         with self.lock:
             self.active -= 1
         return [i * 10 for i in indices]
 
     def compute(self, prepared: list[int], device: DeviceInfo) -> list[int]:
-        import time
-
         self.computed.append(prepared)
         if self.fail_at is not None and device.is_accelerator and len(prepared) >= self.fail_at:
             raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
-        time.sleep(0.005)
+        if self.clock is not None:
+            self.clock.advance(0.1 + 0.001 * len(prepared))  # larger batches are faster per item
         return [p + 1 for p in prepared]
 
 
 def test_prefetch_prepares_the_next_batch_in_a_worker() -> None:
-    from ragged.gpu.batch_runner import Stages
-
-    _, manager, device, _, _ = setup(FakeCard())
+    _, _, device, _, _, handler = setup(FakeCard())
     log = PrepareLog()
-    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=3)
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=3)
     assert runner.prefetch  # on by default on accelerators
-    results, _ = runner.run([1] * 10, Stages(log.prepare, log.compute))
+    results, stats = runner.run([1] * 10, Stages(log.prepare, log.compute))
     assert results == [i * 10 + 1 for i in range(10)]
-    assert [b for b, _ in log.prepared] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]  # each once: guesses hit
-    assert [t.startswith("ragged-prepare") for _, t in log.prepared] == [False, True, True, True]
-    assert not log.overlap  # never two preparations at once
+    assert [b for b, _ in log.prepared] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]  # each once
+    assert all(t.startswith("ragged-prepare") for _, t in log.prepared)  # always through the one worker
+    assert not log.overlap and stats.prepared_items == 10
+
+
+def test_prefetch_wastes_nothing_while_batches_grow(clock: FakeClock) -> None:
+    _, _, device, sizer, monitor, handler = setup(FakeCard(total=80 * GiB))
+    sizer.prior_bytes_per_load = 1.0
+    log = PrepareLog(clock=clock)
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
+    results, stats = runner.run([1] * 120, Stages(log.prepare, log.compute))
+    assert results == [i * 10 + 1 for i in range(120)]
+    assert len(set(stats.batch_sizes)) >= 4  # the sizes did grow
+    assert stats.prepared_items == 120  # every guess was used: nothing prepared twice
 
 
 def test_prefetch_survives_oom_and_wrong_guesses() -> None:
-    from ragged.gpu.batch_runner import Stages
-
-    _, manager, device, _, _ = setup(FakeCard())
+    _, _, device, _, _, handler = setup(FakeCard())
     log = PrepareLog(fail_compute_at=4)
-    runner: BatchRunner[int] = BatchRunner(device, None, OOMHandler(manager), fixed_batch_size=4)
+    runner: BatchRunner[int] = BatchRunner(device, None, handler, fixed_batch_size=4)
     results, stats = runner.run([1] * 9, Stages(log.prepare, log.compute))
     assert results == [i * 10 + 1 for i in range(9)]
     assert stats.oom.ooms == 1 and not log.overlap
@@ -212,8 +271,6 @@ def test_prefetch_survives_oom_and_wrong_guesses() -> None:
 
 
 def test_no_prefetch_on_the_cpu(gpu_manager: DeviceManager) -> None:
-    from ragged.gpu.batch_runner import Stages
-
     log = PrepareLog()
     runner: BatchRunner[int] = BatchRunner(gpu_manager.cpu(), None, OOMHandler(gpu_manager), fixed_batch_size=2)
     assert runner.run([1] * 4, Stages(log.prepare, log.compute))[0] == [1, 11, 21, 31]

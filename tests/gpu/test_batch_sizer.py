@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from loguru import logger
 
 from ragged.errors import ConfigurationError
 from ragged.gpu import (
@@ -12,9 +13,13 @@ from ragged.gpu import (
     MemoryFit,
     MemoryInfo,
     MemoryMonitor,
+    MemoryPolicy,
+    OOMHandler,
     memory_budget,
     plan_batch_size,
 )
+from ragged.gpu.batch_sizer import measured_peak
+from ragged.gpu.types import AllocatorCounters
 from tests.fakes import FakeBackend, FakeCard, GiB, MiB, fake_cpu
 
 
@@ -23,28 +28,18 @@ def sizer_on(card: FakeCard, config: BatchSizeConfig | None = None, **kwargs: ob
     return AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, config, manager, **kwargs)  # type: ignore[arg-type]
 
 
-class TestBudget:
-    def test_empty_card_matches_spec_formula(self) -> None:
-        info = MemoryInfo(total=100 * GiB, free=100 * GiB, allocated=0, reserved=0)
-        assert memory_budget(info, BatchSizeConfig()) == int(100 * GiB * 0.65)
+def test_memory_budget_reads_the_policy_from_config_or_policy() -> None:
+    info = MemoryInfo(total=10 * GiB, free=10 * GiB, allocated=0, reserved=0)
+    assert memory_budget(info, BatchSizeConfig()) == int(6.5 * GiB)
+    assert memory_budget(info, BatchSizeConfig(policy=MemoryPolicy(target_utilisation=0.5))) == 4 * GiB
+    assert memory_budget(None, MemoryPolicy()) is None
 
-    def test_memory_held_by_model_and_others_is_counted(self) -> None:
-        # 100 GiB card, 30 GiB in use by everyone: headroom to 65% is 35 GiB.
-        info = MemoryInfo(total=100 * GiB, free=70 * GiB, allocated=10 * GiB, reserved=10 * GiB)
-        assert memory_budget(info, BatchSizeConfig()) == 35 * GiB
 
-    def test_own_cache_counts_as_free(self) -> None:
-        info = MemoryInfo(total=100 * GiB, free=70 * GiB, allocated=10 * GiB, reserved=20 * GiB)
-        assert memory_budget(info, BatchSizeConfig()) == 45 * GiB
-
-    def test_crowded_card_gives_zero(self) -> None:
-        info = MemoryInfo(total=10 * GiB, free=1 * GiB, allocated=0, reserved=0)
-        assert memory_budget(info, BatchSizeConfig()) == 0
-
-    def test_never_more_than_free_less_margin(self) -> None:
-        info = MemoryInfo(total=10 * GiB, free=10 * GiB, allocated=0, reserved=0)
-        config = BatchSizeConfig(target_utilisation=1.0, safety_margin=0.0)
-        assert memory_budget(info, config) == 10 * GiB
+def test_measured_peak_unknown_is_none() -> None:
+    before = AllocatorCounters(allocated=100, reserved=100, peak_allocated=None)
+    assert measured_peak(before, AllocatorCounters(100, 300, None)) == 200  # MPS: what the cache holds after
+    assert measured_peak(before, AllocatorCounters(100, 100, 100)) is None  # did not rise: below resolution
+    assert measured_peak(before, AllocatorCounters(100, 100, 450)) == 350
 
 
 class TestFitAndPlan:
@@ -54,16 +49,15 @@ class TestFitAndPlan:
         assert fit.base_bytes == pytest.approx(100)
         assert fit.bytes_per_load == pytest.approx(100)
 
+    def test_unknown_peaks_are_left_out(self) -> None:
+        assert MemoryFit.fit([(2, None), (4, None)]) is None
+        assert MemoryFit.fit([(2, None), (4, 400), (8, None)]) == MemoryFit(0.0, 100.0)
+
     def test_one_load_goes_through_origin(self) -> None:
-        fit = MemoryFit.fit([(4, 400), (4, 480)])
-        assert fit == MemoryFit(0.0, 120.0)
+        assert MemoryFit.fit([(4, 400), (4, 480)]) == MemoryFit(0.0, 120.0)
 
     def test_negative_intercept_falls_back_conservatively(self) -> None:
-        fit = MemoryFit.fit([(2, 100), (4, 400)])
-        assert fit == MemoryFit(0.0, 100.0)
-
-    def test_nothing_to_fit(self) -> None:
-        assert MemoryFit.fit([]) is None
+        assert MemoryFit.fit([(2, 100), (4, 400)]) == MemoryFit(0.0, 100.0)
 
     def test_plan_clamps(self) -> None:
         config = BatchSizeConfig(min_batch_size=2, max_batch_size=16)
@@ -73,17 +67,19 @@ class TestFitAndPlan:
         assert plan_batch_size(budget_bytes=50, **kw) == 2  # type: ignore[arg-type]
         assert plan_batch_size(budget_bytes=10**6, ceiling=5, **kw) == 5  # type: ignore[arg-type]
 
+    def test_a_free_cost_is_refused_not_unlimited(self) -> None:
+        with pytest.raises(ConfigurationError):
+            plan_batch_size(budget_bytes=10**9, base_bytes=0, bytes_per_load=0, load_per_item=1,
+                            config=BatchSizeConfig())
+
     def test_longer_items_get_smaller_batches(self) -> None:
         config = BatchSizeConfig(max_batch_size=64)
         one = plan_batch_size(budget_bytes=10**6, base_bytes=0, bytes_per_load=100, load_per_item=100, config=config)
         two = plan_batch_size(budget_bytes=10**6, base_bytes=0, bytes_per_load=100, load_per_item=200, config=config)
         assert (one, two) == (64, 50)
 
-    @pytest.mark.parametrize(
-        "kwargs",
-        [{"min_batch_size": 0}, {"min_batch_size": 8, "max_batch_size": 4}, {"target_utilisation": 1.5},
-         {"safety_margin": 0.8}, {"growth_factor": 1.0}],
-    )
+    @pytest.mark.parametrize("kwargs", [{"min_batch_size": 0}, {"min_batch_size": 8, "max_batch_size": 4},
+                                        {"growth_factor": 1.0}, {"initial_batch_size": 0}])
     def test_bad_config(self, kwargs: dict[str, float]) -> None:
         with pytest.raises(ConfigurationError):
             BatchSizeConfig(**kwargs)  # type: ignore[arg-type]
@@ -91,7 +87,7 @@ class TestFitAndPlan:
 
 class TestSizer:
     def test_calculate_from_prior_and_real_free_memory(self) -> None:
-        # 8 GiB card, 6 GiB used: headroom to 65% is 8*0.65-6 = -0.8 GiB -> min batch.
+        # 8 GiB card, 6 GiB used by others: above the 65% line -> the smallest batch.
         assert sizer_on(FakeCard(total=8 * GiB, others=6 * GiB)).calculate_batch_size(bytes_per_item=100 * MiB) == 1
         # Empty 8 GiB card: 5.2 GiB / 200 MiB = 26 items.
         assert sizer_on(FakeCard(total=8 * GiB)).calculate_batch_size(bytes_per_item=200 * MiB) == 26
@@ -101,7 +97,7 @@ class TestSizer:
     def test_cpu_is_bounded_by_available_ram(self) -> None:
         manager = DeviceManager([fake_cpu(total=16 * GiB, others=int(9.5 * GiB))])
         sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager)
-        # 16*0.65 - 9.5 = 0.9 GiB of headroom at 100 MiB per page.
+        # 16 x 0.65 - 9.5 = 0.9 GiB of headroom at 100 MiB per page.
         assert sizer.calculate_batch_size(bytes_per_item=100 * MiB) == 9
 
     def test_rejects_bad_item_size(self) -> None:
@@ -111,19 +107,30 @@ class TestSizer:
     def test_growth_doubles_while_faster_then_settles_on_best(self) -> None:
         sizer = sizer_on(FakeCard(total=80 * GiB), prior_bytes_per_load=1.0)
         sizes = []
-        # Throughput (items/s) by size: grows until 8, flat after.
-        rate = {2: 10.0, 4: 18.0, 8: 30.0, 16: 30.5}
+        rate = {2: 10.0, 4: 18.0, 8: 30.0, 16: 30.5}  # items/s by size: grows until 8, flat after
         for _ in range(6):
             size = sizer.next_batch_size()
             sizes.append(size)
             sizer.record_batch(size, size, 1000 * size, size / rate[size])
         assert sizes == [2, 4, 8, 16, 8, 8]
 
-    def test_oom_caps_every_later_batch(self) -> None:
+    def test_predict_next_follows_growth(self) -> None:
         sizer = sizer_on(FakeCard(total=80 * GiB), prior_bytes_per_load=1.0)
+        size = sizer.next_batch_size()
+        assert sizer.predict_next(size) == 4
+        sizer.record_batch(size, size, None, 0.1)
+        assert sizer.next_batch_size() == 4
+
+    def test_oom_ceiling_lives_in_the_handler(self) -> None:
+        card = FakeCard(total=80 * GiB)
+        manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
+        device = manager.get_optimal_device("cuda:0")
+        handler = OOMHandler(manager)
+        sizer = AdaptiveBatchSizer(device, None, None, manager, prior_bytes_per_load=1.0, oom_handler=handler,
+                                   work="pages")
         sizer.next_batch_size()
         sizer.record_oom(8, 8)
-        assert sizer.ceiling == 7
+        assert sizer.ceiling == 7 == handler.ceiling(device, "pages")
         for _ in range(5):
             size = sizer.next_batch_size()
             assert size <= 7
@@ -145,6 +152,45 @@ class TestSizer:
         assert sizer.memory_limit() == 64  # the spec prior thinks items are tiny
         sizer.record_oom(40, 40)  # budget 6.5 GiB did not hold 40 items
         assert sizer.memory_limit() <= 39
+
+    def test_unresolvable_peaks_keep_the_prior(self) -> None:
+        """Peaks the backend cannot resolve must not read as free memory."""
+        sizer = sizer_on(FakeCard(total=10 * GiB), BatchSizeConfig(max_batch_size=64),
+                         prior_bytes_per_load=float(GiB))
+        for _ in range(6):
+            size = sizer.next_batch_size()
+            sizer.record_batch(size, size, None, size / (size * 10.0 + 1))  # always faster: wants to grow
+        assert sizer.fit() is None
+        assert sizer.next_batch_size() <= 6  # 6.5 GiB at the 1 GiB/item prior, never 64
+
+    def test_crowded_card_runs_batches_of_one_and_says_so_once(self) -> None:
+        messages: list[str] = []
+        sink = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+        try:
+            sizer = sizer_on(FakeCard(total=10 * GiB, others=8 * GiB), BatchSizeConfig(max_batch_size=64),
+                             prior_bytes_per_load=1.0)
+            sizes = []
+            for _ in range(5):
+                size = sizer.next_batch_size()
+                sizes.append(size)
+                sizer.record_batch(size, size, None, 0.01)
+        finally:
+            logger.remove(sink)
+        assert sizes == [1, 1, 1, 1, 1]
+        assert sizer.last_budget_bytes == 0
+        assert sizer.budget_warning is not None and "80% in use" in sizer.budget_warning
+        assert sum("batches run one item at a time" in m for m in messages) == 1
+
+    def test_unreadable_device_stops_growth(self) -> None:
+        backend = FakeBackend(cards=[FakeCard(total=80 * GiB)])
+        manager = DeviceManager([backend, fake_cpu()])
+        sizer = AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, None, manager,
+                                   prior_bytes_per_load=1.0)
+        size = sizer.next_batch_size()
+        sizer.record_batch(size, size, 100, 0.1)
+        backend.readable = False
+        assert [sizer.next_batch_size() for _ in range(3)] == [2, 2, 2]  # the last size stands
+        assert sizer.last_budget_bytes is None
 
     def test_adjust_uses_monitor_and_ceiling(self) -> None:
         card = FakeCard(total=100 * GiB, others=90 * GiB)

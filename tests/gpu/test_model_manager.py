@@ -1,13 +1,17 @@
-"""Model lifecycle over a fake card: memory check, make room, idle unload."""
+"""Model lifecycle over a fake card: admission by the policy, make room,
+honoured or refused placements, idle unload."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
-from ragged.gpu import DeviceInfo, DeviceManager
-from ragged.gpu.model_manager import ModelManager
-from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
+from ragged.errors import ModelDoesNotFitError, ModelError
+from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, MemoryPolicy, ModelManager
+from ragged.gpu.model_manager import ModelEvent
+from tests.fakes import BookedModule, FakeBackend, FakeCard, GiB, MiB, fake_cpu, oom_message
 
 
 class Clock:
@@ -19,16 +23,15 @@ class Clock:
 
 
 class Loads:
-    """A loader that books the model's size on the fake card and records calls."""
+    """A loader that books the model's bytes on the fake card and records where it loaded."""
 
     def __init__(self, backend: FakeBackend, size: int) -> None:
-        self.backend, self.size, self.devices = backend, size, []  # type: ignore[var-annotated]
+        self.backend, self.size = backend, size
+        self.devices: list[str] = []
 
     def __call__(self, device: DeviceInfo) -> torch.nn.Module:
         self.devices.append(device.label)
-        if device.is_accelerator:
-            self.backend.allocate(0, self.size)
-        return torch.nn.Linear(4, 4)
+        return BookedModule(self.backend, self.size, on_card=device.is_accelerator)
 
 
 @pytest.fixture
@@ -37,63 +40,118 @@ def rig():  # type: ignore[no-untyped-def]
     manager = DeviceManager([backend, fake_cpu()])
     clock = Clock()
     models = ModelManager(manager, idle_timeout_s=60, clock=clock)
-
-    def on_clear(index: int) -> None:  # unloading a model gives its bytes back
-        card = backend.cards[index]
-        card.allocated = sum(m.size_bytes for m in models.loaded.values() if m.device.is_accelerator)
-        card.reserved = card.allocated
-
-    backend.on_clear = on_clear
     return backend, manager, clock, models
 
 
-def test_loads_on_device_when_it_fits(rig) -> None:  # type: ignore[no-untyped-def]
+def test_loads_on_device_when_the_policy_admits_it(rig) -> None:  # type: ignore[no-untyped-def]
     backend, manager, clock, models = rig
     gpu = manager.get_optimal_device("cuda:0")
     loader = Loads(backend, 4 * GiB)
-    model = models.load("a", loader, 4 * GiB, gpu)
-    assert models.load("a", loader, 4 * GiB, gpu) is model  # held: not loaded twice
+    held = models.acquire("a", loader, 4 * GiB, gpu, work_bytes=500 * MiB)
+    assert models.load("a", loader, 4 * GiB, gpu) is held.model  # held: not loaded twice
     assert loader.devices == ["cuda:0"]
-    assert models.loaded["a"].device.label == "cuda:0"
+    assert not held.placement.fell_back and held.placement.reason is None
+    assert held.placement.batch_room_bytes == int(6.5 * GiB) - 4 * GiB  # the line less the model
+    assert backend.cards[0].allocated == 4 * GiB
+
+
+def test_a_model_that_leaves_no_room_for_its_work_is_not_admitted(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    loader = Loads(backend, 6 * GiB)  # fits in free memory, but 6 GiB is about the whole 6.5 GiB line
+    with pytest.raises(ModelDoesNotFitError, match=r"needs 6\.00 GiB plus 0\.98 GiB for one item.*--memory-target"):
+        models.load("big", loader, 6 * GiB, gpu, work_bytes=1000 * MiB, allow_fallback=False)
+    assert loader.devices == [] and backend.cards[0].allocated == 0
+
+
+def test_an_automatic_choice_falls_back_and_says_why(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    loader = Loads(backend, 6 * GiB)
+    held = models.acquire("big", loader, 6 * GiB, gpu, work_bytes=1000 * MiB, allow_fallback=True)
+    assert loader.devices == ["cpu"]
+    assert held.placement.fell_back and held.placement.device.label == "cpu"
+    assert held.placement.reason is not None and "cuda:0 has 6.50 GiB under its 65% line" in held.placement.reason
+    assert models.counts[ModelEvent.FALLBACK] == 1
+
+
+def test_the_cpu_copy_needs_room_too(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, _, _, _ = rig
+    small_ram = DeviceManager([backend, fake_cpu(total=8 * GiB, others=4 * GiB)])
+    models = ModelManager(small_ram, idle_timeout_s=None)
+    with pytest.raises(ModelDoesNotFitError, match="does not fit in RAM either"):
+        models.load("big", Loads(backend, 7 * GiB), 7 * GiB, small_ram.get_optimal_device("cuda:0"))
+
+
+def test_size_may_depend_on_the_device(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    sizes = {"cuda": 7 * GiB, "cpu": 8 * GiB}  # the same weights in two dtypes
+    held = models.acquire("m", Loads(backend, 7 * GiB), lambda d: sizes[d.device_type.value],
+                          manager.get_optimal_device("cuda:0"))
+    assert held.device.label == "cpu" and held.size_bytes == 8 * GiB
 
 
 def test_makes_room_by_unloading_least_recently_used(rig) -> None:  # type: ignore[no-untyped-def]
     backend, manager, clock, models = rig
     gpu = manager.get_optimal_device("cuda:0")
-    a = models.load("a", Loads(backend, 4 * GiB), 4 * GiB, gpu)
+    a = models.load("a", Loads(backend, 3 * GiB), 3 * GiB, gpu)
     clock.now = 1
-    models.load("b", Loads(backend, 4 * GiB), 4 * GiB, gpu)
+    models.load("b", Loads(backend, 3 * GiB), 3 * GiB, gpu)
     clock.now = 2
     models.get("a")  # a is now more recent than b
-    models.load("c", Loads(backend, 4 * GiB), 4 * GiB, gpu)
-    assert set(models.loaded) == {"a", "c"}
-    assert models.loaded["c"].device.label == "cuda:0"
-    assert next(a.parameters()).device.type == "cpu"  # a untouched
+    held = models.acquire("c", Loads(backend, 3 * GiB), 3 * GiB, gpu)
+    assert set(models.loaded) == {"a", "c"} and held.placement.evicted == ("b",)
+    assert held.device.label == "cuda:0"
+    assert next(a.parameters()).device.type == "cpu"  # a untouched (the fake computes on the CPU)
+    assert backend.cards[0].allocated == 6 * GiB  # b's bytes really went back
+    assert models.counts[ModelEvent.EVICT] == 1
 
 
-def test_falls_back_to_cpu_when_nothing_can_be_freed(rig) -> None:  # type: ignore[no-untyped-def]
-    backend, manager, clock, models = rig
+def test_pinned_models_are_never_evicted(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
     gpu = manager.get_optimal_device("cuda:0")
     models.load("a", Loads(backend, 4 * GiB), 4 * GiB, gpu)
-    with models.using("a"):  # pinned: may not be unloaded
-        loader = Loads(backend, 7 * GiB)
-        models.load("big", loader, 7 * GiB, gpu)
-    assert loader.devices == ["cpu"]
-    assert models.loaded["big"].on_fallback is True
+    with models.using("a"):
+        loader = Loads(backend, 4 * GiB)
+        held = models.acquire("b", loader, 4 * GiB, gpu)
+    assert loader.devices == ["cpu"] and held.on_fallback
     assert "a" in models.loaded
 
 
-def test_idle_models_are_unloaded_and_memory_freed(rig) -> None:  # type: ignore[no-untyped-def]
-    backend, manager, clock, models = rig
+def test_a_load_that_runs_out_of_memory_is_reported_as_one(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
     gpu = manager.get_optimal_device("cuda:0")
-    model = models.load("a", Loads(backend, 4 * GiB), 4 * GiB, gpu)
+
+    def fails_on_card(device: DeviceInfo) -> torch.nn.Module:
+        if device.is_accelerator:
+            raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, GiB))
+        return torch.nn.Linear(2, 2)
+
+    with pytest.raises(ModelError, match="Loading x on cuda:0 ran out of memory"):
+        models.load("x", fails_on_card, GiB, gpu, allow_fallback=False)
+    held = models.acquire("x", fails_on_card, GiB, gpu, allow_fallback=True)
+    assert held.device.label == "cpu" and held.placement.reason == "loading on cuda:0 ran out of memory"
+
+
+def test_an_unreadable_device_admits_nothing(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    backend.readable = False
+    with pytest.raises(ModelDoesNotFitError, match="has unknown under"):
+        models.load("a", Loads(backend, GiB), GiB, gpu, allow_fallback=False)
+
+
+def test_idle_models_are_unloaded_and_their_memory_returned(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, clock, models = rig
+    model = models.load("a", Loads(backend, 4 * GiB), 4 * GiB, manager.get_optimal_device("cuda:0"))
     clock.now = 59
     assert models.unload_idle() == []
     clock.now = 61
     assert models.unload_idle() == ["a"]
     assert models.loaded == {}
     assert all(p.device.type == "meta" for p in model.parameters())  # storage released
-    assert backend.cards[0].allocated == 0
+    assert (backend.cards[0].allocated, backend.cards[0].reserved) == (0, 0)  # and the cache cleared
+    assert models.counts[ModelEvent.IDLE_UNLOAD] == 1
 
 
 def test_pinned_models_are_never_idle(rig) -> None:  # type: ignore[no-untyped-def]
@@ -112,22 +170,28 @@ def test_close_and_context_manager_release_everything(rig) -> None:  # type: ign
         models.load("a", Loads(backend, GiB), GiB, manager.get_optimal_device("cuda:0"))
         models.load("b", Loads(backend, GiB), GiB, manager.cpu())
         models.start_reaper(interval_s=0.01)
-    assert models.loaded == {}
+    assert models.loaded == {} and backend.cards[0].allocated == 0
     assert models.unload("a") is False
 
 
 def test_reaper_thread_unloads_idle_models(rig) -> None:  # type: ignore[no-untyped-def]
-    import time
-
     backend, manager, clock, models = rig
-    models.load("a", Loads(backend, GiB), GiB, manager.cpu())
+    models.load("a", Loads(backend, GiB), GiB, manager.get_optimal_device("cuda:0"))
     clock.now = 1000
     models.start_reaper(interval_s=0.01)
     deadline = time.monotonic() + 5
     while models.loaded and time.monotonic() < deadline:
         time.sleep(0.01)
     models.close()
-    assert models.loaded == {}
+    assert models.loaded == {} and backend.cards[0].allocated == 0
+
+
+def test_policy_is_shared(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, _ = rig
+    generous = ModelManager(manager, policy=MemoryPolicy(target_utilisation=0.95))
+    held = generous.acquire("big", Loads(backend, 6 * GiB), 6 * GiB, manager.get_optimal_device("cuda:0"),
+                            work_bytes=1000 * MiB, allow_fallback=False)
+    assert held.device.label == "cuda:0"
 
 
 @pytest.mark.cuda
@@ -140,3 +204,4 @@ def test_unload_really_frees_cuda_memory() -> None:
     assert torch.cuda.memory_allocated(gpu.index) - before >= 8192 * 8192 * 4
     models.unload("big")
     assert torch.cuda.memory_allocated(gpu.index) - before < 1024**2
+    assert torch.cuda.memory_reserved(gpu.index) < 8192 * 8192 * 4  # returned to the driver, not just cached

@@ -71,14 +71,23 @@ def test_cost_sorted_batches_pad_less_than_input_order(model_cache: Path, monkey
 
 @pytest.mark.cuda
 def test_real_cuda_embedding_with_a_capped_allocator(model_cache: Path) -> None:
-    """On a real GPU: cap the allocator, force a large first batch, lose nothing."""
+    """On a real GPU: cap the allocator so a batch of 32 pages cannot fit, force
+    it, and check that real OOMs happened and every page came back."""
     pages = make_pages(MIXED * 4, seed=7)
     with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, device="cpu", batch_size=1,
                          enable_adaptive_batching=False) as cpu:
         reference = cpu.embed_images(pages)
-    with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, device="cuda", dtype=torch.float32,
-                         batch_config=BatchSizeConfig(initial_batch_size=32)) as emb:
-        out = emb.embed_images(pages)
-        assert emb.last_report is not None and emb.last_report.device.startswith("cuda")
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 300 * 1024**2 / total), 0)  # a 300 MiB card
+    try:
+        with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, device="cuda", dtype=torch.float32,
+                             enable_adaptive_batching=False, batch_size=32) as emb:
+            out = emb.embed_images(pages)
+            report = emb.last_report
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, 0)
+    assert report is not None and report.device.startswith("cuda")
+    assert report.ooms >= 1, "the cap did not cause an OOM: lower it"
     for got, want in zip(out, reference, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)

@@ -1,0 +1,26 @@
+"""The ``ragged`` command.
+
+:func:`main` is the console entry point: it makes Ctrl-C quiet from the
+very first moment (before the heavier imports run), then hands over to
+:mod:`ragged.cli.main`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+
+def _quiet_interrupt(signum: int, frame: FrameType | None) -> None:
+    sys.stderr.write("interrupted.\n")
+    raise SystemExit(130)
+
+
+def main() -> None:
+    """Console entry point."""
+    previous = signal.signal(signal.SIGINT, _quiet_interrupt)
+    from ragged.cli.main import run
+
+    signal.signal(signal.SIGINT, previous)
+    run()

@@ -1,4 +1,8 @@
-"""``ragged gpu``: what the devices are, how full they are, what batch fits."""
+"""``ragged gpu``: what the devices are, how full they are, what batch fits.
+
+``ragged.gpu`` (and so torch) is imported inside each command, so that
+``ragged --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,16 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.live import Live
-from rich.table import Table
 
-from ragged.cli.output import fail, gib, out
-from ragged.gpu import DeviceInfo, MemoryLevel, MemoryMonitor, default_device_manager
+from ragged.cli.output import fail, gib, out, plain, safe
 
-_LEVEL_STYLE = {MemoryLevel.NORMAL: "green", MemoryLevel.WARNING: "yellow", MemoryLevel.CRITICAL: "bold red"}
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ragged.gpu import DeviceInfo, DeviceManager, MemoryMonitor
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,8 @@ class DeviceRow:
     device: str
     name: str
     total_bytes: int
-    free_bytes: int
-    compute_capability: str | None
+    free_bytes: int | None
+    arch: str | None
     auto: bool
 
 
@@ -38,96 +43,123 @@ def gpu() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_devices(as_json: bool) -> None:
     """Every device, its memory, and which one auto-selection picks."""
+    from rich.table import Table
+
+    from ragged.gpu import default_device_manager
+
     manager = default_device_manager()
     chosen = manager.get_optimal_device()
-    rows = []
-    for device in manager.devices:
-        mem = manager.get_device_memory_info(device)
-        compute = ".".join(map(str, device.compute_capability)) if device.compute_capability else None
-        rows.append(DeviceRow(device.label, device.name, mem.total, mem.free, compute, device.same_device(chosen)))
+    rows = [DeviceRow(d.label, d.name, d.total_memory, manager.free_bytes(d), d.arch, d.same_device(chosen))
+            for d in manager.devices]
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in rows]))
         return
     table = Table(title=f"Devices (detected in {manager.detection_seconds * 1e3:.1f} ms)")
-    for column in ("device", "name", "total", "free", "compute", "auto"):
+    for column in ("device", "name", "total", "free", "arch", "auto"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row.device, row.name, gib(row.total_bytes), gib(row.free_bytes), row.compute_capability or "-",
+        table.add_row(row.device, plain(row.name), gib(row.total_bytes), gib(row.free_bytes), row.arch or "-",
                       "[bold green]<- auto[/]" if row.auto else "")
     out.print(table)
+
+
+def _processes(manager: DeviceManager, device: DeviceInfo) -> str:
+    found = manager.processes(device)
+    if found is None:
+        return "not reported for this kind of device"
+    if not found:
+        return "none"
+    return ", ".join(f"{safe(p.name)} (pid {p.pid}) {gib(p.used_bytes)}" for p in found[:5])
 
 
 @gpu.command()
 @click.argument("device", default="auto")
 def info(device: str) -> None:
-    """Details of DEVICE (auto, cpu, mps, cuda or cuda:N)."""
-    from ragged.embeddings.loading import default_dtype
+    """Details of DEVICE (auto, cpu, mps, xpu, cuda or cuda:N)."""
+    from rich.table import Table
+
+    from ragged.gpu import MemoryPolicy, default_device_manager
 
     manager = default_device_manager()
     chosen = manager.get_optimal_device(device)
     mem = manager.get_device_memory_info(chosen)
-    bf16 = manager.supports_bf16(chosen)
+    policy = MemoryPolicy()
+    own = "resident memory of this ragged process" if not chosen.is_accelerator else "allocated by this process"
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
     for key, value in (
-        ("device", chosen.label), ("name", chosen.name), ("total", gib(mem.total)), ("free", gib(mem.free)),
+        ("device", chosen.label), ("name", safe(chosen.name)), ("total", gib(mem.total)), ("free", gib(mem.free)),
         ("used by all processes", f"{gib(mem.used)} ({mem.utilisation_pct:.1f}%)"),
-        ("allocated by ragged", gib(mem.allocated)), ("reserved by ragged", gib(mem.reserved)),
-        ("compute capability", ".".join(map(str, chosen.compute_capability)) if chosen.compute_capability else "-"),
-        ("bf16", "yes" if bf16 else "no"),
-        ("embedding dtype", str(default_dtype(chosen, bf16)).removeprefix("torch.")),
+        (own, gib(mem.allocated)),
+        ("largest users", _processes(manager, chosen)),
+        ("batch budget now", f"{gib(policy.batch_budget(mem))} ({policy.describe()})"),
+        ("arch", chosen.arch or "-"),
+        ("bf16", "yes" if manager.supports_bf16(chosen) else "no"),
+        ("embedding dtype", manager.compute_dtype(chosen)),
     ):
         table.add_row(key, value)
     out.print(table)
 
 
-def _stats_table(monitor: MemoryMonitor) -> Table:
+def _stats_table(monitor: MemoryMonitor, manager: DeviceManager) -> Table:
+    from rich.table import Table
+
     snap = monitor.take_snapshot()
     level = monitor.classify(snap.utilisation_pct)
-    table = Table(title=f"{monitor.device} memory (warning {monitor.warning_threshold_pct:.0f}%, "
+    style = {"normal": "green", "warning": "yellow", "critical": "bold red"}[level.value]
+    table = Table(title=f"{safe(monitor.device)} memory (warning {monitor.warning_threshold_pct:.0f}%, "
                         f"critical {monitor.critical_threshold_pct:.0f}%)")
-    for column in ("total", "used", "free", "allocated", "reserved", "utilisation", "level"):
+    for column in ("total", "used", "free", "utilisation", "level", "largest users"):
         table.add_column(column)
-    style = _LEVEL_STYLE[level]
-    table.add_row(gib(snap.total), gib(snap.used), gib(snap.free), gib(snap.allocated), gib(snap.reserved),
-                  f"[{style}]{snap.utilisation_pct:.1f}%[/]", f"[{style}]{level.value}[/]")
+    table.add_row(gib(snap.total), gib(snap.used), gib(snap.free), f"[{style}]{snap.utilisation_pct:.1f}%[/]",
+                  f"[{style}]{level.value}[/]", _processes(manager, monitor.device))
     return table
 
 
 @gpu.command()
-@click.option("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N.")
+@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, help="Seconds between refreshes.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after this many.")
 @click.option("--warning", type=click.FloatRange(1, 100), default=85.0, help="Warning level, % used.")
 @click.option("--critical", type=click.FloatRange(1, 100), default=95.0, help="Critical level, % used.")
-def stats(device: str, watch: bool, interval: float, warning: float, critical: float) -> None:
-    """Memory readings of a device, with warning and critical levels marked."""
+def stats(device: str, watch: bool, interval: float, count: int | None, warning: float, critical: float) -> None:
+    """Memory readings of a device and who uses it, with warning and critical levels marked."""
+    from rich.live import Live
+
+    from ragged.gpu import MemoryMonitor, default_device_manager
+
     manager = default_device_manager()
     monitor = MemoryMonitor(manager.get_optimal_device(device), manager, warning_threshold_pct=warning,
                             critical_threshold_pct=critical)
     if not watch:
-        out.print(_stats_table(monitor))
+        out.print(_stats_table(monitor, manager))
         return
+    refreshes = 1
     try:
-        with Live(_stats_table(monitor), console=out, auto_refresh=False) as live:
-            while True:
+        with Live(_stats_table(monitor, manager), console=out, auto_refresh=False) as live:
+            while count is None or refreshes < count:
                 time.sleep(interval)
-                live.update(_stats_table(monitor), refresh=True)
+                live.update(_stats_table(monitor, manager), refresh=True)
+                refreshes += 1
     except KeyboardInterrupt:
         pass
 
 
 @gpu.command()
 @click.option("--model", default="tiny-colpali", help="Model to measure (hub id, folder or preset).")
-@click.option("--device", default="auto", help="auto, cpu, mps, cuda or cuda:N.")
+@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
 @click.option("--pages", type=click.IntRange(min=1), default=32, help="Synthetic pages per run.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, help="Largest fixed batch to try.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Save a PNG chart (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def benchmark(model: str, device: str, pages: int, max_batch: int, plot: Path | None, as_json: bool) -> None:
     """Sweep batch sizes: pages/s and peak memory for each, and what adaptive picks."""
+    from rich.table import Table
+
     from ragged.cli.sweep import plot_sweep, run_sweep
+    from ragged.gpu import default_device_manager
 
     if plot is not None:
         try:
@@ -135,12 +167,12 @@ def benchmark(model: str, device: str, pages: int, max_batch: int, plot: Path | 
         except ImportError:
             fail("--plot needs matplotlib: pip install 'ragged[plot]'.")
     manager = default_device_manager()
-    target: DeviceInfo = manager.get_optimal_device(device)
+    target = manager.get_optimal_device(device)
     rows = run_sweep(model, target, pages, max_batch, manager=manager)
     if as_json:
         out.print_json(json.dumps([r.__dict__ for r in rows]))
     else:
-        table = Table(title=f"{model} on {target}, {pages} pages of 612x792")
+        table = Table(title=plain(f"{model} on {target}, {pages} pages of 612x792"))
         for column in ("batch", "pages/s", "peak memory", "OOMs"):
             table.add_column(column)
         for r in rows:
@@ -148,7 +180,7 @@ def benchmark(model: str, device: str, pages: int, max_batch: int, plot: Path | 
         out.print(table)
     if plot is not None:
         plot_sweep(rows, plot, f"{model} on {target.label}")
-        out.print(f"chart written to {plot}")
+        out.print(f"chart written to {safe(plot)}")
 
 
 __all__ = ["DeviceRow", "gpu"]

@@ -2,6 +2,8 @@
 
 Every :class:`~ragged.errors.RaggedError` ends as one ``error:`` line and
 exit status 1 (usage mistakes: 2); tracebacks only with ``--verbose``.
+Heavy libraries (torch, transformers, LanceDB) are imported inside the
+commands that need them, so ``ragged --help`` starts at once.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from loguru import logger
 
 from ragged import __version__
 from ragged.cli.gpu import gpu
-from ragged.cli.output import err, fail, gib, out, print_error
+from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
 from ragged.config import setting
 from ragged.errors import RaggedError
 from ragged.paths import cache_dir, default_index_dir
+
+_KEEPS_COMMITS = {"ingest", "remove"}
 
 
 class RaggedGroup(click.Group):
@@ -34,14 +38,21 @@ class RaggedGroup(click.Group):
                 raise
             fail(str(exc))
         except KeyboardInterrupt:
-            err.print("interrupted; everything committed so far is kept.")
+            command = ctx.invoked_subcommand or ""
+            kept = "; every document committed so far is kept" if command in _KEEPS_COMMITS else ""
+            err.print(f"interrupted{kept}.")
             sys.exit(130)
 
 
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
-    logger.add(lambda m: err.print(m, end="", markup=False), level="DEBUG" if verbose else "WARNING",
-               format="<level>{level}</level>: {message}", colorize=False)
+    logger.add(lambda m: err.print(printable(m.rstrip("\n")), markup=False), level="DEBUG" if verbose else "WARNING",
+               format="{level}: {message}", colorize=False)
+
+
+def _expand(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """``~`` expanded once, at the boundary, for flags, variables and the config file alike."""
+    return None if value is None else Path(value).expanduser()
 
 
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -59,18 +70,32 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def _index_option(f: Any) -> Any:
+def index_option(f: Any) -> Any:
     return click.option(
         "--index", "index_dir", type=click.Path(path_type=Path), envvar="RAGGED_INDEX", show_envvar=True,
-        default=lambda: setting("index") or default_index_dir(), help="Index folder.",
+        default=lambda: setting("index") or default_index_dir(), callback=_expand, help="Index folder.",
     )(f)
 
 
-def _device_option(f: Any) -> Any:
+def device_option(f: Any) -> Any:
     return click.option(
         "--device", envvar="RAGGED_DEVICE", show_envvar=True, default=lambda: setting("device", "auto"),
-        help="auto, cpu, mps, cuda or cuda:N.",
+        help="auto, cpu, cuda, cuda:N, xpu or mps. Only auto may fall back to the CPU.",
     )(f)
+
+
+def memory_target_option(f: Any) -> Any:
+    return click.option(
+        "--memory-target", type=click.FloatRange(0.2, 1.0), envvar="RAGGED_MEMORY_TARGET", show_envvar=True,
+        default=lambda: setting("memory_target", 0.75),
+        help="Share of a device ragged aims to use; batches and models stay under it less a 10% margin.",
+    )(f)
+
+
+def _policy(memory_target: float) -> Any:
+    from ragged.gpu.policy import MemoryPolicy
+
+    return MemoryPolicy(target_utilisation=memory_target)
 
 
 @cli.command()
@@ -78,18 +103,23 @@ def _device_option(f: Any) -> Any:
 @click.option("--model", envvar="RAGGED_MODEL", show_envvar=True, default=None,
               help="Hub id, local folder or tiny preset. Default: the index's model, else the config's, "
                    "else vidore/colpali-v1.3-hf.")
-@_device_option
+@device_option
 @click.option("--batch-size", type=click.IntRange(min=1), envvar="RAGGED_BATCH_SIZE", show_envvar=True,
               default=lambda: setting("batch_size"), help="Largest batch (adaptive batching stays on).")
 @click.option("--dpi", type=click.IntRange(36, 600), envvar="RAGGED_DPI", show_envvar=True,
               default=lambda: setting("dpi", 150), help="PDF rendering resolution.")
-@_index_option
+@click.option("--prune", is_flag=True, help="Also remove stored documents whose files are gone under PATHS.")
+@memory_target_option
+@index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int,
-           index_dir: Path, as_json: bool) -> None:
-    """Embed PDFs and images (files or folders) into the index."""
+def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
+           memory_target: float, index_dir: Path, as_json: bool) -> None:
+    """Embed PDFs and images (files or folders) into the index.
+
+    Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
     from ragged.cli.progress import IngestProgress
-    from ragged.embeddings.loading import DEFAULT_MODEL, resolve_model
+    from ragged.embeddings.loading import resolve_model
+    from ragged.embeddings.names import DEFAULT_MODEL
     from ragged.gpu import default_device_manager
     from ragged.index.store import IndexStore
     from ragged.ingest.pipeline import IngestOptions
@@ -100,9 +130,9 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
     resolve_model(chosen, cache_dir())
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
-                            cache_dir=cache_dir())
+                            cache_dir=cache_dir(), prune=prune, policy=_policy(memory_target))
     with IngestProgress(err, enabled=not as_json) as progress:
-        report = run_ingest(paths, options, progress.callbacks())
+        report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
     for problem in report.problems:
         print_error(problem.message)
     if as_json:
@@ -117,12 +147,14 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
 
 @cli.command()
 @click.argument("query")
-@click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, help="How many pages to return.")
-@_index_option
-@_device_option
+@click.option("-k", "--top-k", "k", type=click.IntRange(min=1, max=1000), default=10, help="How many pages to return.")
+@index_option
+@device_option
 @click.option("--model", default=None, help="Refuse to search unless the index was built by this model.")
+@memory_target_option
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
-def search(query: str, k: int, index_dir: Path, device: str, model: str | None, as_json: bool) -> None:
+def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
+           as_json: bool) -> None:
     """Find the pages that best answer QUERY (exact MaxSim)."""
     from rich.table import Table
 
@@ -130,30 +162,96 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     from ragged.index.query import search as run_search
 
     default_device_manager().get_optimal_device(device)
-    result = run_search(query, index_dir, k=k, device=device, model=model, cache_dir=cache_dir())
+    result = run_search(query, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
+                        policy=_policy(memory_target))
+    for notice in result.notices:
+        err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
-        out.print_json(json.dumps({
-            "query": result.query, "model": result.model, "device": result.device,
-            "pages_searched": result.pages_searched, "seconds": round(result.seconds, 3),
-            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4)}
-                     for n, h in enumerate(result.hits, 1)],
-        }))
+        out.print_json(json.dumps(result.to_dict()))
         return
-    table = Table(title=f"{result.query!r}: {len(result.hits)} of {result.pages_searched} pages "
-                        f"({result.model}, {result.device}, {result.seconds:.2f} s)")
+    table = Table(title=plain(f"{result.query!r}: {len(result.hits)} of {result.pages_searched} pages "
+                              f"({result.model}, {result.device}, {result.seconds:.2f} s)"))
     for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for n, hit in enumerate(result.hits, 1):
-        table.add_row(str(n), f"{hit.score:.3f}", hit.path, str(hit.page))
+        table.add_row(str(n), f"{hit.score:.3f}", plain(hit.path), str(hit.page))
     out.print(table)
+
+
+@cli.command("list")
+@index_option
+@click.option("--missing", is_flag=True, help="Only documents whose files no longer exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def list_documents(index_dir: Path, missing: bool, as_json: bool) -> None:
+    """The documents in the index, their pages, and files that are gone."""
+    from rich.table import Table
+
+    from ragged.index.store import IndexStore
+
+    store = IndexStore.open(index_dir)
+    assert store.meta is not None
+    docs = store.documents()
+    rows = [(d, d.exists) for d in docs]
+    gone = sum(not e for _, e in rows)
+    shown = [(d, e) for d, e in rows if not (missing and e)]
+    if as_json:
+        out.print_json(json.dumps({
+            "index": str(index_dir), "model": store.meta.model, "format": store.meta.format,
+            "documents": len(docs), "pages": sum(d.pages for d in docs), "missing": gone,
+            "items": [{"path": d.path, "pages": d.pages, "doc_hash": d.doc_hash, "exists": e} for d, e in shown],
+        }))
+        return
+    summary = (f"{safe(index_dir)}: {len(docs)} document(s), {sum(d.pages for d in docs)} page(s), "
+               f"model {safe(store.meta.model)}")
+    out.print(summary + (f"; [yellow]{gone} file(s) no longer exist[/] (ragged ingest --prune removes them)"
+                         if gone else ""), soft_wrap=True)
+    if not shown:
+        return
+    table = Table(show_edge=False)
+    for column in ("file", "pages", "status"):
+        table.add_column(column)
+    for d, e in shown:
+        table.add_row(plain(d.path), str(d.pages), "" if e else "[yellow]missing[/]")
+    out.print(table)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@index_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
+    """Remove documents (files, or every document under folders) from the index."""
+    from ragged.index.store import IndexStore
+    from ragged.ingest.changes import stored_under
+
+    meta = IndexStore.read_meta(index_dir)
+    if meta is None:
+        fail(f"No index at {index_dir}: nothing to remove.")
+        return
+    with IndexStore.open_for_writing(index_dir, meta.model) as store:
+        found, unmatched = stored_under(store.documents(), [p.expanduser() for p in paths])
+        pages = store.remove_documents([d.doc_hash for d in found])
+    for path in unmatched:
+        print_error(f"{path}: not in the index; see 'ragged list'.")
+    if as_json:
+        out.print_json(json.dumps({"removed": [d.path for d in found], "pages": pages,
+                                   "not_found": [str(p) for p in unmatched]}))
+    else:
+        out.print(f"removed {len(found)} document(s), {pages} page(s) from {safe(index_dir)}.", soft_wrap=True)
+    if not found:
+        sys.exit(1)
 
 
 cli.add_command(gpu)
 
 
-def main() -> None:
-    """Console entry point."""
-    cli(prog_name="ragged")
+def run() -> None:
+    """Run the command line (Ctrl-C at any point ends it quietly)."""
+    try:
+        cli(prog_name="ragged")
+    except KeyboardInterrupt:
+        err.print("interrupted.")
+        sys.exit(130)
 
 
-__all__ = ["cli", "gib", "main"]
+__all__ = ["cli", "gib", "run"]

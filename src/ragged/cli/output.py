@@ -1,18 +1,50 @@
-"""Terminal output helpers: consoles, sizes, one-line errors."""
+"""Terminal output helpers: consoles, sizes, one-line errors, safe text.
+
+Every value that comes from outside (file names, queries, index paths,
+error messages quoting them) goes through :func:`safe` before it reaches
+the terminal: Rich markup in it is escaped and control characters are
+shown as escapes, so a file named ``[/]x.pdf`` or one holding a "clear
+screen" sequence prints as what it is.
+"""
 
 from __future__ import annotations
 
 import sys
+import unicodedata
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+def printable(text: object) -> str:
+    """``text`` with control and format characters (ESC, BEL, bidi
+    overrides, ...) shown as escapes such as ``\\x1b``; newlines and tabs too."""
+    chars = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp"):
+            code = ord(ch)
+            chars.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            chars.append(ch)
+    return "".join(chars)
+
+
+def safe(text: object) -> str:
+    """``text`` ready to embed in Rich markup: printable, markup escaped."""
+    return escape(printable(text))
+
+
+def plain(text: object) -> Text:
+    """``text`` as a Rich Text cell: printable, never parsed as markup."""
+    return Text(printable(text))
+
+
 def gib(n: int | None) -> str:
-    """Bytes as GiB (or MiB when small)."""
+    """Bytes as GiB (or MiB when small); ``-`` when unknown."""
     if n is None:
         return "-"
     if abs(n) < 1024**3:
@@ -27,5 +59,10 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def print_error(message: str) -> None:
-    """One ``error:`` line on stderr; the message is printed verbatim."""
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    """One ``error:`` line on stderr; the message is printed as it is."""
+    err.print(f"[bold red]error:[/] {safe(message)}", soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    """One ``warning:`` line on stderr."""
+    err.print(f"[yellow]warning:[/] {safe(message)}", soft_wrap=True)

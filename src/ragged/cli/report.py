@@ -5,38 +5,70 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ragged.cli.output import gib
+from ragged.cli.output import gib, plain, safe
 from ragged.ingest.report import IngestReport
+
+
+def _summary(report: IngestReport) -> str:
+    parts = [f"[bold]{report.documents_added} document(s), {report.pages_added} page(s) added[/]"]
+    for count, what in ((report.documents_replaced, "replaced (file changed)"),
+                        (report.documents_moved, "moved"), (report.documents_removed, "removed"),
+                        (report.duplicates, "duplicate(s) skipped")):
+        if count:
+            parts.append(f"{count} {what}")
+    parts.append(f"{report.documents_skipped} unchanged skipped")
+    parts.append(f"{len(report.problems)} failed")
+    return f"{', '.join(parts[:1])} to {safe(report.index)}; " + "; ".join(parts[1:]) + "."
+
+
+def _memory(report: IngestReport) -> str:
+    if report.peak_bytes is None:
+        peak = "not measurable on this device"
+    else:
+        peak = f"{gib(report.peak_bytes)} per batch, above the model ({gib(report.model_bytes)})"
+    if report.budget_bytes is None:
+        return peak + "; budget unknown (the device could not be read)"
+    if report.budget_bytes == 0:
+        return peak + "; [yellow]budget 0[/]: the device was already at the memory line"
+    used = f" ({100 * report.peak_bytes / report.budget_bytes:.0f}%)" if report.peak_bytes else ""
+    return f"{peak}, of a {gib(report.budget_bytes)} budget{used}"
 
 
 def print_ingest_report(console: Console, report: IngestReport) -> None:
     """Pages added and skipped, then device, batches, memory, OOMs and speed."""
-    failed = len(report.problems)
-    console.print(
-        f"[bold]{report.documents_added} document(s), {report.pages_added} page(s) added[/] to {report.index}; "
-        f"{report.documents_skipped} unchanged skipped; {failed} failed.",
-        soft_wrap=True,
-    )
+    console.print(_summary(report), soft_wrap=True)
+    for note in report.notes:
+        console.print(f"  {safe(note)}", soft_wrap=True)
     if not report.batch_sizes:
         return
     sizes = sorted(set(report.batch_sizes))
     size_text = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-    peak = f"{gib(report.peak_bytes)} per batch, above the model"
-    if report.budget_bytes:
-        peak += f", of a {gib(report.budget_bytes)} budget ({100 * report.peak_bytes / report.budget_bytes:.0f}%)"
     if report.ooms:
         ooms = f"{report.ooms} recovered (" + ", ".join(f"{k} {v}" for k, v in report.recoveries.items() if v) + ")"
         if report.cpu_fallback_pages:
             ooms += f"; {report.cpu_fallback_pages} page(s) ran on the CPU"
+        if report.failed_pages:
+            ooms += f"; {report.failed_pages} page(s) could not be embedded"
     else:
         ooms = "none"
+    device = f"{report.device} ({gib(report.device_total_bytes)}), {report.dtype}"
+    if report.placement_note:
+        device += f" [yellow]instead of the requested device[/]: {safe(report.placement_note)}"
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("model", report.model)
-    table.add_row("device", f"{report.device} ({gib(report.device_total_bytes)}), {report.dtype}")
+    table.add_row("model", plain(report.model))
+    table.add_row("device", device)
     table.add_row("batches", f"{len(report.batch_sizes)}, sizes {size_text}")
-    table.add_row("peak memory", peak)
+    table.add_row("memory", _memory(report))
+    if report.budget_warning:
+        table.add_row("", f"[yellow]{safe(report.budget_warning)}[/]")
     table.add_row("out of memory", ooms)
-    table.add_row("speed", f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all)")
+    speed = f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all"
+    if report.embed_seconds:
+        speed += (f"; waiting for preprocessing {100 * report.prepare_seconds / report.embed_seconds:.0f}%, "
+                  f"in the model {100 * report.compute_seconds / report.embed_seconds:.0f}%")
+    table.add_row("speed", speed + ")")
+    if report.pages_without_text:
+        table.add_row("text", f"{report.pages_without_text} page(s) have no text layer (searchable by image only)")
     console.print(table)

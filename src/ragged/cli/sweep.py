@@ -23,7 +23,7 @@ class SweepRow:
     label: str
     batch: int | None
     pages_per_second: float
-    peak_bytes: int
+    peak_bytes: int | None
     ooms: int
 
 
@@ -79,7 +79,7 @@ def plot_sweep(rows: list[SweepRow], path: Path, title: str) -> None:
             speed.axhline(r.pages_per_second, color="tab:green", linestyle="--", label=r.label)
     speed.set(xscale="log", xlabel="batch size", ylabel="pages/s", title="throughput")
     speed.legend()
-    memory.plot([r.batch for r in fixed], [r.peak_bytes / 1024**2 for r in fixed], "o-")
+    memory.plot([r.batch for r in fixed], [(r.peak_bytes or 0) / 1024**2 for r in fixed], "o-")
     memory.set(xscale="log", xlabel="batch size", ylabel="peak MiB above model", title="memory")
     fig.suptitle(title)
     fig.tight_layout()

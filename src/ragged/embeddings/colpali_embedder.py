@@ -3,54 +3,73 @@
 Pages are PIL images; each comes back as a float32 array of shape
 (tokens, dim) with padded positions removed. Batches are planned by each
 page's visual tokens, sized from measured memory, and recovered on OOM
-without losing a page (see :mod:`ragged.gpu.batch_runner`).
+without losing a page: the embedder is a thin layer over
+:class:`~ragged.gpu.managed.ManagedBatchJob`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
+from loguru import logger
 from PIL import Image
 
-from ragged.embeddings.cost import prompt_overhead, text_tokens, visual_tokens
+from ragged.embeddings.cost import page_view_size, prompt_overhead, text_tokens, visual_tokens
 from ragged.embeddings.loading import (
-    DEFAULT_MODEL,
-    default_dtype,
     estimate_model_bytes,
     load_model,
     load_processor,
     resolve_model,
+    torch_dtype,
 )
+from ragged.embeddings.names import DEFAULT_MODEL
 from ragged.embeddings.report import EmbeddingReport
-from ragged.errors import ConfigurationError
-from ragged.gpu.batch_runner import BatchRunner, Stages
+from ragged.errors import ConfigurationError, OutOfMemoryRecoveryError
+from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages
 from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
-from ragged.gpu.device_manager import DeviceHint, DeviceManager, default_device_manager
+from ragged.gpu.device_manager import DeviceHint, DeviceManager
+from ragged.gpu.managed import ManagedBatchJob
 from ragged.gpu.memory_monitor import MemoryMonitor
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.model_manager import ModelManager, Placement
 from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
+from ragged.index.catalog import PatchGrid
+from ragged.index.maxsim import maxsim_scores
 from ragged.paths import cache_dir as default_cache_dir
 
 DEFAULT_FIXED_BATCH_SIZE = 4  # the spec's conservative baseline
+MAX_QUERY_TOKENS = 512  # a query longer than this is cut (with a notice): scoring cost grows with its tokens
+PAGES, QUERIES = "pages", "queries"  # kinds of work: each learns its own batch sizes and OOM ceilings
+_TYPICAL_PAGE = (1275, 1650)  # a letter page at 150 dpi, for the memory one page needs
 
 Embedding = np.ndarray  # (tokens, dim) float32
 
 
-def _activation_bytes_per_token(config: Any, dtype: torch.dtype) -> float:
+@dataclass(frozen=True)
+class PageVectors:
+    """One page's vectors, and where its image patches sit among them
+    (None where the model's patches do not form one grid, as with tiles)."""
+
+    vectors: Embedding  # (tokens, dim) float32
+    grid: PatchGrid | None = None
+
+
+def _activation_bytes_per_token(config: Any, dtype_name: str) -> float:
     """A prior for activation memory per sequence token, from the config.
 
     Inference keeps a few hidden-size and MLP-width vectors per token live
     at once in the language model and the vision tower; the measured fit
     replaces this after the first batch.
     """
-    element = torch.empty((), dtype=dtype).element_size()
+    element = torch.empty((), dtype=torch_dtype(dtype_name)).element_size()
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(text, "hidden_size", 2048)
     mlp = getattr(text, "intermediate_size", 4 * hidden)
@@ -65,10 +84,11 @@ class ColPaliEmbedder:
     """Embeds page images and queries with a ColPali-family model.
 
     ``model_name`` is a hub id, a local folder or a tiny preset. ``device``
-    is a hint (``"cuda:1"``, ``"mps"``, ``"cpu"``) or None for automatic
-    selection. With ``enable_adaptive_batching`` the batch size is planned
-    from memory and throughput (``batch_size`` then caps it); without, every
-    batch has ``batch_size`` pages (4 if not given).
+    is a hint (``"cuda:1"``, ``"mps"``, ``"cpu"``) or None / ``"auto"`` for
+    automatic selection; an explicit device is honoured or refused, only
+    ``auto`` falls back to the CPU. With ``enable_adaptive_batching`` the
+    batch size is planned from memory and throughput (``batch_size`` then
+    caps it); without, every batch has ``batch_size`` pages (4 if not given).
     """
 
     def __init__(
@@ -83,91 +103,121 @@ class ColPaliEmbedder:
         device_manager: DeviceManager | None = None,
         model_manager: ModelManager | None = None,
         batch_config: BatchSizeConfig | None = None,
+        policy: MemoryPolicy | None = None,
         oom_handler: OOMHandler | None = None,
         local_files_only: bool = False,
         query_batch_size: int = 32,
+        max_query_tokens: int = MAX_QUERY_TOKENS,
         prefetch: bool | None = None,
     ) -> None:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ConfigurationError(f"Batch size must be a positive integer, got {batch_size!r}.")
-        self.device_manager = device_manager or default_device_manager()
-        self.requested_device = self.device_manager.get_optimal_device(device)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.source = resolve_model(model_name, self.cache_dir, local_files_only=local_files_only)
         self.model_name = model_name
-        self.dtype = dtype or default_dtype(
-            self.requested_device, self.device_manager.supports_bf16(self.requested_device)
-        )
         self.enable_adaptive_batching = enable_adaptive_batching
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
-        self.prefetch = prefetch  # prepare the next batch while the device computes; None: on accelerators
-        config = batch_config or BatchSizeConfig()
+        self.max_query_tokens = max_query_tokens
+        config = batch_config or BatchSizeConfig(policy=policy or MemoryPolicy())
+        if policy is not None:
+            config = replace(config, policy=policy)
         if batch_size is not None and enable_adaptive_batching:
             config = replace(config, max_batch_size=batch_size,
                              initial_batch_size=min(config.initial_batch_size, batch_size),
                              min_batch_size=min(config.min_batch_size, batch_size))
-        self.batch_config = config
-        self.oom_handler = oom_handler or OOMHandler(self.device_manager)
-        self.model_manager = model_manager or ModelManager(self.device_manager, idle_timeout_s=None)
-        self._owns_model_manager = model_manager is None
         self.processor = load_processor(self.source, self.cache_dir)
-        self._key = f"{self.source.location}|{self.dtype}"
-        self._size_bytes = estimate_model_bytes(self.source, self.dtype)
-        self._cpu_model: Any = None
-        self._sizer: AdaptiveBatchSizer | None = None
-        self._monitor: MemoryMonitor | None = None
-        self.last_report: EmbeddingReport | None = None
         self.prompt_tokens = prompt_overhead(self.processor)  # per page, besides its visual tokens
-        _ = self.model  # load now, so errors surface at construction
+        dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else None
+        self.job = ManagedBatchJob(
+            self.source.location,
+            self._load,
+            lambda _device, name: estimate_model_bytes(self.source, torch_dtype(name)),
+            device=device,
+            dtype=dtype_name,
+            device_manager=device_manager,
+            model_manager=model_manager,
+            batch_config=config,
+            oom_handler=oom_handler,
+            prefetch=prefetch,
+        )
+        prior = _activation_bytes_per_token(self._config(), self.job.dtype)
+        self.job.prior_bytes_per_load = prior
+        page = Image.new("RGB", _TYPICAL_PAGE, "white")
+        self.job.work_bytes = int(prior * (visual_tokens(self.processor, [page])[0] + self.prompt_tokens))
+        self.last_report: EmbeddingReport | None = None
+        self.last_query_notices: list[str] = []
+        self.job.model()  # load now, so errors surface at construction
+
+    def _config(self) -> Any:
+        try:
+            cls = self.source.family.model_cls()
+            return cls.config_class.from_dict(self.source.config)
+        except Exception:  # an unusual config class: read it off the loaded model
+            return self.job.model().config
 
     # -- model and device -------------------------------------------------
 
-    def _load(self, device: DeviceInfo) -> torch.nn.Module:
-        dtype = self.dtype if device.same_device(self.requested_device) else torch.float32
-        return load_model(self.source, device, dtype, self.cache_dir)  # type: ignore[no-any-return]
+    def _load(self, device: DeviceInfo, dtype_name: str) -> torch.nn.Module:
+        return load_model(self.source, device, torch_dtype(dtype_name), self.cache_dir)  # type: ignore[no-any-return]
+
+    @property
+    def device_manager(self) -> DeviceManager:
+        """The device manager every hardware question goes through."""
+        return self.job.device_manager
+
+    @property
+    def model_manager(self) -> ModelManager:
+        """The manager that holds the model."""
+        return self.job.model_manager
+
+    @property
+    def oom_handler(self) -> OOMHandler:
+        """The one recovery engine of this embedder (and what its OOMs taught)."""
+        return self.job.oom_handler
+
+    @property
+    def batch_config(self) -> BatchSizeConfig:
+        """Batch-size parameters and the memory policy."""
+        return self.job.batch_config
+
+    @property
+    def requested_device(self) -> DeviceInfo:
+        """The device resolved from the hint."""
+        return self.job.requested_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype on the requested device (the CPU always computes in float32)."""
+        return torch_dtype(self.job.dtype)
 
     @property
     def model(self) -> Any:
-        """The loaded model (loaded again if the model manager unloaded it)."""
-        return self.model_manager.load(self._key, self._load, self._size_bytes, self.requested_device)
+        """The model, loaded (again, after an idle unload) if needed."""
+        return self.job.model()
 
     @property
     def device(self) -> DeviceInfo:
-        """Where the model runs (the CPU if it did not fit on the device)."""
-        _ = self.model
-        return self.model_manager.loaded[self._key].device
+        """Where the model runs, from its latest placement; never loads it."""
+        return self.job.device
+
+    @property
+    def placement(self) -> Placement | None:
+        """Where the model was placed and why (None before the first load)."""
+        return self.job.placement
 
     @property
     def memory_monitor(self) -> MemoryMonitor:
         """The monitor of the model's device."""
-        device = self.device
-        if self._monitor is None or not self._monitor.device.same_device(device):
-            self._monitor = MemoryMonitor(device, self.device_manager)
-        return self._monitor
+        return self.job.monitor_for(self.device)
 
     @property
     def batch_sizer(self) -> AdaptiveBatchSizer | None:
-        """The sizer of the model's device (None without adaptive batching).
+        """The page sizer of the model's device (None without adaptive batching).
 
         It lives as long as the embedder, so what one call measures sizes
         the next call's batches."""
-        if not self.enable_adaptive_batching:
-            return None
-        device = self.device
-        if self._sizer is None or not self._sizer.device.same_device(device):
-            prior = _activation_bytes_per_token(self.model.config, self.dtype)
-            self._sizer = AdaptiveBatchSizer(
-                device, self.memory_monitor, self.batch_config, self.device_manager, prior_bytes_per_load=prior
-            )
-        return self._sizer
-
-    def _model_for(self, device: DeviceInfo) -> Any:
-        if device.same_device(self.device):
-            return self.model
-        if self._cpu_model is None:  # the OOM last resort: a float32 copy on the CPU
-            self._cpu_model = self._load(device)
-        return self._cpu_model
+        return self.job.sizer_for(self.device, PAGES) if self.enable_adaptive_batching else None
 
     # -- embedding --------------------------------------------------------
 
@@ -176,7 +226,28 @@ class ColPaliEmbedder:
     ) -> list[Embedding]:
         """One (tokens, dim) float32 array per page, in input order.
 
-        ``on_batch(n)`` is called after each batch of ``n`` pages (progress)."""
+        ``on_batch(n)`` is called after each batch of ``n`` pages (progress).
+        A page that cannot be embedded even on the CPU raises
+        :class:`~ragged.errors.OutOfMemoryRecoveryError`."""
+        results = self._embed_pages(images, on_batch, keep_going=False)
+        return [r.vectors for r in results if isinstance(r, PageVectors)]
+
+    def embed_pages(
+        self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None = None
+    ) -> list[PageVectors | ItemFailure]:
+        """Like :meth:`embed_images`, with each page's patch grid; a page that
+        cannot be embedded comes back as an
+        :class:`~ragged.gpu.batch_runner.ItemFailure` and the others are still
+        embedded."""
+        return self._embed_pages(images, on_batch, keep_going=True)
+
+    def page_view_size(self, width: int, height: int) -> tuple[int, int]:
+        """The largest size a page of ``width x height`` pixels needs to be for
+        this model (pages are rendered or scaled to it before being held)."""
+        return page_view_size(self.processor, width, height)
+
+    def _embed_pages(self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None,
+                     keep_going: bool) -> list[PageVectors | ItemFailure]:
         pages = list(images)
         for i, page in enumerate(pages):
             if not isinstance(page, Image.Image):
@@ -187,62 +258,80 @@ class ColPaliEmbedder:
             costs = [t + self.prompt_tokens for t in visual_tokens(self.processor, pages)]
         else:
             costs = [0] * len(pages)  # a plain fixed-batch run keeps input order
-
-        stages: Stages[Any, Embedding] = Stages(
+        stages: Stages[Any, PageVectors] = Stages(
             prepare=lambda indices: self.processor.process_images([pages[i] for i in indices]),
-            compute=self._forward,
+            compute=self._forward_pages,
         )
-        return self._run(costs, stages, self.batch_size or DEFAULT_FIXED_BATCH_SIZE, on_batch=on_batch)
+        fixed = None if self.enable_adaptive_batching else self.batch_size or DEFAULT_FIXED_BATCH_SIZE
+        results, stats = self.job.run(costs, stages, work=PAGES, fixed_batch_size=fixed, on_batch=on_batch,
+                                      keep_going=keep_going)
+        self.last_report = self._report(stats)
+        return results
 
     def embed_batch(self, images: Sequence[Image.Image]) -> list[Embedding]:
         """The spec's name for :meth:`embed_images`."""
         return self.embed_images(images)
 
     def embed_queries(self, texts: Sequence[str]) -> list[Embedding]:
-        """One (tokens, dim) float32 array per query, in input order."""
-        queries = list(texts)
+        """One (tokens, dim) float32 array per query, in input order.
+
+        A query longer than ``max_query_tokens`` is cut there, with a notice
+        in :attr:`last_query_notices` and the log."""
+        queries = [self._bounded(t) for t in texts]
         if not queries:
             return []
         costs = text_tokens(self.processor, queries)
-
         stages: Stages[Any, Embedding] = Stages(
             prepare=lambda indices: self.processor.process_queries([queries[i] for i in indices]),
-            compute=self._forward,
+            compute=self._forward_queries,
         )
-        return self._run(costs, stages, self.query_batch_size, adaptive=False)
+        results, stats = self.job.run(costs, stages, work=QUERIES, fixed_batch_size=self.query_batch_size)
+        self.last_report = self._report(stats)
+        out = [r for r in results if not isinstance(r, ItemFailure)]
+        if len(out) != len(queries):  # pragma: no cover - keep_going is off, so failures raise
+            raise OutOfMemoryRecoveryError("A query could not be embedded.")
+        return out
 
-    def _run(
-        self,
-        costs: list[int],
-        stages: Stages[Any, Embedding],
-        fixed: int,
-        adaptive: bool | None = None,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> list[Embedding]:
-        use_sizer = self.enable_adaptive_batching if adaptive is None else adaptive
+    def _bounded(self, text: str) -> str:
+        tokenizer = self.processor.tokenizer
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_query_tokens:
+            return text
+        notice = f"Query cut to its first {self.max_query_tokens} tokens (it had {len(ids):,})."
+        self.last_query_notices.append(notice)
+        logger.warning("{}", notice)
+        return str(tokenizer.decode(ids[: self.max_query_tokens]))
+
+    def _report(self, stats: RunStats) -> EmbeddingReport:
         device = self.device
-        runner: BatchRunner[Embedding] = BatchRunner(
-            device,
-            self.batch_sizer if use_sizer else None,
-            self.oom_handler,
-            monitor=self.memory_monitor,
-            fixed_batch_size=None if use_sizer else fixed,
-            prefetch=self.prefetch,
+        return EmbeddingReport.from_stats(
+            stats, model=self.model_name, dtype=self.job.dtype_on(device),
+            device_total_bytes=device.total_memory, placement=self.placement, model_bytes=self.job.size_on(device),
         )
-        try:
-            with self.model_manager.using(self._key):
-                results, stats = runner.run(costs, stages, on_batch)
-        finally:
-            self._cpu_model = None  # release the fallback copy
-        model_dtype = next(self.model.parameters()).dtype  # float32 if the model fell back to the CPU
-        self.last_report = EmbeddingReport.from_stats(
-            stats, model=self.model_name, dtype=str(model_dtype).removeprefix("torch."),
-            device_total_bytes=device.total_memory,
-        )
-        return results
 
-    def _forward(self, inputs: Any, device: DeviceInfo) -> list[Embedding]:
-        model = self._model_for(device)
+    def _forward_queries(self, inputs: Any, device: DeviceInfo) -> list[Embedding]:
+        vectors, mask, _ = self._forward(inputs, device)
+        return [vectors[j][mask[j]].numpy() for j in range(vectors.shape[0])]  # each (kept, dim)
+
+    def _forward_pages(self, inputs: Any, device: DeviceInfo) -> list[PageVectors]:
+        vectors, mask, ids = self._forward(inputs, device)
+        thw = inputs.get("image_grid_thw")  # (pages, 3) for Qwen2-VL: frames, patch rows, patch columns
+        merge = int(getattr(self.processor.image_processor, "merge_size", 1) or 1)
+        out = []
+        for j in range(vectors.shape[0]):
+            kept = vectors[j][mask[j]].numpy()  # (kept, dim)
+            shape = (int(thw[j][1]) // merge, int(thw[j][2]) // merge) if thw is not None else None
+            out.append(PageVectors(kept, _patch_grid(ids[j][mask[j]], self._image_token_id, shape)))
+        return out
+
+    @property
+    def _image_token_id(self) -> int | None:
+        token = getattr(self.processor, "image_token_id", None)
+        return int(token) if isinstance(token, int) else None
+
+    def _forward(self, inputs: Any, device: DeviceInfo) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(vectors (batch, tokens, dim) f32, mask (batch, tokens), input ids), all on the CPU."""
+        model = self.job.model_for(device)
         dtype = next(model.parameters()).dtype
         batch = {
             k: (v.to(device.torch_device, dtype=dtype) if v.is_floating_point() else v.to(device.torch_device))
@@ -255,31 +344,20 @@ class ColPaliEmbedder:
         # out: (batch, tokens, dim)
         vectors = out.float().cpu()  # (batch, tokens, dim)
         mask = batch["attention_mask"].bool().cpu()  # (batch, tokens)
-        return [vectors[j][mask[j]].numpy() for j in range(vectors.shape[0])]  # each (kept, dim)
+        return vectors, mask, batch["input_ids"].cpu()
 
     # -- scoring ----------------------------------------------------------
 
     def score(self, query_embeddings: Sequence[Embedding], page_embeddings: Sequence[Embedding]) -> np.ndarray:
-        """MaxSim scores, shape (queries, pages), by the processor's own scoring."""
-        if not query_embeddings or not page_embeddings:
-            return np.zeros((len(query_embeddings), len(page_embeddings)), dtype=np.float32)
-        device = self.device.torch_device
-        qs = [torch.as_tensor(q, dtype=torch.float32).to(device) for q in query_embeddings]  # each (q_tokens, dim)
-        ps = [torch.as_tensor(p, dtype=torch.float32).to(device) for p in page_embeddings]  # each (p_tokens, dim)
-        if hasattr(self.processor, "score_retrieval"):  # transformers' processors
-            scores = self.processor.score_retrieval(qs, ps, output_dtype=torch.float32)  # (queries, pages)
-        else:  # colpali-engine's
-            scores = self.processor.score_multi_vector(qs, ps)  # (queries, pages)
-        return np.asarray(scores.float().cpu().numpy(), dtype=np.float32)
+        """Exact MaxSim scores, shape (queries, pages), by the index's own kernel."""
+        return maxsim_scores(list(query_embeddings), list(page_embeddings))
 
     # -- lifetime ---------------------------------------------------------
 
     def close(self) -> None:
         """Release the model if this embedder owns its model manager; a shared
         manager keeps it for other users and unloads it when idle."""
-        self._cpu_model = None
-        if self._owns_model_manager:
-            self.model_manager.close()
+        self.job.close()
 
     def __enter__(self) -> ColPaliEmbedder:
         return self
@@ -288,3 +366,22 @@ class ColPaliEmbedder:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _patch_grid(ids: torch.Tensor, image_token: int | None, shape: tuple[int, int] | None) -> PatchGrid | None:
+    """Where the image patches of one sequence (``ids``, padding removed) sit:
+    one run of image tokens forming ``shape`` (or a square when not given)."""
+    if image_token is None:
+        return None
+    positions = (ids == image_token).nonzero().flatten()  # (image tokens,)
+    count = int(positions.numel())
+    if count == 0 or int(positions[-1] - positions[0]) + 1 != count:
+        return None  # tiles separated by other tokens (Idefics3): no single grid
+    if shape is None:
+        side = math.isqrt(count)
+        shape = (side, side)
+    rows, cols = shape
+    return PatchGrid(int(positions[0]), rows, cols) if rows * cols == count else None
+
+
+__all__ = ["DEFAULT_FIXED_BATCH_SIZE", "MAX_QUERY_TOKENS", "ColPaliEmbedder", "Embedding", "PageVectors"]

@@ -8,6 +8,7 @@ memory and the time of a forward pass, so batches are planned by it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,3 +57,29 @@ def prompt_overhead(processor: Any) -> int:
         logger.debug("could not measure the prompt length ({})", exc)
         return 16
     return max(0, total - visual_tokens(processor, [blank])[0])
+
+
+def page_view_size(processor: Any, width: int, height: int, margin: float = 1.25) -> tuple[int, int]:
+    """The largest size a page needs to be for the model to see all it will
+    see, at most (width, height): pages are rendered or scaled to this
+    before they are held, so a poster-sized page never sits in memory.
+
+    ``margin`` keeps some resolution above the processor's own target, so
+    its resize (and rounding to patch multiples) gives the same geometry.
+    """
+    images = getattr(processor, "image_processor", processor)
+    size = getattr(images, "size", None)
+
+    def get(key: str) -> Any:
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    scale = 1.0
+    max_pixels = getattr(images, "max_pixels", None) or (get("longest_edge") if get("shortest_edge") else None)
+    fixed_h, fixed_w = get("height"), get("width")
+    if isinstance(max_pixels, int) and get("shortest_edge"):  # Qwen2-VL: a pixel budget
+        scale = min(1.0, math.sqrt(margin * max_pixels / max(1, width * height)))
+    elif fixed_h and fixed_w:  # SigLIP (ColPali): a fixed square, aspect ignored
+        scale = min(1.0, margin * max(fixed_w / width, fixed_h / height))
+    elif get("longest_edge"):  # Idefics3 (ColModernVBert): the longest edge, then tiles
+        scale = min(1.0, margin * float(get("longest_edge")) / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,10 @@ from loguru import logger
 
 from ragged.embeddings.families import ModelFamily, family_for_config
 from ragged.embeddings.hf import quiet_transformers
-from ragged.embeddings.presets import PRESETS, ensure_preset, is_preset
+from ragged.embeddings.names import PRESETS, is_hub_id, is_preset
+from ragged.embeddings.presets import ensure_preset
 from ragged.errors import ModelError, UnknownModelError
 from ragged.gpu.types import DeviceInfo, DeviceType
-
-DEFAULT_MODEL = "vidore/colpali-v1.3-hf"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,7 @@ def resolve_model(name: str, cache_dir: Path, *, local_files_only: bool = False)
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"Model folder {path} has no config.json: point --model at a saved model.")
         return _local_source(name, path)
-    if not _HUB_ID.match(name):
+    if not is_hub_id(name):
         raise UnknownModelError(
             f"Unknown model {name!r}: not a folder, not a hub id (org/name), not a preset "
             f"({', '.join(PRESETS)})."
@@ -83,18 +80,26 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
     return ModelSource(name, name, family_for_config(config), config, is_local=False)
 
 
-def default_dtype(device: DeviceInfo, bf16_ok: bool) -> torch.dtype:
-    """bf16 on CUDA where supported (else fp16), bf16 on MPS from macOS 14
-    (else fp32), fp32 on the CPU."""
-    if device.device_type is DeviceType.CUDA:
-        return torch.bfloat16 if bf16_ok else torch.float16
-    if device.device_type is DeviceType.MPS:
-        return torch.bfloat16 if bf16_ok else torch.float32
-    return torch.float32
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``bfloat16``, ``float16`` or ``float32``."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ModelError(f"Unknown dtype {name!r}: use bfloat16, float16 or float32.")
+    return dtype
 
 
-def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
-    """Bytes the weights take on the device, by instantiating on ``meta``."""
+_META_COUNTS: dict[str, tuple[int, int, int] | None] = {}
+
+
+def _meta_parameter_counts(source: ModelSource) -> tuple[int, int, int] | None:
+    """(floating-point elements, other parameter bytes, buffer bytes) of the
+    model, counted once by instantiating it on the ``meta`` device (no memory)."""
+    if source.location not in _META_COUNTS:
+        _META_COUNTS[source.location] = _count_on_meta(source)
+    return _META_COUNTS[source.location]
+
+
+def _count_on_meta(source: ModelSource) -> tuple[int, int, int] | None:
     quiet_transformers()
     try:
         cls = source.family.model_cls()
@@ -103,11 +108,20 @@ def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
             model = cls._from_config(config)
     except Exception as exc:
         logger.debug("meta instantiation failed ({}); using weight file sizes", exc)
-        return _weight_file_bytes(source)
-    element = torch.empty((), dtype=dtype).element_size()
-    params = sum(p.numel() * (element if p.is_floating_point() else p.element_size()) for p in model.parameters())
+        return None
+    floats = sum(p.numel() for p in model.parameters() if p.is_floating_point())
+    others = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_floating_point())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    return int(params + buffers)
+    return floats, others, buffers
+
+
+def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
+    """Bytes the weights take on the device in ``dtype``, counted on ``meta``."""
+    counts = _meta_parameter_counts(source)
+    if counts is None:
+        return _weight_file_bytes(source)
+    floats, others, buffers = counts
+    return int(floats * torch.empty((), dtype=dtype).element_size() + others + buffers)
 
 
 def _weight_file_bytes(source: ModelSource) -> int:

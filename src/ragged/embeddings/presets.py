@@ -17,9 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ragged.embeddings.hf import quiet_transformers
+from ragged.embeddings.names import PRESETS, is_preset
 
 PRESET_VERSION = "v1"
 _SEED = 1234
@@ -158,16 +157,15 @@ _BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "tiny-colmodernvbert": _build_colmodernvbert,
 }
 
-PRESETS: tuple[str, ...] = tuple(_BUILDERS)
+assert tuple(_BUILDERS) == PRESETS
 
-
-def is_preset(name: str) -> bool:
-    """True when ``name`` is one of ragged's built-in tiny presets."""
-    return name in _BUILDERS
+__all__ = ["PRESETS", "build_preset", "ensure_preset", "is_preset"]
 
 
 def build_preset(name: str, folder: Path) -> None:
     """Build preset ``name`` from a fixed seed and save it to ``folder``."""
+    import torch
+
     quiet_transformers()
     fork = torch.random.fork_rng(devices=[])
     with fork:

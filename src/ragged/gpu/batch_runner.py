@@ -2,16 +2,20 @@
 
 Items are sorted by cost (largest first, so the first batches meet the
 worst case and similar items share a batch), cut into batches sized by the
-:class:`AdaptiveBatchSizer`, and returned in the caller's order. On an OOM
-the failed batch is split in half and retried, items already done are kept;
-a single item that still fails is retried once after clearing the cache and,
-as the last resort, run on the CPU.
+:class:`AdaptiveBatchSizer` (or a fixed size), and returned in the caller's
+order. An OOM is handed to the one recovery engine
+(:class:`~ragged.gpu.oom_handler.OOMHandler`): the failed batch is split
+and retried, items already done are kept, a single item that still fails
+is retried after clearing the cache and then on the CPU. With
+``keep_going`` an item that fails even there comes back as an
+:class:`ItemFailure` and the rest go on.
 
 A batch function given as :class:`Stages` (host-side preparation, then
 device compute) is pipelined on accelerators: while the device computes
-batch k, a worker thread prepares batch k+1 (guessed to be the same size;
-a wrong guess is dropped and prepared again), so CPU preprocessing does not
-leave the GPU idle.
+batch k, a worker thread prepares batch k+1 at the size the sizer predicts.
+A prepared batch that memory and the OOM ceiling allow is used as it is,
+even where the sizer would now pick another size, so preparation is almost
+never wasted; only a batch made too large by an OOM is dropped.
 """
 
 from __future__ import annotations
@@ -19,18 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
-from ragged.errors import OutOfMemoryRecoveryError
+from ragged.errors import RaggedError
 from ragged.gpu.batch_sizer import AdaptiveBatchSizer, measured_peak
 from ragged.gpu.memory_monitor import MemoryMonitor
-from ragged.gpu.oom_detection import clear_tracebacks, is_oom_error
-from ragged.gpu.oom_handler import OOMHandler, OOMStats, RecoveryStrategy, summarise_oom
+from ragged.gpu.oom_detection import is_oom_error
+from ragged.gpu.oom_handler import OOMHandler, OOMStats, Recovery, RecoveryStrategy, summarise_oom
 from ragged.gpu.types import DeviceInfo
 
 R = TypeVar("R")
@@ -49,42 +52,55 @@ class Stages(Generic[P, R]):
     compute: Callable[[P, DeviceInfo], list[R]]
 
 
+@dataclass(frozen=True)
+class ItemFailure:
+    """An item that could not be processed even after every recovery step."""
+
+    reason: str
+
+
+@dataclass
+class _Ahead:
+    start: int  # position in the sorted order
+    items: list[int]
+    future: Future[Any]
+
+
 class _Prefetcher:
-    """Prepares the guessed next batch in a worker thread, one preparation
-    at a time (tokenizers are not re-entrant)."""
+    """Prepares the predicted next batch in a worker thread. With prefetch
+    on, every preparation goes through the one worker, so two never run at
+    once (tokenizers are not re-entrant) and a dropped one is never waited for."""
 
     def __init__(self, stages: Stages[Any, Any], enabled: bool) -> None:
         self._stages = stages
         self._executor = ThreadPoolExecutor(1, "ragged-prepare") if enabled else None
-        self._ahead: tuple[list[int], Future[Any]] | None = None
+        self._ahead: _Ahead | None = None
+        self.prepared_items = 0
 
-    def take(self, batch: list[int]) -> Future[Any] | None:
-        """The preparation of ``batch`` if it was guessed; a wrong guess is
-        let finish and dropped, so the caller can prepare the right batch."""
+    @property
+    def enabled(self) -> bool:
+        return self._executor is not None
+
+    def take(self, start: int) -> _Ahead | None:
+        """The batch prepared to start at ``start``, if any (others are dropped)."""
         ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return None
-        if ahead[0] == batch:
-            return ahead[1]
-        self._drop(ahead[1])
+        if ahead is None or ahead.start == start:
+            return ahead
+        ahead.future.cancel()  # not started: never runs; running: finishes unseen in the worker
         return None
 
-    def start(self, following: list[int]) -> None:
-        """Begin preparing ``following`` (call once the current batch is prepared)."""
-        if self._executor is not None and following:
-            self._ahead = (following, self._executor.submit(self._stages.prepare, following))
+    def prepare(self, items: list[int]) -> Any:
+        """Prepare ``items`` now (through the worker when prefetch is on)."""
+        self.prepared_items += len(items)
+        if self._executor is None:
+            return self._stages.prepare(items)
+        return self._executor.submit(self._stages.prepare, items).result()
 
-    def settle(self) -> None:
-        """Wait for, and drop, any preparation in flight."""
-        if self._ahead is not None:
-            self._drop(self._ahead[1])
-            self._ahead = None
-
-    @staticmethod
-    def _drop(future: Future[Any]) -> None:
-        if not future.cancel():
-            with suppress(Exception):  # its batch is prepared again, and fails again, in the open
-                future.result()
+    def start(self, start: int, items: list[int]) -> None:
+        """Begin preparing ``items`` (to start at position ``start``)."""
+        if self._executor is not None and items:
+            self.prepared_items += len(items)
+            self._ahead = _Ahead(start, items, self._executor.submit(self._stages.prepare, items))
 
     def close(self) -> None:
         if self._executor is not None:
@@ -99,17 +115,32 @@ def _as_stages(process: BatchFn[R] | Stages[Any, R]) -> Stages[Any, R]:
 
 @dataclass
 class RunStats:
-    """What one run did, for reports."""
+    """What one run did, for reports (memory in bytes, times in seconds)."""
 
     device: str = ""
     items: int = 0
     seconds: float = 0.0
-    work_seconds: float = 0.0  # inside the batch function, successful batches only
+    prepare_seconds: float = 0.0  # waiting for preparation, successful batches only
+    compute_seconds: float = 0.0  # inside compute, successful batches only
     batch_sizes: list[int] = field(default_factory=list)
-    peak_bytes: int = 0  # largest batch peak above the baseline
+    batch_peaks: list[int | None] = field(default_factory=list)  # per batch, above the baseline; None: unknown
     budget_bytes: int | None = None
+    budget_warning: str | None = None
     cpu_fallback_items: int = 0
+    failed_items: int = 0
+    prepared_items: int = 0
     oom: OOMStats = field(default_factory=OOMStats)
+
+    @property
+    def work_seconds(self) -> float:
+        """Time inside the batch function (preparation and compute)."""
+        return self.prepare_seconds + self.compute_seconds
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The largest known batch peak above the baseline (None: none known)."""
+        known = [p for p in self.batch_peaks if p is not None]
+        return max(known) if known else None
 
     @property
     def items_per_second(self) -> float:
@@ -128,8 +159,21 @@ class _Failure:
     baseline_allocated: int
 
 
+@dataclass
+class _Unit:
+    """A failed batch whose items are being retried under one recovery."""
+
+    recovery: Recovery
+    end: int  # position after its last item
+    device: DeviceInfo  # where it first failed
+    size: int  # at what size
+
+
 class BatchRunner(Generic[R]):
-    """Applies a batch function to items with sizing, monitoring and recovery."""
+    """Applies a batch function to items with sizing, monitoring and recovery.
+
+    ``work`` names the kind of work for the OOM handler's ceilings (page
+    embedding and query embedding learn separate limits)."""
 
     def __init__(
         self,
@@ -140,6 +184,8 @@ class BatchRunner(Generic[R]):
         monitor: MemoryMonitor | None = None,
         fixed_batch_size: int | None = None,
         prefetch: bool | None = None,
+        work: str | None = None,
+        prepare_fallback: Callable[[DeviceInfo], object] | None = None,
     ) -> None:
         if sizer is None and fixed_batch_size is None:
             raise ValueError("BatchRunner needs a sizer or a fixed batch size.")
@@ -151,97 +197,140 @@ class BatchRunner(Generic[R]):
         self.monitor = monitor
         self.fixed_batch_size = fixed_batch_size
         self.manager = oom_handler.manager
+        self.work = work or (sizer.work if sizer is not None else "batch")
+        self.prepare_fallback = prepare_fallback  # readies the CPU for a fallback step (loads a copy)
 
     def run(
         self,
         costs: Sequence[int],
         process: BatchFn[R] | Stages[Any, R],
         on_batch: Callable[[int], None] | None = None,
-    ) -> tuple[list[R], RunStats]:
+        *,
+        keep_going: bool = False,
+    ) -> tuple[list[R | ItemFailure], RunStats]:
         """Process every item once; results in the order of ``costs``.
 
-        ``on_batch(n)`` is called after each finished batch of ``n`` items."""
+        ``on_batch(n)`` is called once for every item, in batches, as each is
+        done or given up on. Without ``keep_going`` an item that cannot be
+        processed at all raises :class:`~ragged.errors.OutOfMemoryRecoveryError`."""
         stages = _as_stages(process)
         prefetcher = _Prefetcher(stages, self.prefetch and isinstance(process, Stages))
+        before = self.handler.stats.copy()
+        stats = RunStats(device=self.device.label, items=len(costs))
         try:
-            return self._run(costs, stages, on_batch, prefetcher)
+            results = self._run(costs, stages, on_batch, prefetcher, stats, keep_going)
         finally:
             prefetcher.close()
+        stats.prepared_items = prefetcher.prepared_items
+        stats.oom = self.handler.stats - before
+        if self.sizer is not None:
+            stats.budget_bytes = self.sizer.last_budget_bytes
+            stats.budget_warning = self.sizer.budget_warning
+        return results, stats
 
-    def _run(
-        self,
-        costs: Sequence[int],
-        stages: Stages[Any, R],
-        on_batch: Callable[[int], None] | None,
-        prefetcher: _Prefetcher,
-    ) -> tuple[list[R], RunStats]:
-        stats = RunStats(device=self.device.label, items=len(costs))
+    def _run(self, costs: Sequence[int], stages: Stages[Any, R], on_batch: Callable[[int], None] | None,
+             prefetcher: _Prefetcher, stats: RunStats, keep_going: bool) -> list[R | ItemFailure]:
         order = sorted(range(len(costs)), key=lambda i: -costs[i])
-        results: dict[int, R] = {}
-        split_cap: int | None = None  # halves of a failed batch, until its items are done
-        split_end = 0
-        ceiling: int | None = None  # below every size that ran out of memory, for the rest of the run
-        cleared_for_single = False
+        results: dict[int, R | ItemFailure] = {}
+        unit: _Unit | None = None
         start = time.perf_counter()
         pos = 0
         while pos < len(order):
+            if unit is not None and pos >= unit.end:
+                unit = None
             longest = max(1, costs[order[pos]])
-            size = self._next_size(longest, len(order) - pos, split_cap, ceiling)
+            device = unit.recovery.device if unit is not None else self.device
+            ahead = prefetcher.take(pos)
+            full = True
+            if unit is not None:
+                size = min(unit.recovery.batch_size, unit.end - pos)
+            else:
+                planned, limit = self._plan(longest)
+                size = min(planned, len(order) - pos)
+                full = size == planned
+                if ahead is not None and len(ahead.items) <= limit:
+                    size = len(ahead.items)  # safe: use what was prepared
+            if ahead is not None and (unit is not None or len(ahead.items) != size):
+                ahead.future.cancel()
+                ahead = None
             batch = order[pos : pos + size]
-            following = order[pos + size : pos + 2 * size]  # the guess: same size again
-            outcome = self._attempt(batch, self.device, stages, stats, longest, prefetcher.take(batch),
-                                    partial(prefetcher.start, following))
+            prepare_next = None
+            if unit is None and prefetcher.enabled and pos + size < len(order):
+                following = self._following(order, costs, pos + size, size)
+                prepare_next = partial(prefetcher.start, pos + size, following)
+            outcome = self._attempt(batch, device, stages, stats, longest, prefetcher,
+                                    ahead.future if ahead is not None else None, prepare_next, full)
             if not isinstance(outcome, _Failure):
                 results.update(zip(batch, outcome, strict=True))
+                if device.same_device(self.device):
+                    self.handler.learn_success(device, size, self.work, self._available_now())
+                else:  # the CPU took the item that fitted nowhere else; the rest go back to the device
+                    stats.cpu_fallback_items += size
+                    unit = None
                 pos += size
-                cleared_for_single = False
                 if on_batch is not None:
                     on_batch(size)
-                if split_cap is not None and pos >= split_end:
-                    split_cap = None
                 continue
             # The exception is gone by now; release what the attempt held.
-            stats.oom.ooms += 1
-            ceiling = max(1, size - 1) if ceiling is None else max(1, min(ceiling, size - 1))
-            if self.sizer is not None:
-                self.sizer.record_oom(size, size * longest)
-            self.handler.release(self.device, outcome.baseline_allocated)
-            if size > 1 and self.handler.enable_batch_reduction:
-                split_cap = size // 2
-                split_end = pos + size
-                stats.oom.recoveries[RecoveryStrategy.REDUCE_BATCH] += 1
-                logger.warning(
-                    "Out of memory on {} at batch {} ({}); splitting into batches of {}",
-                    self.device.label, size, outcome.reason, split_cap,
-                )
+            self.handler.note_oom()
+            self.handler.release(device, outcome.baseline_allocated)
+            available = self.handler.available_bytes(device)
+            if self.sizer is not None and device.same_device(self.device):
+                self.sizer.record_oom(size, size * longest, available)
+            else:
+                self.handler.learn_oom(device, size, self.work, available)
+            if unit is None:
+                unit = _Unit(self.handler.recovery(device, size), end=pos + size, device=device, size=size)
+            step = unit.recovery.next_step()
+            reason = outcome.reason
+            if step is not None and step.strategy is RecoveryStrategy.CPU_FALLBACK and self.prepare_fallback:
+                try:
+                    self.prepare_fallback(step.device)
+                except RaggedError as exc:  # no room for a CPU copy: this step is not possible
+                    reason = f"{reason}; no CPU fallback: {exc}"
+                    step = None
+            if step is None:
+                error = self.handler.give_up(unit.device, unit.size, unit.recovery, reason)
+                if not keep_going:
+                    raise error
+                logger.error("{}", error)
+                results.update((i, ItemFailure(str(error))) for i in batch)
+                stats.failed_items += size
+                pos += size
+                unit = None
+                if on_batch is not None:
+                    on_batch(size)
                 continue
-            if self.device.is_accelerator and self.handler.enable_cache_clearing and not cleared_for_single:
-                cleared_for_single = True
-                stats.oom.recoveries[RecoveryStrategy.CLEAR_CACHE] += 1
-                logger.warning("Out of memory on {} ({}); retrying after clearing the cache",
-                               self.device.label, outcome.reason)
-                continue
-            prefetcher.settle()
-            results.update(zip(batch, self._on_cpu(batch, stages, stats, outcome.reason), strict=True))
-            pos += size
-            cleared_for_single = False
-            if on_batch is not None:
-                on_batch(size)
+            self.handler.note_step(step)
+            logger.warning("Out of memory on {} at batch {} ({}); recovering: {}",
+                           device.label, size, outcome.reason, step.describe())
         stats.seconds = time.perf_counter() - start
-        if self.sizer is not None:
-            stats.budget_bytes = self.sizer.last_budget_bytes
-        return [results[i] for i in range(len(costs))], stats
+        return [results[i] for i in range(len(costs))]
 
-    def _next_size(self, longest: int, remaining: int, split_cap: int | None, ceiling: int | None) -> int:
+    def _plan(self, longest: int) -> tuple[int, int]:
+        """(size of the next batch, the largest size memory allows now)."""
         if self.sizer is not None:
-            size = self.sizer.next_batch_size(load_per_item=longest)
+            limit = self.sizer.memory_limit(load_per_item=longest)
+            size = self.sizer.next_batch_size(load_per_item=longest, limit=limit)
         else:
             assert self.fixed_batch_size is not None
-            size = self.fixed_batch_size
-        for cap in (split_cap, ceiling):
-            if cap is not None:
-                size = min(size, cap)
-        return max(1, min(size, remaining))
+            size = limit = self.fixed_batch_size
+        limit = self.handler.clamp(self.device, limit, self.work)
+        size = self.handler.clamp(self.device, size, self.work)
+        return max(1, size), limit
+
+    def _following(self, order: list[int], costs: Sequence[int], start: int, size: int) -> list[int]:
+        """The items of the batch predicted to follow one of ``size`` items."""
+        if self.sizer is not None:
+            size = self.sizer.predict_next(size, load_per_item=max(1, costs[order[start]]))
+        size = self.handler.clamp(self.device, size, self.work)
+        return order[start : start + size]
+
+    def _available_now(self) -> int | None:
+        latest = self.monitor.latest if self.monitor is not None else None
+        if latest is None:
+            return None
+        return min(latest.total, latest.free + max(0, latest.reserved - latest.allocated))
 
     def _attempt(
         self,
@@ -250,14 +339,17 @@ class BatchRunner(Generic[R]):
         stages: Stages[Any, R],
         stats: RunStats,
         longest: int,
-        ready: Future[Any] | None = None,
-        prepare_next: Callable[[], None] | None = None,
+        prefetcher: _Prefetcher,
+        ready: Future[Any] | None,
+        prepare_next: Callable[[], None] | None,
+        full: bool = True,
     ) -> list[R] | _Failure:
         before = self.manager.counters(device)
         self.manager.reset_peak(device)
         began = time.perf_counter()
         try:
-            prepared = ready.result() if ready is not None else stages.prepare(batch)
+            prepared = ready.result() if ready is not None else prefetcher.prepare(batch)
+            prepared_at = time.perf_counter()
             if prepare_next is not None:  # only now: one preparation at a time
                 prepare_next()
             out = stages.compute(prepared, device)
@@ -265,39 +357,14 @@ class BatchRunner(Generic[R]):
             if not is_oom_error(exc):
                 raise
             return _Failure(summarise_oom(exc), before.allocated)
-        seconds = time.perf_counter() - began
+        done = time.perf_counter()
         peak = measured_peak(before, self.manager.counters(device))
-        stats.work_seconds += seconds
+        stats.prepare_seconds += prepared_at - began
+        stats.compute_seconds += done - prepared_at
         stats.batch_sizes.append(len(batch))
-        stats.peak_bytes = max(stats.peak_bytes, peak)
+        stats.batch_peaks.append(peak)
         if self.sizer is not None and device.same_device(self.device):
-            self.sizer.record_batch(len(batch), len(batch) * longest, peak, seconds)
-        if self.monitor is not None:
-            self.monitor.take_snapshot()
-        return out
-
-    def _on_cpu(self, batch: list[int], stages: Stages[Any, R], stats: RunStats, reason: str) -> list[R]:
-        cpu = self.manager.cpu()
-        if not (self.device.is_accelerator and self.handler.enable_cpu_fallback):
-            stats.oom.failures += 1
-            raise OutOfMemoryRecoveryError(
-                f"Out of memory on {self.device.label} even at batch {len(batch)} ({reason}). "
-                "Free memory (close other programs), lower the model's resolution, "
-                "or choose another device with --device."
-            )
-        stats.oom.recoveries[RecoveryStrategy.CPU_FALLBACK] += 1
-        logger.warning("Out of memory on {} at batch {}; running it on the CPU (slow)",
-                       self.device.label, len(batch))
-        try:
-            out = stages.compute(stages.prepare(batch), cpu)
-        except Exception as exc:
-            if not is_oom_error(exc):
-                raise
-            stats.oom.failures += 1
-            clear_tracebacks(exc)
-            raise OutOfMemoryRecoveryError(
-                f"Out of memory on {self.device.label} and on the CPU for one item. "
-                "The input is too large for this machine: lower --dpi or use a smaller model."
-            ) from exc
-        stats.cpu_fallback_items += len(batch)
+            self.sizer.record_batch(len(batch), len(batch) * longest, peak, done - began, full=full)
+        if self.monitor is not None and device.same_device(self.monitor.device):
+            self.monitor.try_snapshot()
         return out

@@ -1,9 +1,14 @@
-"""Adaptive batch sizing: a prior from the spec's formula, then measurements.
+"""Adaptive batch sizing: a prior from the model, then measurements.
 
 The planner part is pure (:func:`memory_budget`, :meth:`MemoryFit.fit`,
 :func:`plan_batch_size`); :class:`AdaptiveBatchSizer` keeps the state of one
-run and applies them. "Load" is what a batch costs: padded tokens (items x
-longest item) when token counts are known, else the item count.
+device and applies them. "Load" is what a batch costs: padded tokens (items
+x longest item) when token counts are known, else the item count.
+
+Unknown is a value here: a memory reading that failed gives no budget
+(``None``), and a batch whose peak the backend could not resolve gives no
+measurement; neither is read as zero. A fit with no usable slope keeps the
+prior, so a budget never silently stops limiting.
 """
 
 from __future__ import annotations
@@ -11,11 +16,15 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from loguru import logger
 
 from ragged.errors import ConfigurationError
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
 from ragged.gpu.memory_monitor import MemoryMonitor
+from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
@@ -23,12 +32,11 @@ SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a
 
 @dataclass(frozen=True)
 class BatchSizeConfig:
-    """Parameters of batch sizing; fractions are of the device's total memory."""
+    """Parameters of batch sizing. The memory line comes from ``policy``."""
 
     min_batch_size: int = 1
     max_batch_size: int = 32
-    target_utilisation: float = 0.75
-    safety_margin: float = 0.10
+    policy: MemoryPolicy = field(default_factory=MemoryPolicy)
     # The spec's prior: embedding_dim x sequence_length x bytes x overhead.
     embedding_dim: int = 128
     sequence_length: int = 1030
@@ -45,12 +53,18 @@ class BatchSizeConfig:
             raise ConfigurationError(
                 f"Batch bounds must satisfy 1 <= min <= max (got {self.min_batch_size}, {self.max_batch_size})."
             )
-        if not 0 < self.target_utilisation <= 1 or not 0 <= self.safety_margin < self.target_utilisation:
-            raise ConfigurationError(
-                "target_utilisation must be in (0, 1] and safety_margin in [0, target_utilisation)."
-            )
         if self.growth_factor <= 1 or self.initial_batch_size < 1:
             raise ConfigurationError("growth_factor must exceed 1 and initial_batch_size be at least 1.")
+
+    @property
+    def target_utilisation(self) -> float:
+        """The policy's target share of the device (the spec's name)."""
+        return self.policy.target_utilisation
+
+    @property
+    def safety_margin(self) -> float:
+        """The policy's safety margin (the spec's name)."""
+        return self.policy.safety_margin
 
     @property
     def prior_bytes_per_item(self) -> float:
@@ -58,39 +72,35 @@ class BatchSizeConfig:
         return self.embedding_dim * self.sequence_length * self.bytes_per_element * self.overhead_factor
 
 
-def memory_budget(info: MemoryInfo, config: BatchSizeConfig) -> int:
-    """Bytes one batch may use on top of what is held now.
+def memory_budget(info: MemoryInfo | None, config: BatchSizeConfig | MemoryPolicy) -> int | None:
+    """Bytes one batch may use on top of what is in use now (None: unknown).
 
     The spec's ``total x (target - margin)`` ignores the model and other
-    processes; here the headroom to that line is counted from what is really
-    in use, and never exceeds free memory less the safety margin. Blocks our
-    own caching allocator holds but does not use count as free.
-    """
-    reusable = max(0, info.reserved - info.allocated)
-    free = min(info.total, info.free + reusable)
-    used = info.total - free
-    headroom = info.total * (config.target_utilisation - config.safety_margin) - used
-    return int(max(0.0, min(headroom, free * (1.0 - config.safety_margin))))
+    processes; here what is really in use counts against that line."""
+    policy = config.policy if isinstance(config, BatchSizeConfig) else config
+    return policy.batch_budget(info)
 
 
-def measured_peak(before: AllocatorCounters, after: AllocatorCounters) -> int:
-    """Bytes a batch needed above what was held before it.
+def measured_peak(before: AllocatorCounters, after: AllocatorCounters) -> int | None:
+    """Bytes a batch needed above what was held before it; None when unknown.
 
     Uses the allocator's peak when the backend has one; else what the
     allocator holds after the batch (an upper bound on MPS, whose cache
-    keeps the blocks the batch used).
+    keeps the blocks the batch used). A peak that does not rise above the
+    baseline is below what the backend can resolve: unknown, not zero.
     """
     top = after.peak_allocated if after.peak_allocated is not None else after.reserved
-    return max(0, top - before.allocated)
+    peak = top - before.allocated
+    return peak if peak > 0 else None
 
 
 @dataclass(frozen=True)
 class BatchMeasurement:
-    """One finished batch: size, load, peak bytes above baseline, seconds."""
+    """One finished batch: size, load, peak bytes above baseline (None: unknown), seconds."""
 
     batch_size: int
     load: int
-    peak_bytes: int
+    peak_bytes: int | None
     seconds: float
 
 
@@ -102,14 +112,15 @@ class MemoryFit:
     bytes_per_load: float
 
     @classmethod
-    def fit(cls, points: list[tuple[int, int]]) -> MemoryFit | None:
+    def fit(cls, points: list[tuple[int, int | None]]) -> MemoryFit | None:
         """Fit (load, peak_bytes) points; None when there is nothing usable.
 
-        One distinct load gives a line through the origin (conservative);
-        two or more give slope and intercept, the intercept kept >= 0 and the
-        slope never below what the largest point implies without one.
+        Unknown or non-positive peaks are left out. One distinct load gives a
+        line through the origin (conservative); two or more give slope and
+        intercept, the intercept kept >= 0 and the slope never below what the
+        largest point implies without one.
         """
-        usable = [(float(x), float(y)) for x, y in points if x > 0]
+        usable = [(float(x), float(y)) for x, y in points if x > 0 and y is not None and y > 0]
         if not usable:
             return None
         xs = {x for x, _ in usable}
@@ -140,24 +151,28 @@ def plan_batch_size(
     config: BatchSizeConfig,
     ceiling: int | None = None,
 ) -> int:
-    """The largest batch whose predicted peak fits the budget, clamped."""
+    """The largest batch whose predicted peak fits the budget, clamped.
+
+    ``bytes_per_load`` must be positive: a cost that is not known is the
+    prior's to fill in, never "free"."""
+    if bytes_per_load <= 0:
+        raise ConfigurationError(f"bytes_per_load must be positive, got {bytes_per_load}.")
     upper = config.max_batch_size if ceiling is None else min(config.max_batch_size, ceiling)
     upper = max(config.min_batch_size, upper)
     per_item = bytes_per_load * max(load_per_item, 1e-9)
-    if per_item <= 0:
-        return upper
     fits = math.floor((budget_bytes - base_bytes) / per_item)
     return max(config.min_batch_size, min(upper, fits))
 
 
 class AdaptiveBatchSizer:
-    """Sizes batches for one device from free memory and measured peaks.
+    """Sizes batches for one device from its memory budget and measured peaks.
 
-    Before any batch has run it uses the prior (the spec's formula, or a
-    per-item estimate the caller passes). After each batch it refits peak
-    memory against load and sizes the next batch from the fit and free
-    memory; it grows at most by ``growth_factor`` per batch and only while
-    throughput grows. An OOM at size b caps every later batch below b.
+    Before any batch has run it uses the prior (per-load bytes the caller
+    passes, else the spec's formula). After each batch it refits peak
+    memory against load and sizes the next batch from the fit and the
+    budget now; it grows at most by ``growth_factor`` per batch and only
+    while throughput grows. OOMs are learnt by the :class:`OOMHandler`
+    (one owner of the ceilings): the sizer never proposes a size above it.
     """
 
     def __init__(
@@ -169,24 +184,33 @@ class AdaptiveBatchSizer:
         *,
         prior_bytes_per_load: float | None = None,
         history_size: int = 64,
+        oom_handler: OOMHandler | None = None,
+        work: str = "batch",
     ) -> None:
         self.device = device
         self.monitor = memory_monitor
         self.config = config or BatchSizeConfig()
         self.manager = device_manager or (memory_monitor.manager if memory_monitor else default_device_manager())
+        self.oom_handler = oom_handler or OOMHandler(self.manager)
+        self.work = work
         self.prior_bytes_per_load = prior_bytes_per_load
         self._measurements: deque[BatchMeasurement] = deque(maxlen=history_size)
         self._throughput: dict[int, float] = {}  # batch size -> load per second
-        self._ceiling: int | None = None
         self._oom_slope = 0.0
         self._growth_stopped = False
         self._last_size: int | None = None
         self._budget: int | None = None
+        self.budget_warning: str | None = None  # set once when the budget ran out
+
+    @property
+    def policy(self) -> MemoryPolicy:
+        """The memory policy the budget comes from."""
+        return self.config.policy
 
     @property
     def ceiling(self) -> int | None:
-        """The largest batch size still allowed after OOMs (None: no OOM yet)."""
-        return self._ceiling
+        """The largest batch size still allowed after OOMs (None: no limit)."""
+        return self.oom_handler.ceiling(self.device, self.work)
 
     @property
     def measurements(self) -> list[BatchMeasurement]:
@@ -195,77 +219,103 @@ class AdaptiveBatchSizer:
 
     @property
     def last_budget_bytes(self) -> int | None:
-        """The memory budget used for the latest decision, in bytes."""
+        """The memory budget of the latest decision, in bytes (None: unknown)."""
         return self._budget
 
     def fit(self) -> MemoryFit | None:
         """The current memory model, including what OOMs taught."""
         fitted = MemoryFit.fit([(m.load, m.peak_bytes) for m in self._measurements])
         if fitted is None:
-            if self._oom_slope:
-                return MemoryFit(0.0, self._oom_slope)
-            return None
+            return MemoryFit(0.0, self._oom_slope) if self._oom_slope else None
         if fitted.bytes_per_load < self._oom_slope:
             return MemoryFit(fitted.base_bytes, self._oom_slope)
         return fitted
 
-    def _budget_now(self) -> int:
-        info = self._fresh_reading() or self.manager.get_device_memory_info(self.device)
-        self._budget = memory_budget(info, self.config)
+    def _prior(self) -> float:
+        return self.prior_bytes_per_load or self.config.prior_bytes_per_item
+
+    def _reading(self) -> MemoryInfo | None:
+        """The monitor's latest snapshot if under ``SNAPSHOT_MAX_AGE_S`` old (so
+        the per-batch path reads the device once, not twice), else a reading."""
+        latest = self.monitor.latest if self.monitor is not None else None
+        if latest is not None and time.monotonic() - latest.timestamp <= SNAPSHOT_MAX_AGE_S:
+            return MemoryInfo(total=latest.total, free=latest.free, allocated=latest.allocated,
+                              reserved=latest.reserved)
+        return self.manager.try_memory_info(self.device)
+
+    def _budget_now(self) -> int | None:
+        info = self._reading()
+        self._budget = self.policy.batch_budget(info)
+        if self._budget == 0 and self.budget_warning is None and info is not None:
+            self.budget_warning = (
+                f"{self.device.label} is {info.utilisation_pct:.0f}% in use, at or above the "
+                f"{100 * self.policy.line_fraction:.0f}% line ({self.policy.describe()}): batches run one item "
+                "at a time; free memory on the device or raise the memory target"
+            )
+            logger.warning("{}", self.budget_warning)
         return self._budget
 
-    def _fresh_reading(self) -> MemoryInfo | None:
-        """The monitor's latest snapshot if under ``SNAPSHOT_MAX_AGE_S`` old, so
-        the per-batch path reads the device once, not twice."""
-        latest = self.monitor.latest if self.monitor is not None else None
-        if latest is None or time.monotonic() - latest.timestamp > SNAPSHOT_MAX_AGE_S:
-            return None
-        return MemoryInfo(total=latest.total, free=latest.free, allocated=latest.allocated, reserved=latest.reserved)
-
     def memory_limit(self, load_per_item: float = 1.0) -> int:
-        """The largest batch that memory allows now (fit, else prior)."""
+        """The largest batch that memory allows now (fit, else prior).
+
+        With no reading of the device the last size stands (no growth)."""
+        budget = self._budget_now()
+        if budget is None:
+            return self.oom_handler.clamp(self.device, self._last_size or self.config.initial_batch_size,
+                                          self.work)
         fitted = self.fit()
-        if fitted is not None:
-            base, per_load = fitted.base_bytes, fitted.bytes_per_load
-        else:
-            base, per_load = 0.0, self.prior_bytes_per_load or self.config.prior_bytes_per_item
+        base, per_load = (fitted.base_bytes, fitted.bytes_per_load) if fitted is not None else (0.0, self._prior())
         return plan_batch_size(
-            budget_bytes=self._budget_now(),
+            budget_bytes=budget,
             base_bytes=base,
             bytes_per_load=per_load,
             load_per_item=load_per_item,
             config=self.config,
-            ceiling=self._ceiling,
+            ceiling=self.ceiling,
         )
 
     def calculate_batch_size(
         self, bytes_per_item: float | None = None, load_per_item: float = 1.0
     ) -> int:
         """Batch size from memory alone (the spec's calculation, budgeted
-        from real free memory); ``bytes_per_item`` overrides the prior."""
-        if bytes_per_item is not None:
-            if bytes_per_item <= 0:
-                raise ConfigurationError(f"bytes_per_item must be positive, got {bytes_per_item}.")
-            return plan_batch_size(
-                budget_bytes=self._budget_now(),
-                base_bytes=0.0,
-                bytes_per_load=bytes_per_item,
-                load_per_item=1.0,
-                config=self.config,
-                ceiling=self._ceiling,
-            )
-        return self.memory_limit(load_per_item)
+        from what is really free); ``bytes_per_item`` overrides the model."""
+        if bytes_per_item is None:
+            return self.memory_limit(load_per_item)
+        if bytes_per_item <= 0:
+            raise ConfigurationError(f"bytes_per_item must be positive, got {bytes_per_item}.")
+        budget = self._budget_now()
+        if budget is None:
+            return self.config.min_batch_size
+        return plan_batch_size(budget_bytes=budget, base_bytes=0.0, bytes_per_load=bytes_per_item,
+                               load_per_item=1.0, config=self.config, ceiling=self.ceiling)
 
-    def next_batch_size(self, load_per_item: float = 1.0) -> int:
-        """The size of the next batch: memory limit and growth policy together."""
-        limit = self.memory_limit(load_per_item)
+    def _grown(self, last: int) -> int:
+        return max(last + 1, math.floor(last * self.config.growth_factor))
+
+    def next_batch_size(self, load_per_item: float = 1.0, *, limit: int | None = None) -> int:
+        """The size of the next batch: memory limit and growth policy together
+        (``limit``: a :meth:`memory_limit` the caller just took)."""
+        limit = self.memory_limit(load_per_item) if limit is None else limit
         if self._last_size is None:
             size = min(limit, self.config.initial_batch_size)
         elif self._growth_stopped:
             size = min(limit, self._best_size())
         else:
-            size = min(limit, max(self._last_size + 1, math.floor(self._last_size * self.config.growth_factor)))
+            size = min(limit, self._grown(self._last_size))
         return max(self.config.min_batch_size, size)
+
+    def predict_next(self, after_size: int, load_per_item: float = 1.0) -> int:
+        """The size the next batch will likely have if a batch of ``after_size``
+        succeeds now (growth continuing): the guess preparation ahead uses.
+        Uses the latest budget; reads nothing."""
+        size = self._best_size() if self._growth_stopped else self._grown(after_size)
+        fitted = self.fit()
+        if self._budget is not None:
+            per_load = fitted.bytes_per_load if fitted is not None else self._prior()
+            base = fitted.base_bytes if fitted is not None else 0.0
+            size = min(size, plan_batch_size(budget_bytes=self._budget, base_bytes=base, bytes_per_load=per_load,
+                                             load_per_item=load_per_item, config=self.config, ceiling=self.ceiling))
+        return max(self.config.min_batch_size, min(size, self.config.max_batch_size))
 
     def _best_size(self) -> int:
         if not self._throughput:
@@ -276,8 +326,12 @@ class AdaptiveBatchSizer:
         floor = fastest / (1 + self.config.min_throughput_gain)
         return min(size for size, rate in self._throughput.items() if rate >= floor)
 
-    def record_batch(self, batch_size: int, load: int, peak_bytes: int, seconds: float) -> None:
-        """Feed back one finished batch."""
+    def record_batch(self, batch_size: int, load: int, peak_bytes: int | None, seconds: float,
+                     *, full: bool = True) -> None:
+        """Feed back one finished batch (``peak_bytes`` None when unknown).
+
+        ``full`` is False for a batch cut short by the end of the items: it
+        is measured, but growth continues from the size before it."""
         self._measurements.append(BatchMeasurement(batch_size, load, peak_bytes, seconds))
         if seconds > 0:
             rate = load / seconds
@@ -288,16 +342,16 @@ class AdaptiveBatchSizer:
                 best_smaller = max(self._throughput[s] for s in smaller)
                 if self._throughput[batch_size] < best_smaller * (1 + self.config.min_throughput_gain):
                     self._growth_stopped = True
-        self._last_size = batch_size
+        if full or self._last_size is None:
+            self._last_size = batch_size
 
-    def record_oom(self, batch_size: int, load: int) -> None:
-        """An OOM at ``batch_size``: never try that size or above again, and
-        learn that ``load`` needs more than the budget."""
-        ceiling = batch_size - 1 if self._ceiling is None else min(self._ceiling, batch_size - 1)
-        self._ceiling = max(self.config.min_batch_size, ceiling)
+    def record_oom(self, batch_size: int, load: int, available: int | None = None) -> None:
+        """An OOM at ``batch_size``: the handler learns the ceiling, and the
+        memory model learns that ``load`` needs more than the budget had."""
+        self.oom_handler.learn_oom(self.device, batch_size, self.work, available)
         if load > 0 and self._budget:
             self._oom_slope = max(self._oom_slope, self._budget / load)
-        self._last_size = min(self._last_size or batch_size, self._ceiling)
+        self._last_size = max(1, min(self._last_size or batch_size, batch_size - 1))
 
     def adjust_batch_size(self, current_batch_size: int) -> int:
         """Adjust a running batch size from the monitor's latest reading,
@@ -305,10 +359,9 @@ class AdaptiveBatchSizer:
         size = current_batch_size
         if self.monitor is not None:
             size = self.monitor.get_recommended_batch_size(
-                current_batch_size, target_utilisation_pct=100.0 * self.config.target_utilisation
+                current_batch_size, target_utilisation_pct=100.0 * self.policy.target_utilisation
             )
         if self.fit() is not None:
             size = min(size, self.memory_limit())
-        if self._ceiling is not None:
-            size = min(size, self._ceiling)
+        size = self.oom_handler.clamp(self.device, size, self.work)
         return max(self.config.min_batch_size, min(self.config.max_batch_size, size))

@@ -10,33 +10,43 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import torch
 from loguru import logger
 
 from ragged.errors import DeviceError, DeviceUnavailableError
-from ragged.gpu.backends import DeviceBackend, default_backends
-from ragged.gpu.types import AllocatorCounters, DeviceInfo, DeviceType, MemoryInfo
+from ragged.gpu.types import AllocatorCounters, DeviceInfo, DeviceType, MemoryInfo, ProcessMemory
 
-DeviceHint = str | torch.device | DeviceInfo | None
+if TYPE_CHECKING:
+    import torch
 
-_GB = 1024**3
+    from ragged.gpu.backends import DeviceBackend
+
+DeviceHint: TypeAlias = "str | torch.device | DeviceInfo | None"
+
+_GIB = 1024**3
+
+
+def _usage() -> str:
+    kinds = ", ".join(k.value + (" or " + k.value + ":N" if k.indexed else "") for k in DeviceType)
+    return f"use auto, {kinds}"
 
 
 def parse_device_hint(hint: DeviceHint) -> tuple[DeviceType, int | None] | None:
     """Turn a user's device hint into (kind, index); None means auto.
 
-    Accepts ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, a
-    :class:`torch.device` or a :class:`DeviceInfo`.
+    Accepts ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"xpu"``, ``"mps"``,
+    ``"cpu"``, a :class:`torch.device` or a :class:`DeviceInfo`. The user's
+    text is parsed here once; everything past this point is typed.
     """
     if hint is None:
         return None
     if isinstance(hint, DeviceInfo):
         return hint.device_type, hint.device_id
-    if isinstance(hint, torch.device):
-        text = str(hint)
-    elif isinstance(hint, str):
+    if isinstance(hint, str):
         text = hint.strip().lower()
+    elif _is_torch_device(hint):
+        text = str(hint)
     else:
         raise DeviceUnavailableError(f"Device hint {hint!r} is not a string or torch.device.")
     if text == "auto":
@@ -45,14 +55,16 @@ def parse_device_hint(hint: DeviceHint) -> tuple[DeviceType, int | None] | None:
     try:
         kind = DeviceType(kind_text)
     except ValueError:
-        raise DeviceUnavailableError(
-            f"Unknown device {text!r}: use auto, cpu, mps, cuda or cuda:N."
-        ) from None
+        raise DeviceUnavailableError(f"Unknown device {text!r}: {_usage()}.") from None
     if not index_text:
         return kind, None
-    if not index_text.isdigit() or (kind is not DeviceType.CUDA and index_text != "0"):
-        raise DeviceUnavailableError(f"Unknown device {text!r}: use auto, cpu, mps, cuda or cuda:N.")
+    if not index_text.isdigit() or (not kind.indexed and index_text != "0"):
+        raise DeviceUnavailableError(f"Unknown device {text!r}: {_usage()}.")
     return kind, int(index_text)
+
+
+def _is_torch_device(hint: Any) -> bool:
+    return type(hint).__name__ == "device" and type(hint).__module__ == "torch"
 
 
 class DeviceManager:
@@ -63,33 +75,48 @@ class DeviceManager:
     """
 
     def __init__(self, backends: Sequence[DeviceBackend] | None = None) -> None:
+        if backends is None:
+            from ragged.gpu.backends import default_backends
+
+            backends = default_backends()
+        self._candidates = list(backends)
         self._backends: dict[DeviceType, DeviceBackend] = {}
         self._order: list[DeviceType] = []
-        for backend in backends if backends is not None else default_backends():
-            self._backends[backend.kind] = backend
-            self._order.append(backend.kind)
         self._available_devices: list[DeviceInfo] = []
         self.detection_seconds = 0.0
         self.refresh()
 
     def refresh(self) -> list[DeviceInfo]:
-        """Detect devices again (after a driver or environment change)."""
+        """Detect devices again (after a driver or environment change).
+
+        Several backends may serve one kind (NVIDIA and ROCm both answer for
+        ``cuda``); the first that is available wins."""
         start = time.perf_counter()
         found: list[DeviceInfo] = []
-        for kind in self._order:
-            backend = self._backends[kind]
+        self._backends, self._order = {}, []
+        served: set[DeviceType] = set()
+        for backend in self._candidates:
+            kind = backend.kind
+            if kind not in self._order:
+                self._order.append(kind)
+            if kind in served:
+                continue
+            self._backends.setdefault(kind, backend)
             try:
                 if not backend.is_available():
                     continue
+                self._backends[kind] = backend
+                served.add(kind)
                 for index in range(backend.device_count()):
                     props = backend.properties(index)
                     found.append(
                         DeviceInfo(
                             device_type=kind,
-                            device_id=index if kind is DeviceType.CUDA else None,
+                            device_id=index if kind.indexed else None,
                             total_memory=props.total_memory,
                             name=props.name,
                             compute_capability=props.compute_capability,
+                            arch=props.arch,
                         )
                     )
             except Exception as exc:  # a broken driver must not stop CPU use
@@ -130,9 +157,10 @@ class DeviceManager:
         has ``min_memory_gb`` free (among several CUDA cards, the one with the
         most free memory); the CPU always qualifies as the last resort. With
         a hint: that device, or :class:`DeviceUnavailableError`.
+        ``min_memory_gb`` is in GiB (1024^3 bytes).
         """
         parsed = parse_device_hint(device_hint)
-        need = int(min_memory_gb * _GB) if min_memory_gb else 0
+        need = int(min_memory_gb * _GIB) if min_memory_gb else 0
         if parsed is None:
             return self._auto(need)
         kind, index = parsed
@@ -144,10 +172,12 @@ class DeviceManager:
                 f"(available: {self._describe_available()}). Use --device auto or one of those."
             )
         best = self._most_free(candidates)
-        if need and self.free_bytes(best) < need:
+        free = self.free_bytes(best)
+        if need and (free is None or free < need):
+            have = "an unreadable amount of" if free is None else f"{free / _GIB:.1f} GiB"
             raise DeviceUnavailableError(
-                f"Device {best.label} has {self.free_bytes(best) / _GB:.1f} GB free, "
-                f"less than the {min_memory_gb} GB required. Free memory or pick another device."
+                f"Device {best.label} has {have} free memory, less than the {min_memory_gb} GiB required. "
+                "Free memory or pick another device."
             )
         return best
 
@@ -159,7 +189,8 @@ class DeviceManager:
             if kind is DeviceType.CPU:
                 return candidates[0]
             best = self._most_free(candidates)
-            if not need or self.free_bytes(best) >= need:
+            free = self.free_bytes(best)
+            if not need or (free is not None and free >= need):
                 return best
             logger.info("{} has too little free memory; trying the next kind", best.label)
         return DeviceInfo(device_type=DeviceType.CPU, name="CPU")
@@ -167,14 +198,25 @@ class DeviceManager:
     def _most_free(self, candidates: list[DeviceInfo]) -> DeviceInfo:
         if len(candidates) == 1:
             return candidates[0]
-        return max(candidates, key=self.free_bytes)
 
-    def free_bytes(self, device: DeviceInfo) -> int:
-        """Free memory on ``device`` in bytes (0 when it cannot be read)."""
+        def key(device: DeviceInfo) -> tuple[bool, int]:
+            free = self.free_bytes(device)
+            return free is not None, free or 0  # unreadable cards sort last, not as "full" or "free"
+
+        return max(candidates, key=key)
+
+    def free_bytes(self, device: DeviceInfo) -> int | None:
+        """Free memory on ``device`` in bytes; None when it cannot be read."""
+        info = self.try_memory_info(device)
+        return None if info is None else info.free
+
+    def try_memory_info(self, device: DeviceInfo) -> MemoryInfo | None:
+        """A full reading, or None when the device cannot be read now."""
         try:
-            return self.get_device_memory_info(device).free
-        except DeviceError:
-            return 0
+            return self.get_device_memory_info(device)
+        except DeviceError as exc:
+            logger.debug("{}", exc)
+            return None
 
     def get_device_memory_info(self, device: DeviceInfo) -> MemoryInfo:
         """A full reading (``total``, ``free``, ``allocated``, ``reserved``, bytes)."""
@@ -207,6 +249,18 @@ class DeviceManager:
     def supports_bf16(self, device: DeviceInfo) -> bool:
         """True when bfloat16 is fast and safe on ``device``."""
         return self.backend_for(device).supports_bf16(device.index)
+
+    def compute_dtype(self, device: DeviceInfo) -> str:
+        """The dtype models should run in on ``device`` (``bfloat16``, ``float16``, ``float32``)."""
+        return self.backend_for(device).compute_dtype(device.index)
+
+    def processes(self, device: DeviceInfo) -> list[ProcessMemory] | None:
+        """Processes holding memory on ``device``, largest first; None if unknown."""
+        try:
+            return self.backend_for(device).processes(device.index)
+        except Exception as exc:
+            logger.debug("process list of {} failed: {}", device.label, exc)
+            return None
 
     def cpu(self) -> DeviceInfo:
         """The CPU device record."""

@@ -1,4 +1,9 @@
-"""Memory snapshots, bounded history and threshold alerts."""
+"""Memory snapshots, bounded history and threshold alerts.
+
+The warning and critical levels come from the one
+:class:`~ragged.gpu.policy.MemoryPolicy` (85% and 95% by default), the same
+that sizes batches and admits models.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,13 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, replace
 
 from loguru import logger
 
-from ragged.errors import ConfigurationError
+from ragged.errors import ConfigurationError, DeviceError
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.policy import MemoryLevel, MemoryPolicy
 from ragged.gpu.types import DeviceInfo, MemoryInfo, MemoryUsage
 
 
@@ -38,15 +43,9 @@ class MemorySnapshot(MemoryUsage):
         )
 
 
-class MemoryLevel(StrEnum):
-    """Where utilisation stands against the thresholds."""
-
-    NORMAL = "normal"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-
 SnapshotCallback = Callable[[MemorySnapshot], None]
+
+__all__ = ["MemoryLevel", "MemoryMonitor", "MemorySnapshot", "SnapshotCallback"]
 
 
 class MemoryMonitor:
@@ -54,7 +53,8 @@ class MemoryMonitor:
 
     Alerts are edge-triggered: a callback fires when utilisation rises into
     its level, not on every snapshot while it stays there. Works for the CPU
-    (system RAM) as well as for GPUs.
+    (system RAM) as well as for GPUs. ``warning_threshold_pct`` and
+    ``critical_threshold_pct`` override the policy's levels.
     """
 
     def __init__(
@@ -62,27 +62,35 @@ class MemoryMonitor:
         device: DeviceInfo,
         device_manager: DeviceManager | None = None,
         *,
-        warning_threshold_pct: float = 85.0,
-        critical_threshold_pct: float = 95.0,
+        policy: MemoryPolicy | None = None,
+        warning_threshold_pct: float | None = None,
+        critical_threshold_pct: float | None = None,
         history_size: int = 100,
         on_warning: SnapshotCallback | None = None,
         on_critical: SnapshotCallback | None = None,
     ) -> None:
-        if not 0 < warning_threshold_pct <= critical_threshold_pct <= 100:
-            raise ConfigurationError(
-                "Memory thresholds must satisfy 0 < warning <= critical <= 100 "
-                f"(got warning={warning_threshold_pct}, critical={critical_threshold_pct})."
-            )
+        policy = policy or MemoryPolicy()
+        levels = {k: v for k, v in (("warning_pct", warning_threshold_pct), ("critical_pct", critical_threshold_pct))
+                  if v is not None}
+        self.policy = replace(policy, **levels) if levels else policy  # validates the levels
         if history_size < 1:
             raise ConfigurationError(f"history_size must be at least 1, got {history_size}.")
         self.device = device
         self.manager = device_manager or default_device_manager()
-        self.warning_threshold_pct = warning_threshold_pct
-        self.critical_threshold_pct = critical_threshold_pct
         self._history: deque[MemorySnapshot] = deque(maxlen=history_size)
         self._warning_callbacks: list[SnapshotCallback] = [on_warning] if on_warning else []
         self._critical_callbacks: list[SnapshotCallback] = [on_critical] if on_critical else []
         self._level = MemoryLevel.NORMAL
+
+    @property
+    def warning_threshold_pct(self) -> float:
+        """Utilisation (percent) at which the warning callbacks fire."""
+        return self.policy.warning_pct
+
+    @property
+    def critical_threshold_pct(self) -> float:
+        """Utilisation (percent) at which the critical callbacks fire."""
+        return self.policy.critical_pct
 
     @property
     def history(self) -> list[MemorySnapshot]:
@@ -109,11 +117,7 @@ class MemoryMonitor:
 
     def classify(self, utilisation_pct: float) -> MemoryLevel:
         """The level that ``utilisation_pct`` falls in."""
-        if utilisation_pct >= self.critical_threshold_pct:
-            return MemoryLevel.CRITICAL
-        if utilisation_pct >= self.warning_threshold_pct:
-            return MemoryLevel.WARNING
-        return MemoryLevel.NORMAL
+        return self.policy.level(utilisation_pct)
 
     def take_snapshot(self) -> MemorySnapshot:
         """Read the device, keep the snapshot and fire any threshold alert."""
@@ -121,6 +125,14 @@ class MemoryMonitor:
         self._history.append(snapshot)
         self._check_thresholds(snapshot)
         return snapshot
+
+    def try_snapshot(self) -> MemorySnapshot | None:
+        """:meth:`take_snapshot`, or None when the device cannot be read now."""
+        try:
+            return self.take_snapshot()
+        except DeviceError as exc:
+            logger.debug("{}", exc)
+            return None
 
     def _check_thresholds(self, snapshot: MemorySnapshot) -> None:
         level = self.classify(snapshot.utilisation_pct)
@@ -144,9 +156,10 @@ class MemoryMonitor:
             callback(snapshot)
 
     def get_recommended_batch_size(
-        self, current_batch_size: int, target_utilisation_pct: float = 75.0
+        self, current_batch_size: int, target_utilisation_pct: float | None = None
     ) -> int:
-        """A batch size that moves utilisation towards the target.
+        """A batch size that moves utilisation towards the target (the
+        policy's, 75% by default).
 
         Above the critical level the batch is halved, above the warning
         level cut by a quarter. Below the target it grows in proportion,
@@ -155,6 +168,8 @@ class MemoryMonitor:
         """
         if current_batch_size < 1:
             raise ConfigurationError(f"Batch size must be at least 1, got {current_batch_size}.")
+        if target_utilisation_pct is None:
+            target_utilisation_pct = 100.0 * self.policy.target_utilisation
         snapshot = self.latest or self.take_snapshot()
         util = snapshot.utilisation_pct
         level = self.classify(util)

@@ -1,4 +1,12 @@
-"""Model lifecycle: load through a memory check, make room, unload when idle.
+"""Model lifecycle: admit by the memory policy, make room, unload when idle.
+
+A model is admitted to a device only if it fits under the policy's line
+with room left for one item of its work (a page, a passage), so a model is
+never placed where every batch would have a budget of zero. If it does not
+fit, idle models on that device are unloaded, least recently used first.
+If it still does not fit, an explicitly chosen device is refused with a
+clear error; only an automatic choice falls back to the CPU, and the
+:class:`Placement` record says so and why.
 
 Unloading moves a model's tensors to the ``meta`` device, so its memory is
 freed even while other objects still refer to the module; the next request
@@ -10,19 +18,73 @@ from __future__ import annotations
 import gc
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import torch
 from loguru import logger
 
+from ragged.errors import ModelDoesNotFitError, ModelError
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.oom_detection import clear_tracebacks, is_oom_error
+from ragged.gpu.oom_handler import summarise_oom
+from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
 
-Loader = Callable[[DeviceInfo], torch.nn.Module]
-_GB = 1024**3
+if TYPE_CHECKING:
+    import torch
+
+Loader = Callable[[DeviceInfo], "torch.nn.Module"]
+SizeFor = Callable[[DeviceInfo], int]  # bytes a model takes on a device (its dtype depends on the device)
+_GIB = 1024**3
+
+
+def _constant(n: int) -> SizeFor:
+    return lambda _device: n
+
+
+def _gib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / _GIB:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model was loaded, and why there."""
+
+    requested: DeviceInfo
+    device: DeviceInfo
+    reason: str | None = None  # why not on ``requested`` (None: it is there)
+    batch_room_bytes: int | None = None  # the batch budget left once the model was loaded
+    evicted: tuple[str, ...] = ()  # models unloaded to make room
+
+    @property
+    def fell_back(self) -> bool:
+        """True when the model is not on the device that was asked for."""
+        return not self.device.same_device(self.requested)
+
+
+class ModelEvent(StrEnum):
+    """What happened to a model."""
+
+    LOAD = "load"
+    UNLOAD = "unload"
+    IDLE_UNLOAD = "idle_unload"
+    EVICT = "evict"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True)
+class ModelEventRecord:
+    """One event, for reports and metrics (``at``: the manager's clock)."""
+
+    event: ModelEvent
+    key: str
+    device: str
+    at: float
 
 
 @dataclass
@@ -31,40 +93,47 @@ class ManagedModel:
 
     key: str
     model: torch.nn.Module
-    device: DeviceInfo
+    placement: Placement
     size_bytes: int
     last_used: float
     pins: int = 0
-    on_fallback: bool = False
+
+    @property
+    def device(self) -> DeviceInfo:
+        """Where the model is."""
+        return self.placement.device
+
+    @property
+    def on_fallback(self) -> bool:
+        """True when the model went to the CPU instead of the requested device."""
+        return self.placement.fell_back
 
 
 class ModelManager:
-    """Loads models where they fit and releases those no longer needed.
+    """Loads models where the memory policy admits them and releases those
+    no longer needed. Use as a context manager, or call :meth:`close`.
 
-    ``load`` checks the model's size against free memory on the device; if
-    it does not fit, idle models on that device are unloaded, least recently
-    used first; if it still does not fit, the model goes to the CPU with a
-    warning. Models unused for ``idle_timeout_s`` are unloaded on the next
-    call (or by a background reaper, if started). Use as a context manager,
-    or call :meth:`close`.
-    """
+    Models unused for ``idle_timeout_s`` are unloaded on the next call, or by
+    a background reaper (:meth:`start_reaper`)."""
 
     def __init__(
         self,
         device_manager: DeviceManager | None = None,
         *,
         idle_timeout_s: float | None = 300.0,
-        headroom: float = 0.10,
+        policy: MemoryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.manager = device_manager or default_device_manager()
         self.idle_timeout_s = idle_timeout_s
-        self.headroom = headroom
+        self.policy = policy or MemoryPolicy()
         self._clock = clock
         self._models: dict[str, ManagedModel] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self.counts: Counter[ModelEvent] = Counter()
+        self.events: deque[ModelEventRecord] = deque(maxlen=200)
 
     @property
     def loaded(self) -> dict[str, ManagedModel]:
@@ -72,42 +141,117 @@ class ModelManager:
         with self._lock:
             return dict(self._models)
 
-    def fits(self, size_bytes: int, device: DeviceInfo) -> bool:
-        """True when ``size_bytes`` (plus headroom) fits in free memory now."""
-        info = self.manager.get_device_memory_info(device)
-        free = info.free + max(0, info.reserved - info.allocated)
-        return size_bytes * (1.0 + self.headroom) <= free
+    def _event(self, event: ModelEvent, key: str, device: DeviceInfo) -> None:
+        self.counts[event] += 1
+        self.events.append(ModelEventRecord(event, key, device.label, self._clock()))
 
-    def load(self, key: str, loader: Loader, size_bytes: int, device: DeviceInfo) -> torch.nn.Module:
-        """The model under ``key``, loaded onto ``device`` if not yet held."""
+    def room(self, device: DeviceInfo, size_bytes: int) -> int | None:
+        """The batch budget ``device`` would have with ``size_bytes`` more loaded (None: unreadable)."""
+        return self.policy.room_after(self.manager.try_memory_info(device), size_bytes)
+
+    def fits(self, size_bytes: int, device: DeviceInfo, work_bytes: int = 0) -> bool:
+        """True when the policy admits ``size_bytes`` with ``work_bytes`` of work room."""
+        return self.policy.admits(self.manager.try_memory_info(device), size_bytes, work_bytes)
+
+    def load(self, key: str, loader: Loader, size_bytes: int | SizeFor, device: DeviceInfo, *,
+             work_bytes: int = 0, allow_fallback: bool = True) -> torch.nn.Module:
+        """The model under ``key``, loaded if not yet held (see :meth:`acquire`)."""
+        return self.acquire(key, loader, size_bytes, device, work_bytes=work_bytes,
+                            allow_fallback=allow_fallback).model
+
+    def acquire(self, key: str, loader: Loader, size_bytes: int | SizeFor, device: DeviceInfo, *,
+                work_bytes: int = 0, allow_fallback: bool = True) -> ManagedModel:
+        """The held record of ``key``, loading the model first if needed.
+
+        ``size_bytes`` is the model's size (or a function of the device, as
+        the dtype differs by device); ``work_bytes`` what one item of its work
+        needs. With ``allow_fallback`` False (an explicit device) a model that
+        does not fit raises :class:`~ragged.errors.ModelDoesNotFitError`."""
+        size_for: SizeFor = size_bytes if callable(size_bytes) else _constant(size_bytes)
         with self._lock:
             self.unload_idle()
             held = self._models.get(key)
             if held is not None:
                 held.last_used = self._clock()
-                return held.model
-            target = self._place(key, size_bytes, device)
-            model = loader(target)
-            self._models[key] = ManagedModel(
-                key, model, target, size_bytes, self._clock(), on_fallback=not target.same_device(device)
-            )
-            return model
+                return held
+            placement = self._place(key, size_for, work_bytes, device, allow_fallback)
+            model = self._load_on(key, loader, placement, allow_fallback)
+            if model is None:  # the real load ran out of memory: the CPU, if allowed
+                placement = self._cpu_placement(key, size_for, work_bytes, device, placement.evicted,
+                                                f"loading on {device.label} ran out of memory")
+                model = self._load_on(key, loader, placement, False)
+                assert model is not None
+            held = ManagedModel(key, model, placement, size_for(placement.device), self._clock())
+            self._models[key] = held
+            self._event(ModelEvent.LOAD, key, placement.device)
+            if placement.fell_back:
+                self._event(ModelEvent.FALLBACK, key, placement.device)
+                logger.warning("{} runs on {} instead of {}: {}", key, placement.device.label,
+                               placement.requested.label, placement.reason)
+            return held
 
-    def _place(self, key: str, size_bytes: int, device: DeviceInfo) -> DeviceInfo:
-        if not device.is_accelerator or self.fits(size_bytes, device):
-            return device
+    def _place(self, key: str, size_for: SizeFor, work_bytes: int, device: DeviceInfo,
+               allow_fallback: bool) -> Placement:
+        size = size_for(device)
+        if self.fits(size, device, work_bytes):
+            return Placement(device, device, batch_room_bytes=self.room(device, size))
+        evicted: list[str] = []
         for victim in sorted(self._models.values(), key=lambda m: m.last_used):
             if victim.pins or not victim.device.same_device(device):
                 continue
-            logger.info("Unloading {} to make room for {}", victim.key, key)
-            self.unload(victim.key)
-            if self.fits(size_bytes, device):
-                return device
-        logger.warning(
-            "{} needs {:.2f} GB but {} has too little free memory; loading it on the CPU (slower)",
-            key, size_bytes / _GB, device.label,
+            logger.info("Unloading {} to make room for {} on {}", victim.key, key, device.label)
+            self._unload(victim.key, ModelEvent.EVICT)
+            evicted.append(victim.key)
+            if self.fits(size, device, work_bytes):
+                return Placement(device, device, batch_room_bytes=self.room(device, size), evicted=tuple(evicted))
+        room = self.room(device, 0)
+        reason = (f"{key} needs {_gib(size)} plus {_gib(work_bytes)} for one item, and {device.label} has "
+                  f"{_gib(room)} under its {100 * self.policy.line_fraction:.0f}% line")
+        if not allow_fallback or not device.is_accelerator:
+            raise ModelDoesNotFitError(
+                f"{reason}. Free memory on it, use a smaller model, choose another device, "
+                f"or raise the memory target (--memory-target, now {self.policy.target_utilisation:g})."
+            )
+        return self._cpu_placement(key, size_for, work_bytes, device, tuple(evicted), reason)
+
+    def _cpu_placement(self, key: str, size_for: SizeFor, work_bytes: int, requested: DeviceInfo,
+                       evicted: tuple[str, ...], reason: str) -> Placement:
+        cpu = self.manager.cpu()
+        size = size_for(cpu)
+        if not self.fits(size, cpu, work_bytes):
+            raise ModelDoesNotFitError(
+                f"{reason}; and its CPU copy ({_gib(size)}) does not fit in RAM either "
+                f"({_gib(self.room(cpu, 0))} under the line). Use a smaller model or free memory."
+            )
+        return Placement(requested, cpu, reason=reason, batch_room_bytes=self.room(cpu, size), evicted=evicted)
+
+    def _load_on(self, key: str, loader: Loader, placement: Placement,
+                 allow_fallback: bool) -> torch.nn.Module | None:
+        """Run the loader; None when it ran out of memory and the CPU may take over."""
+        device = placement.device
+        baseline = self.manager.counters(device).allocated
+        try:
+            return loader(device)
+        except Exception as exc:
+            if not is_oom_error(exc):
+                raise
+            reason = summarise_oom(exc)
+            clear_tracebacks(exc)
+        gc.collect()
+        self.manager.clear_cache(device)
+        if allow_fallback and device.is_accelerator:
+            logger.warning("Loading {} on {} ran out of memory ({}); trying the CPU", key, device.label, reason)
+            return None
+        raise ModelError(
+            f"Loading {key} on {device.label} ran out of memory ({reason}; {_gib(baseline)} was already "
+            "allocated). Free memory on the device, use a smaller model, or choose another device."
         )
-        return self.manager.cpu()
+
+    def placement(self, key: str) -> Placement | None:
+        """Where the model under ``key`` is, if held."""
+        with self._lock:
+            held = self._models.get(key)
+            return None if held is None else held.placement
 
     def get(self, key: str) -> torch.nn.Module | None:
         """The model under ``key`` if held (marks it used), else None."""
@@ -135,6 +279,9 @@ class ModelManager:
 
     def unload(self, key: str) -> bool:
         """Free the model under ``key``; False when it was not held."""
+        return self._unload(key, ModelEvent.UNLOAD)
+
+    def _unload(self, key: str, event: ModelEvent) -> bool:
         with self._lock:
             held = self._models.pop(key, None)
         if held is None:
@@ -142,6 +289,7 @@ class ModelManager:
         held.model.to("meta")  # frees storage even if the module is referenced elsewhere
         gc.collect()
         self.manager.clear_cache(held.device)
+        self._event(event, key, held.device)
         return True
 
     def unload_idle(self, now: float | None = None) -> list[str]:
@@ -155,13 +303,14 @@ class ModelManager:
             ]
         for key in idle:
             logger.info("Unloading idle model {}", key)
-            self.unload(key)
+            self._unload(key, ModelEvent.IDLE_UNLOAD)
         return idle
 
     def start_reaper(self, interval_s: float = 30.0) -> None:
         """Check for idle models every ``interval_s`` in a daemon thread."""
         if self._reaper is not None:
             return
+        self._stop.clear()
 
         def loop() -> None:
             while not self._stop.wait(interval_s):

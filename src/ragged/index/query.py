@@ -1,14 +1,17 @@
-"""Search: a question in, the best pages out."""
+"""Search: a question in, the best pages out (one process, one query)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
+from ragged.embeddings.names import stored_name
 from ragged.errors import EmptyQueryError, ModelMismatchError
 from ragged.gpu.device_manager import DeviceHint
+from ragged.gpu.policy import MemoryPolicy
 from ragged.index.search import MaxSimSearcher, SearchHit
 from ragged.index.store import IndexStore
 
@@ -23,24 +26,48 @@ class SearchResult:
     device: str
     pages_searched: int
     seconds: float
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "query": self.query, "model": self.model, "device": self.device,
+            "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
+            "notices": list(self.notices),
+            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash}
+                     for n, h in enumerate(self.hits, 1)],
+        }
+
+
+def check_query(query: str) -> str:
+    """The query, stripped; an empty one is an error."""
+    if not query or not query.strip():
+        raise EmptyQueryError("Empty query: give a few words to search for.")
+    return query.strip()
+
+
+def check_model(store: IndexStore, model: str | None) -> None:
+    """Refuse to search with a model other than the index's."""
+    assert store.meta is not None
+    if model is not None and stored_name(model) != store.meta.model:
+        raise ModelMismatchError(
+            f"The index at {store.folder} was built with {store.meta.model!r}, not {model!r}; "
+            "search it without --model, or pick the index built by that model."
+        )
 
 
 def search(query: str, index_dir: Path, *, k: int = 10, device: DeviceHint = None, model: str | None = None,
-           cache_dir: Path | None = None) -> SearchResult:
+           cache_dir: Path | None = None, policy: MemoryPolicy | None = None) -> SearchResult:
     """The ``k`` best pages for ``query`` by exact MaxSim, with the index's model."""
-    if not query or not query.strip():
-        raise EmptyQueryError("Empty query: give a few words to search for.")
+    text = check_query(query)
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
+    check_model(store, model)
     assert store.meta is not None
-    if model is not None and model != store.meta.model:
-        raise ModelMismatchError(
-            f"The index at {index_dir} was built with {store.meta.model!r}, not {model!r}; "
-            "search it without --model, or pick the index built by that model."
-        )
-    with ColPaliEmbedder(store.meta.model, device=device, cache_dir=cache_dir) as embedder:
-        queries = embedder.embed_queries([query.strip()])
-        searcher = MaxSimSearcher(store, embedder.device, embedder.device_manager)
+    with ColPaliEmbedder(store.meta.model, device=device, cache_dir=cache_dir, policy=policy) as embedder:
+        queries = embedder.embed_queries([text])
+        searcher = MaxSimSearcher(store, embedder.device, embedder.device_manager, policy=policy,
+                                  oom_handler=embedder.oom_handler)
         hits = searcher.search(queries, k)[0]
-        return SearchResult(query, hits, store.meta.model, embedder.device.label, len(searcher.catalog.pages),
-                            time.perf_counter() - started)
+        return SearchResult(text, hits, store.meta.model, embedder.device.label, len(searcher.catalog.pages),
+                            time.perf_counter() - started, list(embedder.last_query_notices))

@@ -1,28 +1,46 @@
-"""Exact MaxSim search over the index, chunk by chunk on the managed device.
+"""Exact MaxSim search over the index.
 
-For a query of q tokens and a page of n vectors, MaxSim is the sum over the
-query tokens of the best dot product with any page vector. All queries are
-scored together: their tokens form one (tokens, dim) matrix, each chunk of
-page vectors is multiplied by it once, maxima are taken per page, and a
-one-hot matmul sums them per query.
+Page vectors come from a source: the memory-mapped fp16 segments (a
+one-off search reads them straight from disk) or a resident copy held by a
+long-lived process in the form that searches fastest (see
+:mod:`ragged.index.resident`). Either gives blocks of whole pages, which
+the one MaxSim kernel (:mod:`ragged.index.maxsim`) scores.
+
+On the CPU, blocks are scored by a small pool of workers, one intra-op
+thread each: no worker ever waits on another at a barrier, so when another
+process takes a core the search slows down in proportion instead of
+collapsing (torch's own threads, waiting on a descheduled sibling, made a
+query 15 times slower). On an accelerator the chunk size comes from the
+memory policy's budget like any batch, and an OOM goes through the one
+recovery engine, which shrinks the chunk and remembers the size that failed.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from ragged.gpu.batch_sizer import BatchSizeConfig, memory_budget
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
 from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
-from ragged.index.store import Catalog, IndexStore
+from ragged.index.catalog import Catalog
+from ragged.index.maxsim import QueryBlock
+from ragged.index.store import IndexStore
 
 CPU_CHUNK_VECTORS = 16_384  # 8 MiB of f32 vectors: stays in cache, measured fastest on the CPU
 MAX_GPU_CHUNK_VECTORS = 4_000_000
+MIN_CHUNK_VECTORS = 1_024
+SEARCH_WORK = "search"
+_TORCH_THREADS = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -35,103 +53,179 @@ class SearchHit:
     doc_hash: str
 
 
+@dataclass(frozen=True)
+class Block:
+    """Consecutive whole pages: catalog positions from ``first``, their vector
+    counts, and their vectors ((n, dim): fp16 or f32, NumPy or a device tensor)."""
+
+    first: int
+    lengths: np.ndarray  # (pages,) int64
+    vectors: np.ndarray | torch.Tensor  # (sum(lengths), dim)
+
+
+class VectorSource(Protocol):
+    """Where a searcher reads page vectors from."""
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+    def blocks(self, max_vectors: int) -> Iterator[Block]: ...
+
+
+class SegmentSource:
+    """Page vectors read from the memory-mapped fp16 segments, document by document."""
+
+    def __init__(self, store: IndexStore, catalog: Catalog | None = None) -> None:
+        self.store = store
+        self._catalog = catalog if catalog is not None else store.catalog()
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog
+
+    def blocks(self, max_vectors: int) -> Iterator[Block]:
+        """Runs of whole pages of one document, at most ``max_vectors`` each (a
+        larger page is a block of its own). Views into the memory-mapped
+        segment: nothing is copied before the f32 conversion."""
+        pages = self._catalog.pages
+        index = 0
+        while index < len(pages):
+            doc = pages[index].doc_hash
+            end = index
+            while end < len(pages) and pages[end].doc_hash == doc:
+                end += 1
+            lengths = np.array([p.n_vectors for p in pages[index:end]], dtype=np.int64)
+            vectors = self.store.segment(doc, int(lengths.sum()))  # (tokens, dim) fp16, memory-mapped
+            yield from split_blocks(index, lengths, vectors, max_vectors)
+            index = end
+
+
+def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,
+                 max_vectors: int) -> Iterator[Block]:
+    """``vectors`` of consecutive pages cut into blocks of at most ``max_vectors`` (whole pages)."""
+    ends = np.cumsum(lengths)
+    start_page, start_row = 0, 0
+    while start_page < len(lengths):
+        limit = start_row + max_vectors
+        stop = int(np.searchsorted(ends, limit, side="right"))
+        stop = max(stop, start_page + 1)
+        end_row = int(ends[stop - 1])
+        yield Block(first + start_page, lengths[start_page:stop], vectors[start_row:end_row])
+        start_page, start_row = stop, end_row
+
+
+def chunk_vectors(budget_bytes: int | None, dim: int, query_tokens: int) -> int:
+    """Vectors per chunk that fit ``budget_bytes`` on an accelerator.
+
+    Per vector: its fp16 upload and f32 copy, and one f32 similarity per
+    query token plus the same again for the maxima."""
+    if budget_bytes is None:
+        return CPU_CHUNK_VECTORS
+    per_vector = dim * (2 + 4) + query_tokens * 4 * 2
+    return int(max(MIN_CHUNK_VECTORS, min(MAX_GPU_CHUNK_VECTORS, budget_bytes // per_vector)))
+
+
+@contextmanager
+def single_threaded_torch() -> Iterator[None]:
+    """One intra-op thread while the CPU pool scores (one search at a time)."""
+    with _TORCH_THREADS:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
 class MaxSimSearcher:
     """Scores every stored page against queries, exactly."""
 
-    def __init__(self, store: IndexStore, device: DeviceInfo, device_manager: DeviceManager | None = None) -> None:
-        self.store = store
+    def __init__(self, store: IndexStore | VectorSource, device: DeviceInfo,
+                 device_manager: DeviceManager | None = None, *, policy: MemoryPolicy | None = None,
+                 oom_handler: OOMHandler | None = None, workers: int | None = None) -> None:
+        self.source: VectorSource = SegmentSource(store) if isinstance(store, IndexStore) else store
         self.device = device
         self.manager = device_manager or default_device_manager()
-        self.oom_handler = OOMHandler(
-            self.manager, min_batch_size=1024,
-            advice="Close other programs using the device, or search on another with --device.",
+        self.policy = policy or MemoryPolicy()
+        self.oom_handler = oom_handler or OOMHandler(
+            self.manager, advice="Close other programs using the device, or search on another with --device."
         )
-        self.catalog: Catalog = store.catalog()
+        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+
+    @property
+    def catalog(self) -> Catalog:
+        """The pages being searched."""
+        return self.source.catalog
 
     def _chunk_vectors(self, dim: int, query_tokens: int) -> int:
         if not self.device.is_accelerator:
             return CPU_CHUNK_VECTORS
-        info = self.manager.get_device_memory_info(self.device)
-        budget = memory_budget(info, BatchSizeConfig())
-        per_vector = dim * (2 + 4) + query_tokens * 4 * 2  # fp16 upload, f32 copy, sims and their max
-        return int(max(CPU_CHUNK_VECTORS, min(MAX_GPU_CHUNK_VECTORS, budget // per_vector)))
+        budget = self.policy.batch_budget(self.manager.try_memory_info(self.device))
+        return chunk_vectors(budget, dim, query_tokens)
 
     def score_all(self, queries: Sequence[np.ndarray]) -> np.ndarray:
         """MaxSim of every page for every query: shape (pages, queries).
 
-        An OOM on the device is recovered by the OOM handler's plan: clear
-        the cache, halve the chunk, then score on the CPU."""
+        An OOM on the device is recovered by the one engine: smaller chunks,
+        then the CPU; the size that failed is not tried again."""
         pages = self.catalog.pages
         if not pages or not queries:
             return np.zeros((len(pages), len(queries)), dtype=np.float32)
         dim = int(np.asarray(queries[0]).shape[1])
         chunk = self._chunk_vectors(dim, sum(len(q) for q in queries))
-        return self.oom_handler.run(lambda device, size: self._score(queries, device, size), self.device, chunk)
+        return self.oom_handler.run(lambda device, size: self._score(queries, device, size), self.device, chunk,
+                                    work=SEARCH_WORK, min_batch_size=MIN_CHUNK_VECTORS)
 
     def _score(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int) -> np.ndarray:
-        pages = self.catalog.pages
-        dev = device.torch_device
-        q = torch.from_numpy(np.concatenate([np.asarray(x, dtype=np.float32) for x in queries])).to(dev)  # (qt, dim)
-        qt = q.t().contiguous()  # (dim, qt)
-        owner = torch.repeat_interleave(torch.arange(len(queries)), torch.tensor([len(x) for x in queries]))
-        to_query = torch.nn.functional.one_hot(owner, len(queries)).to(dev, torch.float32)  # (qt, queries)
-        dim, tokens = q.shape[1], q.shape[0]
-        buffer = torch.empty((chunk, dim), dtype=torch.float32, device=dev)  # reused: no page faults per chunk
-        sims = torch.empty((chunk, tokens), dtype=torch.float32, device=dev)
-        out = torch.empty((len(pages), len(queries)), dtype=torch.float32)
-        page_index = 0
-        for block, lengths in self._blocks(chunk):
-            n = block.shape[0]
-            buffer[:n].copy_(torch.from_numpy(block).to(dev, non_blocking=True))  # fp16 -> f32
-            torch.mm(buffer[:n], qt, out=sims[:n])  # (n, qt)
-            best = _segment_max(sims[:n], lengths)  # (pages in block, qt)
-            scores = best @ to_query  # (pages in block, queries)
-            out[page_index : page_index + len(lengths)] = scores.cpu()
-            page_index += len(lengths)
-        return out.numpy()
+        out = np.empty((len(self.catalog.pages), len(queries)), dtype=np.float32)
+        if device.is_accelerator:
+            self._score_on_device(queries, device, chunk, out)
+        else:
+            self._score_on_cpu(queries, chunk, out)
+        return out
 
-    def _blocks(self, chunk: int) -> Iterator[tuple[np.ndarray, list[int]]]:
-        """Runs of whole pages of one document, at most ``chunk`` vectors each
-        (a larger page is a block of its own). Blocks are views into the
-        memory-mapped segment: nothing is copied before the f32 conversion."""
-        by_doc: dict[str, list[int]] = {}
-        for page in self.catalog.pages:
-            by_doc.setdefault(page.doc_hash, []).append(page.n_vectors)
-        for doc in self.catalog.documents:
-            doc_lengths = by_doc[doc]
-            vectors = self.store.segment(doc, sum(doc_lengths))  # (tokens, dim) fp16, memory-mapped
-            start = end = 0
-            lengths: list[int] = []
-            for n in doc_lengths:
-                if lengths and end - start + n > chunk:
-                    yield vectors[start:end], lengths
-                    start, lengths = end, []
-                lengths.append(n)
-                end += n
-            if lengths:
-                yield vectors[start:end], lengths
+    def _score_on_cpu(self, queries: Sequence[np.ndarray], chunk: int, out: np.ndarray) -> None:
+        block = QueryBlock(queries, torch.device("cpu"))
+
+        def score(part: Block) -> None:
+            vectors = part.vectors
+            if isinstance(vectors, torch.Tensor):
+                vectors = vectors.cpu().numpy()
+            f32 = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))  # fp16 -> f32 once, per block
+            out[part.first : part.first + len(part.lengths)] = block.score(f32, part.lengths).numpy()
+
+        with single_threaded_torch(), ThreadPoolExecutor(self.workers, "ragged-maxsim") as pool:
+            for future in [pool.submit(score, part) for part in self.source.blocks(chunk)]:
+                future.result()
+
+    def _score_on_device(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int,
+                         out: np.ndarray) -> None:
+        dev = device.torch_device
+        block = QueryBlock(queries, dev)
+        buffer = torch.empty((chunk, block.dim), dtype=torch.float32, device=dev)  # reused across chunks
+        sims = torch.empty((chunk, block.tokens), dtype=torch.float32, device=dev)
+        for part in self.source.blocks(chunk):
+            n = int(part.lengths.sum())
+            source = part.vectors if isinstance(part.vectors, torch.Tensor) else torch.from_numpy(part.vectors)
+            buffer[:n].copy_(source.to(dev, non_blocking=True))  # to f32 on the device
+            scores = block.score(buffer[:n], part.lengths, sims)  # (pages in block, queries)
+            out[part.first : part.first + len(part.lengths)] = scores.cpu().numpy()
 
     def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[SearchHit]]:
         """The ``k`` best pages for each query, best first."""
         scores = self.score_all(queries)  # (pages, queries)
+        pages = self.catalog.pages
         hits: list[list[SearchHit]] = []
         for column in range(scores.shape[1]):
             col = scores[:, column]
-            top = np.argsort(-col, kind="stable")[:k]
-            hits.append([
-                SearchHit(self.catalog.pages[i].path, self.catalog.pages[i].page, float(col[i]),
-                          self.catalog.pages[i].doc_hash)
-                for i in top
-            ])
+            top = top_k(col, k)
+            hits.append([SearchHit(pages[i].path, pages[i].page, float(col[i]), pages[i].doc_hash) for i in top])
         return hits
 
 
-def _segment_max(sims: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Row-wise maxima over consecutive segments of ``lengths`` rows."""
-    if len(set(lengths)) == 1:  # equal pages (ColPali): a reshape is enough
-        return sims.view(len(lengths), lengths[0], sims.shape[1]).amax(dim=1)  # (pages, qt)
-    index = torch.repeat_interleave(
-        torch.arange(len(lengths), device=sims.device), torch.tensor(lengths, device=sims.device)
-    )  # (n,)
-    out = torch.empty((len(lengths), sims.shape[1]), dtype=sims.dtype, device=sims.device)
-    return out.scatter_reduce_(0, index[:, None].expand_as(sims), sims, "amax", include_self=False)
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores, best first (ties by position)."""
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.lexsort((part, -scores[part]))]

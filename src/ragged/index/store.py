@@ -1,70 +1,72 @@
 """The on-disk index: LanceDB for pages, plus a search layout for vectors.
 
-LanceDB holds one row per page (document hash and path, page number, model,
-the page's multi-vector in fp16) and is the source of truth. Each document
-is committed with a single ``add``, which LanceDB makes atomic: a document
-is either wholly in the index or not at all, whenever the process dies.
+LanceDB holds one row per page (document hash and absolute path, page
+number, model, the page's multi-vector in fp16, its patch grid and text)
+and is the source of truth. Every change is one LanceDB commit, which is
+atomic: a document is added whole, replaced whole (a changed file's old
+pages go in the same commit as its new ones, so a reader sees the old or
+the new version, never both or neither), moved, or removed.
 
 Search needs the vectors fast, and reading them out of LanceDB costs about
-as much as LanceDB's own search (see docs/benchmarks.md). So each document's
-vectors are also written, before its commit, as one memory-mappable fp16
-``.npy`` file. Search starts from LanceDB's rows, so a file left by a run
-killed before its commit is never read, and a missing file is rebuilt from
-LanceDB.
+as much as LanceDB's own search (see docs/benchmarks.md). So each
+document's vectors are also written, before its commit, as one
+memory-mappable fp16 ``.npy`` segment named by the document's content
+hash. Search starts from the committed rows (through the catalog file), so
+a segment left by a run killed before its commit is never read, and a
+missing or damaged segment is rebuilt from LanceDB.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
-from itertools import pairwise
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
+from ragged.embeddings.names import is_storable, stored_name
 from ragged.errors import IndexStoreError, ModelMismatchError
+from ragged.index.catalog import (
+    Catalog,
+    DocumentRecord,
+    PageRecord,
+    PatchGrid,
+    read_catalog_file,
+    table_version,
+    write_catalog_file,
+)
+from ragged.index.files import (
+    UMASK,
+    atomic_write,
+    check_doc_id,
+    ensure_folder,
+    is_disk_full,
+    refuse_link,
+    storage_error,
+)
+from ragged.index.meta import FORMAT, IndexMeta, read_meta, write_meta
 
-FORMAT = 1
 TABLE = "pages"
-META = "ragged-index.json"
+_NEW_COLUMNS = {  # added by format 2
+    "grid_start": "CAST(NULL AS INT)",
+    "grid_rows": "CAST(NULL AS INT)",
+    "grid_cols": "CAST(NULL AS INT)",
+    "text": "CAST(NULL AS STRING)",
+}
 
 
 @dataclass(frozen=True)
-class IndexMeta:
-    """What built the index."""
+class StoredPage:
+    """One page to store: its vectors, where its patches are, its text."""
 
-    model: str
-    dim: int
-    format: int = FORMAT
-
-
-@dataclass(frozen=True)
-class PageRecord:
-    """One stored page, without its vectors."""
-
-    doc_hash: str
-    path: str
-    page: int  # 1-based
-    n_vectors: int
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Every stored page in search order: grouped by document, page order."""
-
-    pages: list[PageRecord]
-    documents: list[str]  # document hashes, in the order their pages appear
-
-    @property
-    def total_vectors(self) -> int:
-        """Vectors over all pages."""
-        return sum(p.n_vectors for p in self.pages)
+    vectors: np.ndarray  # (tokens, dim)
+    grid: PatchGrid | None = None
+    text: str | None = None
 
 
 def _lancedb() -> Any:
@@ -84,7 +86,21 @@ def _schema(dim: int) -> Any:
         pa.field("n_vectors", pa.int32()),
         pa.field("model", pa.string()),
         pa.field("vectors", pa.list_(pa.list_(pa.float16(), dim))),
+        pa.field("grid_start", pa.int32()),
+        pa.field("grid_rows", pa.int32()),
+        pa.field("grid_cols", pa.int32()),
+        pa.field("text", pa.string()),
     ])
+
+
+def sql_string(text: str) -> str:
+    """``text`` as an SQL string literal for LanceDB filters."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def absolute(path: str | Path) -> str:
+    """The absolute, normalised form of a document path (links resolved)."""
+    return str(Path(path).expanduser().resolve())
 
 
 class IndexStore:
@@ -96,14 +112,16 @@ class IndexStore:
         self.writer_model = writer_model
         self._db: Any = None
         self._table: Any = None
-        self._lock_fh: Any = None
+        self._lock_fd: int | None = None
+        self._catalog: Catalog | None = None  # the writer's copy, kept current at each commit
 
     # -- opening ----------------------------------------------------------
 
     @classmethod
     def open(cls, folder: Path) -> IndexStore:
         """Open an existing index for search."""
-        meta = cls._read_meta(folder)
+        folder = folder.expanduser()
+        meta = read_meta(folder)
         if meta is None:
             raise IndexStoreError(f"No index at {folder}: run 'ragged ingest' first, or pass --index.")
         return cls(folder, meta)
@@ -111,24 +129,26 @@ class IndexStore:
     @classmethod
     def read_meta(cls, folder: Path) -> IndexMeta | None:
         """The index's metadata, or None when there is no index there."""
-        return cls._read_meta(folder)
+        return read_meta(folder.expanduser())
 
     @classmethod
     def open_for_writing(cls, folder: Path, model: str) -> IndexStore:
         """Open (or create) an index to add pages made by ``model``.
 
         Refuses an index built by another model, an unwritable folder, and a
-        second writer at the same time.
-        """
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as exc:
-            raise IndexStoreError(
-                f"Index folder {folder} is not writable ({exc.strerror}); choose another with --index."
-            ) from exc
-        meta = cls._read_meta(folder)
+        second writer at the same time; upgrades an older format in place."""
+        folder = folder.expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise IndexStoreError(f"{folder} is a file, not a folder; choose another --index.")
+        ensure_folder(folder)
+        if not os.access(folder, os.W_OK):
+            raise IndexStoreError(f"Index folder {folder} is not writable (permission denied); "
+                                  "choose another with --index.")
+        meta = read_meta(folder)
+        model = stored_name(model)
+        if not is_storable(model):
+            raise IndexStoreError(f"{model!r} is not a model name an index can record (a preset, org/name or "
+                                  "a folder).")
         if meta is not None and meta.model != model:
             raise ModelMismatchError(
                 f"The index at {folder} was built with {meta.model!r}, not {model!r}; "
@@ -136,36 +156,34 @@ class IndexStore:
             )
         store = cls(folder, meta, writer_model=model)
         store._lock()
+        try:
+            store._prepare_for_writing()
+        except BaseException:
+            store.close()
+            raise
         return store
 
-    @staticmethod
-    def _read_meta(folder: Path) -> IndexMeta | None:
-        path = folder / META
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return IndexMeta(model=str(data["model"]), dim=int(data["dim"]), format=int(data["format"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise IndexStoreError(f"{path} is damaged ({exc}); move the index folder away and ingest again.") from exc
-
     def _lock(self) -> None:
-        self._lock_fh = (self.folder / ".lock").open("a")
+        path = refuse_link(self.folder / ".lock")
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~UMASK)
+        except OSError as exc:
+            raise storage_error(exc, path) from exc
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
+            os.close(self._lock_fd)
+            self._lock_fd = None
             raise IndexStoreError(
                 f"Another 'ragged ingest' is writing to {self.folder}; wait for it to finish."
             ) from None
 
     def close(self) -> None:
         """Release the writer's lock."""
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> IndexStore:
         return self
@@ -175,140 +193,283 @@ class IndexStore:
     ) -> None:
         self.close()
 
+    @property
+    def writable(self) -> bool:
+        """True while this store holds the writer's lock."""
+        return self._lock_fd is not None
+
     # -- LanceDB ----------------------------------------------------------
+
+    @property
+    def table_folder(self) -> Path:
+        """Where LanceDB keeps the pages table."""
+        return self.folder / "lancedb" / f"{TABLE}.lance"
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Translate LanceDB's and the OS's failures into one clear line."""
+        try:
+            yield
+        except IndexStoreError:
+            raise
+        except Exception as exc:
+            if is_disk_full(exc) or isinstance(exc, PermissionError):
+                raise storage_error(exc, self.folder) from exc
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise IndexStoreError(
+                f"The index at {self.folder} is damaged: {action} failed ({first}). Restore it from a backup, "
+                "or ingest into a new --index folder."
+            ) from exc
 
     def _table_or_none(self) -> Any:
         if self._table is None:
-            if self._db is None:
-                self._db = _lancedb().connect(str(self.folder / "lancedb"))
-            try:
-                self._table = self._db.open_table(TABLE)
-            except (ValueError, FileNotFoundError):
+            if not self.table_folder.exists():
                 return None
+            refuse_link(self.folder / "lancedb")
+            with self._guard("opening the pages table"):
+                if self._db is None:
+                    self._db = _lancedb().connect(str(self.folder / "lancedb"))
+                self._table = self._db.open_table(TABLE)
         return self._table
 
-    def known_hashes(self) -> set[str]:
-        """Hashes of the documents already stored."""
+    def _table_missing_but_used(self) -> bool:
+        """The catalog file is written only after a commit: with it, a missing table was lost."""
+        return (self.folder / "catalog.json").is_file()
+
+    def _read_catalog(self) -> Catalog:
         table = self._table_or_none()
         if table is None:
-            return set()
-        rows = table.search().select(["doc_hash"]).limit(None).to_arrow()
-        return set(rows.column("doc_hash").to_pylist())
+            if self.meta is not None and self._table_missing_but_used():
+                raise IndexStoreError(
+                    f"The index at {self.folder} is damaged: its page table ({self.table_folder}) is missing. "
+                    "Restore it from a backup, or ingest into a new --index folder."
+                )
+            return Catalog([], [])
+        cached = read_catalog_file(self.folder, table_version(self.table_folder))
+        if cached is not None:
+            return cached
+        names = set(table.schema.names)
+        columns = ["doc_hash", "path", "page", "n_vectors"] + [c for c in ("grid_start", "grid_rows", "grid_cols")
+                                                               if c in names]
+        with self._guard("reading the page list"):
+            rows = table.search().select(columns).limit(None).to_arrow().to_pydict()
+        grids: list[PatchGrid | None] = [None] * len(rows["doc_hash"])
+        if "grid_start" in rows:
+            grids = [PatchGrid(s, r, c) if s is not None and r and c else None
+                     for s, r, c in zip(rows["grid_start"], rows["grid_rows"], rows["grid_cols"], strict=True)]
+        records = [PageRecord(str(h), str(p), int(n), int(v), g) for h, p, n, v, g in zip(
+            rows["doc_hash"], rows["path"], rows["page"], rows["n_vectors"], grids, strict=True)]
+        catalog = Catalog.from_pages(records)
+        if self.writable or os.access(self.folder, os.W_OK):
+            with suppress(IndexStoreError):  # a reader that cannot write reads LanceDB next time too
+                write_catalog_file(self.folder, catalog, int(table.version))
+        return catalog
 
-    def add_document(self, doc_hash: str, path: str, pages: list[np.ndarray]) -> None:
-        """Store every page of one document in one atomic commit.
+    def catalog(self) -> Catalog:
+        """Every stored page, grouped by document in page order."""
+        if self._catalog is not None:
+            return self._catalog
+        catalog = self._read_catalog()
+        if self.writable:
+            self._catalog = catalog
+        return catalog
 
-        ``pages`` are (tokens, dim) arrays in page order.
-        """
-        import pyarrow as pa
+    def documents(self) -> list[DocumentRecord]:
+        """Every stored document, in search order."""
+        return self.catalog().document_records()
 
+    def known_hashes(self) -> set[str]:
+        """Content hashes of the documents stored."""
+        return set(self.catalog().documents)
+
+    # -- writing ----------------------------------------------------------
+
+    def _require_writer(self) -> None:
+        if self.writer_model is None or not self.writable:
+            raise IndexStoreError("This index was opened for reading; open it with open_for_writing.")
+
+    def _prepare_for_writing(self) -> None:
+        """Upgrade an older format, and clear what killed runs left behind."""
+        if self.meta is not None and self.meta.format < FORMAT:
+            self._upgrade()
+        self._remove_leftovers()
+
+    def _upgrade(self) -> None:
+        assert self.meta is not None
+        table = self._table_or_none()
+        if table is not None:
+            missing = {k: v for k, v in _NEW_COLUMNS.items() if k not in table.schema.names}
+            with self._guard("upgrading the pages table"):
+                if missing:
+                    table.add_columns(missing)
+                for record in self._read_catalog().document_records():
+                    path = Path(record.path)
+                    if not path.is_absolute() and path.is_file():  # format 1 kept paths as typed
+                        table.update(where=f"doc_hash = {sql_string(record.doc_hash)}",
+                                     values={"path": absolute(path)})
+        self.meta = self.meta.upgraded()
+        write_meta(self.folder, self.meta)
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of interrupted writes, and segments of documents
+        never committed (only a writer, holding the lock, may do this)."""
+        segments = self.folder / "segments"
+        known = self.known_hashes() if self.meta is not None else set()
+        for folder in (self.folder, segments):
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            for entry in folder.iterdir():
+                temporary = entry.name.startswith(".") and "-" in entry.name  # atomic_write's ".name-XXXX"
+                orphan = folder == segments and entry.suffix == ".npy" and entry.stem not in known
+                if (temporary or orphan) and entry.is_file() and not entry.is_symlink():
+                    entry.unlink(missing_ok=True)
+
+    def add_document(self, doc_hash: str, path: str, pages: Sequence[StoredPage | np.ndarray]) -> None:
+        """Store every page of one document in one atomic commit, replacing
+        any document stored at ``path`` in the same commit."""
         if not pages:
             return
-        dim = int(pages[0].shape[1])
-        if self.writer_model is None:
-            raise IndexStoreError("This index was opened for reading; open it with open_for_writing.")
+        check_doc_id(doc_hash)
+        catalog = self.catalog()
+        path = absolute(path)
+        items = [p if isinstance(p, StoredPage) else StoredPage(np.asarray(p)) for p in pages]
+        dim = int(items[0].vectors.shape[1])
+        self._require_writer()
+        assert self.writer_model is not None
         if self.meta is None:
             self.meta = IndexMeta(model=self.writer_model, dim=dim)
         elif dim != self.meta.dim:
             raise IndexStoreError(f"Vectors of size {dim} do not match the index's {self.meta.dim}.")
-        halves = [np.asarray(p, dtype=np.float16) for p in pages]  # each (tokens, dim)
+        halves = [np.asarray(p.vectors, dtype=np.float16) for p in items]  # each (tokens, dim)
         stacked = np.ascontiguousarray(np.concatenate(halves, axis=0))  # (all tokens, dim)
         self._write_segment(doc_hash, stacked)
+        rows = self._rows(doc_hash, path, items, halves, stacked, dim)
+        if read_meta(self.folder) is None:
+            write_meta(self.folder, self.meta)
+        replaced = [d for d in catalog.document_records() if d.path == path and d.doc_hash != doc_hash]
+        table = self._table_or_none()
+        with self._guard("adding a document"):
+            if table is None:
+                self._db = self._db or _lancedb().connect(str(self.folder / "lancedb"))
+                self._table = self._db.create_table(TABLE, data=rows, schema=_schema(dim))
+            elif replaced:
+                (table.merge_insert(["doc_hash", "page"]).when_not_matched_insert_all()
+                 .when_not_matched_by_source_delete(f"path = {sql_string(path)}").execute(rows))
+            else:
+                table.add(rows)
+        gone = {d.doc_hash for d in replaced}
+        records = [PageRecord(doc_hash, path, n, h.shape[0], p.grid) for n, (h, p) in enumerate(zip(halves, items,
+                                                                                                  strict=True), 1)]
+        self._committed(Catalog([*(p for p in catalog.pages if p.doc_hash not in gone), *records],
+                                [*(d for d in catalog.documents if d not in gone), doc_hash]))
+        self._drop_segments(gone)
+
+    def _rows(self, doc_hash: str, path: str, items: list[StoredPage], halves: list[np.ndarray],
+              stacked: np.ndarray, dim: int) -> Any:
+        import pyarrow as pa
+
+        assert self.meta is not None
         vector_type = pa.list_(pa.list_(pa.float16(), dim))
         flat = pa.array(stacked.reshape(-1), type=pa.float16())
         inner = pa.FixedSizeListArray.from_arrays(flat, dim)  # (all tokens, dim)
         offsets = pa.array(np.concatenate([[0], np.cumsum([h.shape[0] for h in halves])]).astype(np.int32))
-        vectors = pa.ListArray.from_arrays(offsets, inner, type=vector_type)
-        rows = pa.table({
-            "doc_hash": [doc_hash] * len(pages),
-            "path": [path] * len(pages),
-            "page": pa.array(range(1, len(pages) + 1), type=pa.int32()),
+        return pa.table({
+            "doc_hash": [doc_hash] * len(items),
+            "path": [path] * len(items),
+            "page": pa.array(range(1, len(items) + 1), type=pa.int32()),
             "n_vectors": pa.array([h.shape[0] for h in halves], type=pa.int32()),
-            "model": [self.meta.model] * len(pages),
-            "vectors": vectors,
+            "model": [self.meta.model] * len(items),
+            "vectors": pa.ListArray.from_arrays(offsets, inner, type=vector_type),
+            "grid_start": pa.array([p.grid.start if p.grid else None for p in items], type=pa.int32()),
+            "grid_rows": pa.array([p.grid.rows if p.grid else None for p in items], type=pa.int32()),
+            "grid_cols": pa.array([p.grid.cols if p.grid else None for p in items], type=pa.int32()),
+            "text": pa.array([p.text for p in items], type=pa.string()),
         }, schema=_schema(dim))
-        self._write_meta()
+
+    def move_document(self, doc_hash: str, new_path: str) -> None:
+        """Record that document ``doc_hash`` now lives at ``new_path`` (one commit, nothing re-embedded)."""
+        self._require_writer()
+        check_doc_id(doc_hash)
+        new_path = absolute(new_path)
         table = self._table_or_none()
-        if table is None:
-            self._table = self._db.create_table(TABLE, data=rows, schema=_schema(dim))
-        else:
-            table.add(rows)
+        with self._guard("moving a document"):
+            table.update(where=f"doc_hash = {sql_string(doc_hash)}", values={"path": new_path})
+        catalog = self.catalog()
+        pages = [replace(p, path=new_path) if p.doc_hash == doc_hash else p for p in catalog.pages]
+        self._committed(Catalog(pages, catalog.documents))
 
-    def _write_meta(self) -> None:
-        assert self.meta is not None
-        path = self.folder / META
-        if path.is_file():
-            return
-        data = json.dumps({"model": self.meta.model, "dim": self.meta.dim, "format": self.meta.format}).encode()
-        self._atomic_write(path, lambda fh: fh.write(data))
+    def remove_documents(self, doc_hashes: Sequence[str]) -> int:
+        """Remove documents (one commit); returns how many pages went."""
+        self._require_writer()
+        hashes = {check_doc_id(h) for h in doc_hashes}
+        catalog = self.catalog()
+        hashes &= set(catalog.documents)
+        if not hashes:
+            return 0
+        table = self._table_or_none()
+        with self._guard("removing documents"):
+            table.delete("doc_hash IN (" + ", ".join(sql_string(h) for h in sorted(hashes)) + ")")
+        kept = [p for p in catalog.pages if p.doc_hash not in hashes]
+        self._committed(Catalog(kept, [d for d in catalog.documents if d not in hashes]))
+        self._drop_segments(hashes)
+        return len(catalog.pages) - len(kept)
 
-    @staticmethod
-    def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-        """Write ``path`` through a temporary file renamed into place, so a
-        killed process never leaves it half-written."""
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    def _committed(self, catalog: Catalog) -> None:
+        """Keep the catalog (in memory and on disk) current after a commit."""
+        self._catalog = catalog
+        write_catalog_file(self.folder, catalog, int(self._table.version))
+
+    def _drop_segments(self, hashes: set[str]) -> None:
+        for doc_hash in hashes:
+            if doc_hash not in set(self.catalog().documents):
+                self._segment_path(doc_hash).unlink(missing_ok=True)
 
     # -- search layout ----------------------------------------------------
 
     def _segment_path(self, doc_hash: str) -> Path:
-        return self.folder / "segments" / f"{doc_hash}.npy"
+        return refuse_link(self.folder / "segments") / f"{check_doc_id(doc_hash)}.npy"
 
     def _write_segment(self, doc_hash: str, vectors: np.ndarray) -> None:
-        self._atomic_write(self._segment_path(doc_hash), lambda fh: np.save(fh, vectors))
-
-    def catalog(self) -> Catalog:
-        """Every stored page, grouped by document in page order."""
-        table = self._table_or_none()
-        if table is None:
-            return Catalog([], [])
-        rows = table.search().select(["doc_hash", "path", "page", "n_vectors"]).limit(None).to_arrow()
-        records = [
-            PageRecord(h, p, int(n), int(v))
-            for h, p, n, v in zip(
-                rows.column("doc_hash").to_pylist(), rows.column("path").to_pylist(),
-                rows.column("page").to_pylist(), rows.column("n_vectors").to_pylist(), strict=True,
-            )
-        ]
-        order: dict[str, int] = {}
-        for record in records:
-            order.setdefault(record.doc_hash, len(order))
-        keys = [(order[r.doc_hash], r.page) for r in records]
-        if any(a > b for a, b in pairwise(keys)):  # rows usually arrive in commit order
-            records = [r for _, r in sorted(zip(keys, records, strict=True), key=lambda kr: kr[0])]
-        return Catalog(records, list(order))
+        atomic_write(self._segment_path(doc_hash), lambda fh: np.save(fh, vectors))
 
     def segment(self, doc_hash: str, expected_vectors: int) -> np.ndarray:
         """A document's vectors, (tokens, dim) fp16, memory-mapped; rebuilt
-        from LanceDB when the file is missing or does not match."""
+        from LanceDB when the file is missing, empty or does not match."""
         path = self._segment_path(doc_hash)
+        dim = self.meta.dim if self.meta is not None else None
         try:
-            vectors = np.load(path, mmap_mode="c")  # copy-on-write: writable views, file untouched
-            if vectors.shape[0] == expected_vectors and vectors.dtype == np.float16:
+            vectors = np.load(refuse_link(path), mmap_mode="c")  # copy-on-write: writable views, file untouched
+            if vectors.dtype == np.float16 and vectors.shape == (expected_vectors, dim):
                 return vectors  # type: ignore[no-any-return]
-        except (OSError, ValueError):
+        except IndexStoreError:
+            raise
+        except Exception:  # missing, zero bytes, truncated, not an .npy: rebuilt below
             pass
         vectors = self._vectors_from_lancedb(doc_hash)
         if vectors.shape[0] != expected_vectors:
-            raise IndexStoreError(f"Index damaged: document {doc_hash[:12]} has inconsistent vectors; re-ingest it.")
-        if self._lock_fh is not None or os.access(path.parent, os.W_OK):
-            self._write_segment(doc_hash, vectors)
+            raise IndexStoreError(f"Index damaged: document {doc_hash[:12]} has inconsistent vectors; "
+                                  "re-ingest it into a new --index.")
+        if self.writable or os.access(self.folder, os.W_OK):
+            with suppress(IndexStoreError):  # searching still works, only slower next time
+                self._write_segment(doc_hash, vectors)
         return vectors
 
     def _vectors_from_lancedb(self, doc_hash: str) -> np.ndarray:
         table = self._table_or_none()
-        if not all(c in "0123456789abcdef" for c in doc_hash):
-            raise IndexStoreError(f"Bad document id {doc_hash!r}.")
-        rows = (table.search().where(f"doc_hash = '{doc_hash}'").select(["page", "vectors"])
-                .limit(None).to_arrow()).sort_by("page")
-        column = rows.column("vectors").combine_chunks()
-        flat = column.flatten().flatten().to_numpy(zero_copy_only=False)
-        assert self.meta is not None
-        return np.asarray(flat, dtype=np.float16).reshape(-1, self.meta.dim)
+        if table is None or self.meta is None:
+            raise IndexStoreError(f"The index at {self.folder} has no page table; run 'ragged ingest' first.")
+        with self._guard("reading a document's vectors"):
+            rows = (table.search().where(f"doc_hash = {sql_string(check_doc_id(doc_hash))}")
+                    .select(["page", "vectors"]).limit(None).to_arrow()).sort_by("page")
+            column = rows.column("vectors").combine_chunks()
+            flat = column.flatten().flatten().to_numpy(zero_copy_only=False)
+        return np.array(flat, dtype=np.float16).reshape(-1, self.meta.dim)  # a writable copy
+
+    def page_vectors(self, doc_hash: str, page: int) -> np.ndarray:
+        """One page's vectors, (tokens, dim) fp16."""
+        records = [p for p in self.catalog().pages if p.doc_hash == doc_hash]
+        if not 1 <= page <= len(records):
+            raise IndexStoreError(f"Document {doc_hash[:12]} has no page {page}.")
+        start = sum(p.n_vectors for p in records[: page - 1])
+        vectors = self.segment(doc_hash, sum(p.n_vectors for p in records))
+        return vectors[start : start + records[page - 1].n_vectors]

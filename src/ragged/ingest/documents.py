@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
-from collections.abc import Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from ragged.errors import (
     CorruptDocumentError,
@@ -61,6 +61,31 @@ class Document:
     pages: int
 
 
+@dataclass(frozen=True)
+class RenderedPage:
+    """One page as the model will see it, and its text layer (None: none)."""
+
+    image: Image.Image
+    text: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the image holds (RGB)."""
+        return self.image.width * self.image.height * 3
+
+
+# fit(width, height) -> the largest (width, height) worth holding for the model
+Fit = Callable[[int, int], tuple[int, int]]
+
+
+def is_regular_file(path: Path) -> bool:
+    """True for a regular file (or a link to one): never a pipe, device or socket."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem]]:
     """Files to ingest: explicit files as given, folders searched recursively
     for PDFs and images (hidden files skipped), duplicates removed."""
@@ -75,9 +100,13 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
         if path.is_dir():
             candidates = sorted(
                 p for p in path.rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | PDF_SUFFIXES
+                if p.suffix.lower() in IMAGE_SUFFIXES | PDF_SUFFIXES and is_regular_file(p)
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
+        elif not is_regular_file(path):
+            problems.append(InputProblem(str(raw), f"{raw}: not a regular file (a pipe, device or socket); "
+                                                    "give a file or a folder."))
+            continue
         else:
             candidates = [path]
         for candidate in candidates:
@@ -110,10 +139,13 @@ def _sniff(path: Path) -> DocumentKind:
     try:
         with Image.open(path) as img:
             img_format = img.format
+            _check_image_pixels(path, img.width, img.height)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"{path}: image too large to decode safely; scale it down below {MAX_PAGE_PIXELS:,} pixels."
         ) from exc
+    except ImageTooLargeError:
+        raise
     except Exception as exc:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise CorruptDocumentError(f"{path}: not a readable image; re-export or re-download it.") from exc
@@ -164,11 +196,28 @@ def inspect(path: Path) -> Document:
         if pages == 0:
             raise EmptyDocumentError(f"{path}: the PDF has no pages; nothing to ingest.")
     else:
-        pages = 1
+        pages = _frame_count(path)
     return Document(path=path, sha256=file_sha256(path), kind=kind, pages=pages)
 
 
-def _check_pixels(path: Path, width: float, height: float, page: int) -> None:
+def _frame_count(path: Path) -> int:
+    """Pages of an image file: every frame of a multi-page TIFF or GIF."""
+    try:
+        with Image.open(path) as img:
+            return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception as exc:
+        raise CorruptDocumentError(f"{path}: not a readable image; re-export or re-download it.") from exc
+
+
+def _check_image_pixels(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_PAGE_PIXELS:
+        raise ImageTooLargeError(
+            f"{path}: image of {width}x{height} pixels is too large to decode safely; "
+            f"scale it down below {MAX_PAGE_PIXELS:,} pixels."
+        )
+
+
+def _check_render_pixels(path: Path, width: float, height: float, page: int) -> None:
     if width * height > MAX_PAGE_PIXELS:
         raise ImageTooLargeError(
             f"{path}: page {page} would be {int(width)}x{int(height)} pixels, too large to render safely; "
@@ -176,38 +225,62 @@ def _check_pixels(path: Path, width: float, height: float, page: int) -> None:
         )
 
 
-def render_pages(doc: Document, dpi: int) -> Iterator[Image.Image]:
-    """The document's pages as RGB images, one at a time (PDFs at ``dpi``)."""
+def _fitted(width: int, height: int, fit: Fit | None) -> tuple[int, int]:
+    if fit is None:
+        return width, height
+    w, h = fit(width, height)
+    return min(width, w), min(height, h)
+
+
+def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[RenderedPage]:
+    """The document's pages, one at a time: PDFs rendered at ``dpi`` but
+    never larger than ``fit`` allows (what the model will see), images
+    scaled down to it, every frame of a multi-page image."""
     if doc.kind is DocumentKind.IMAGE:
-        yield _load_image(doc.path)
+        yield from _image_pages(doc.path, fit)
         return
     pdf = _open_pdf(doc.path)
     try:
-        scale = dpi / 72.0
         for index in range(len(pdf)):  # type: ignore[arg-type]
             page = pdf[index]  # type: ignore[index]
-            width, height = page.get_size()
-            _check_pixels(doc.path, width * scale, height * scale, index + 1)
+            points_w, points_h = page.get_size()
+            full_w, full_h = round(points_w * dpi / 72.0), round(points_h * dpi / 72.0)
+            width, _ = _fitted(max(1, full_w), max(1, full_h), fit)
+            scale = (dpi / 72.0) * (width / max(1, full_w))
+            _check_render_pixels(doc.path, points_w * scale, points_h * scale, index + 1)
             try:
                 bitmap = page.render(scale=scale)
                 image = bitmap.to_pil().convert("RGB")
+                text = _page_text(page)
             except Exception as exc:
                 raise CorruptDocumentError(
                     f"{doc.path}: page {index + 1} cannot be rendered ({exc}); repair the PDF."
                 ) from exc
-            yield image
+            yield RenderedPage(image, text)
     finally:
         pdf.close()  # type: ignore[attr-defined]
 
 
-def _load_image(path: Path) -> Image.Image:
+def _page_text(page: object) -> str | None:
+    """The page's text layer, or None when it has none (a scan, a picture)."""
+    textpage = page.get_textpage()  # type: ignore[attr-defined]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixels(path, img.width, img.height, 1)
-                img.load()
-                return img.convert("RGB")
+        text = str(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n").strip()
+    finally:
+        textpage.close()
+    return text or None
+
+
+def _image_pages(path: Path, fit: Fit | None) -> Iterator[RenderedPage]:
+    try:
+        with Image.open(path) as img:
+            _check_image_pixels(path, img.width, img.height)  # before decoding: below Pillow's own bomb limit
+            for frame in ImageSequence.Iterator(img):
+                image = frame.convert("RGB")
+                size = _fitted(image.width, image.height, fit)
+                if size != (image.width, image.height):
+                    image = image.resize(size, Image.Resampling.LANCZOS)
+                yield RenderedPage(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
             f"{path}: image too large to decode safely; scale it down below {MAX_PAGE_PIXELS:,} pixels."

@@ -1,45 +1,44 @@
 """Ingest: files in, pages embedded with resource management, index out.
 
-Pages are rendered and embedded in a stream (a bounded buffer across
-documents, so small documents share batches); each document is committed
-whole once all its pages are embedded. Inputs that fail are reported and
-skipped; the rest go on.
+Pages are rendered no larger than the model will see them and embedded in
+a stream through a buffer bounded in pages and in bytes (from the memory
+policy's budget for the host), so small documents share batches and a
+poster-sized PDF never fills the RAM. Each document is committed whole once
+all its pages are embedded; a page that cannot be embedded even on the CPU
+fails its document alone. Inputs that fail are reported and skipped; the
+rest go on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from ragged.embeddings.colpali_embedder import ColPaliEmbedder
-from ragged.errors import InputError, OutOfMemoryRecoveryError
+from ragged.embeddings.colpali_embedder import ColPaliEmbedder, PageVectors
+from ragged.errors import InputError
+from ragged.gpu.batch_runner import ItemFailure
 from ragged.gpu.device_manager import DeviceHint
-from ragged.index.store import IndexStore
-from ragged.ingest.documents import Document, InputProblem, discover, inspect, render_pages
+from ragged.gpu.policy import MemoryPolicy
+from ragged.index.catalog import DocumentRecord
+from ragged.index.store import IndexStore, StoredPage, absolute
+from ragged.ingest.changes import missing_under, plan_changes
+from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
 
 BUFFER_PAGES = 64  # rendered pages held before embedding: twice the default largest batch
-
-
-@dataclass
-class _Pending:
-    doc: Document
-    pages: list[np.ndarray | None]  # fp16 (tokens, dim) once embedded
-    failed: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return all(p is not None for p in self.pages)
+MIN_BUFFER_BYTES = 32 * 1024**2
+MAX_BUFFER_BYTES = 1024**3
+BUFFER_SHARE = 0.25  # of the host's batch budget under the memory policy
 
 
 @dataclass
 class Progress:
-    """Callbacks a front end may give: total pages known, then batches done."""
+    """Callbacks a front end may give: total pages known, then pages done
+    (each page is counted once, embedded or given up on)."""
 
     start: Callable[[int], None] = lambda total: None
     advance: Callable[[int], None] = lambda pages: None
@@ -55,6 +54,8 @@ class IngestOptions:
     batch_size: int | None = None
     dpi: int = 150
     cache_dir: Path | None = None
+    prune: bool = False
+    policy: MemoryPolicy = field(default_factory=MemoryPolicy)
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
@@ -63,80 +64,125 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
     started = time.perf_counter()
     report = IngestReport(index=str(options.index_dir), model=options.model)
     files, problems = discover(paths)
-    report.problems.extend(problems)
     with IndexStore.open_for_writing(options.index_dir, options.model) as store:
-        known = store.known_hashes()
-        todo: list[Document] = []
-        for path in files:
-            try:
-                doc = inspect(path)
-            except InputError as exc:
-                report.problems.append(InputProblem(str(path), str(exc)))
-                continue
-            if doc.sha256 in known:
-                report.documents_skipped += 1
-                continue
-            known.add(doc.sha256)  # the same file twice in one run counts once
-            todo.append(doc)
-        if todo:
-            progress.start(sum(d.pages for d in todo))
-            embedder = ColPaliEmbedder(
-                options.model, device=options.device, batch_size=options.batch_size, cache_dir=options.cache_dir
-            )
-            with embedder:
-                _Stream(embedder, store, report, progress, options.dpi).run(todo)
+        stored = store.documents()
+        plan = plan_changes(files, stored)
+        report.problems.extend(problems)
+        report.problems.extend(plan.problems)
+        report.documents_skipped = plan.unchanged
+        report.duplicates = len(plan.duplicates)
+        report.notes.extend(f"{new}: same content as {old}, not stored twice" for new, old in plan.duplicates)
+        for move in plan.moves:
+            store.move_document(move.doc_hash, move.new_path)
+            report.documents_moved += 1
+            report.notes.append(f"{move.old_path} moved to {move.new_path}")
+        if plan.outdated:
+            report.documents_removed += len(plan.outdated)
+            store.remove_documents(plan.outdated)
+        if options.prune:
+            gone = missing_under(store.documents(), [Path(p) for p in paths])
+            store.remove_documents([d.doc_hash for d in gone])
+            report.documents_removed += len(gone)
+            report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
+            report.problems = [p for p in report.problems if not _pruned(p, gone)]
+        if plan.embed:
+            progress.start(sum(d.pages for d in plan.embed))
+            with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
+                                 cache_dir=options.cache_dir, policy=options.policy) as embedder:
+                _Stream(embedder, store, report, progress, options.dpi, plan.replaces).run(plan.embed)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _pruned(problem: InputProblem, gone: list[DocumentRecord]) -> bool:
+    """A missing input whose stored documents pruning removed: not a problem."""
+    target = Path(absolute(problem.path))
+    return not target.exists() and any(Path(d.path).is_relative_to(target) for d in gone)
+
+
+def host_buffer_bytes(embedder: ColPaliEmbedder) -> int:
+    """Bytes of rendered pages to hold before embedding: a share of the
+    host's budget under the memory policy."""
+    manager = embedder.device_manager
+    budget = embedder.batch_config.policy.batch_budget(manager.try_memory_info(manager.cpu()))
+    if budget is None:
+        return 8 * MIN_BUFFER_BYTES
+    return int(min(MAX_BUFFER_BYTES, max(MIN_BUFFER_BYTES, budget * BUFFER_SHARE)))
+
+
+@dataclass
+class _Pending:
+    doc: Document
+    pages: list[StoredPage | None]
+    sent: int = 0  # pages handed to the embedder (each counted in progress by it)
+    failed: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return all(p is not None for p in self.pages)
+
+
+@dataclass
+class _Held:
+    entry: _Pending
+    number: int
+    page: RenderedPage
 
 
 class _Stream:
     """Renders, embeds and commits documents through a bounded page buffer."""
 
     def __init__(self, embedder: ColPaliEmbedder, store: IndexStore, report: IngestReport, progress: Progress,
-                 dpi: int) -> None:
+                 dpi: int, replaces: set[str]) -> None:
         self.embedder, self.store, self.report, self.progress, self.dpi = embedder, store, report, progress, dpi
+        self.replaces = replaces
+        self.max_bytes = host_buffer_bytes(embedder)
         self.pending: list[_Pending] = []
-        self.images: list[Image.Image] = []
-        self.owners: list[tuple[_Pending, int]] = []
+        self.held: list[_Held] = []
+        self.held_bytes = 0
 
     def run(self, docs: list[Document]) -> None:
         for doc in docs:
             entry = _Pending(doc, [None] * doc.pages)
             self.pending.append(entry)
             try:
-                for number, image in enumerate(render_pages(doc, self.dpi)):
-                    self.images.append(image)
-                    self.owners.append((entry, number))
-                    if len(self.images) >= BUFFER_PAGES:
+                for number, page in enumerate(render_pages(doc, self.dpi, fit=self.embedder.page_view_size)):
+                    if entry.failed:  # a page of it failed in an earlier flush
+                        break
+                    if number >= doc.pages:
+                        raise InputError(f"{doc.path}: more pages than it said; repair or re-export it.")
+                    self.held.append(_Held(entry, number, page))
+                    self.held_bytes += page.nbytes
+                    if len(self.held) >= BUFFER_PAGES or self.held_bytes >= self.max_bytes:
                         self._flush()
             except InputError as exc:
                 self._fail(entry, str(exc))
         self._flush()
 
     def _fail(self, entry: _Pending, message: str) -> None:
+        if entry.failed:
+            return
         entry.failed = True
         self.report.problems.append(InputProblem(str(entry.doc.path), message))
-        keep = [(img, owner) for img, owner in zip(self.images, self.owners, strict=True) if owner[0] is not entry]
-        self.images = [img for img, _ in keep]
-        self.owners = [owner for _, owner in keep]
-        self.progress.advance(sum(p is None for p in entry.pages))  # count them as done
+        self.held = [h for h in self.held if h.entry is not entry]
+        self.held_bytes = sum(h.page.nbytes for h in self.held)
+        self.progress.advance(entry.doc.pages - entry.sent)  # never embedded: counted done here, once
 
     def _flush(self) -> None:
-        if self.images:
-            images, owners = self.images, self.owners
-            self.images, self.owners = [], []
-            try:
-                vectors = self.embedder.embed_images(images, on_batch=self.progress.advance)
-            except OutOfMemoryRecoveryError as exc:
-                for entry in {id(o[0]): o[0] for o in owners}.values():
-                    if not entry.failed:
-                        self._fail(entry, f"{entry.doc.path}: {exc}")
-                vectors = []
-            else:
-                if self.embedder.last_report is not None:
-                    self.report.absorb(self.embedder.last_report)
-            for (entry, number), vec in zip(owners, vectors, strict=False):
-                entry.pages[number] = vec.astype(np.float16)
+        if self.held:
+            held, self.held, self.held_bytes = self.held, [], 0
+            for h in held:
+                h.entry.sent += 1
+            results = self.embedder.embed_pages([h.page.image for h in held], on_batch=self.progress.advance)
+            if self.embedder.last_report is not None:
+                self.report.absorb(self.embedder.last_report)
+            for h, result in zip(held, results, strict=True):
+                if isinstance(result, ItemFailure):
+                    self._fail(h.entry, f"{h.entry.doc.path}: page {h.number + 1} could not be embedded: "
+                                        f"{result.reason}")
+                elif isinstance(result, PageVectors):
+                    h.entry.pages[h.number] = StoredPage(result.vectors.astype(np.float16), result.grid,
+                                                         h.page.text)
         self._commit_ready()
 
     def _commit_ready(self) -> None:
@@ -149,6 +195,10 @@ class _Stream:
                 continue
             pages = [p for p in entry.pages if p is not None]
             self.store.add_document(entry.doc.sha256, str(entry.doc.path), pages)
-            self.report.documents_added += 1
+            if absolute(entry.doc.path) in self.replaces:
+                self.report.documents_replaced += 1
+            else:
+                self.report.documents_added += 1
             self.report.pages_added += len(pages)
+            self.report.pages_without_text += sum(p.text is None for p in pages)
         self.pending = still

@@ -12,25 +12,38 @@ from ragged.ingest.documents import InputProblem
 
 @dataclass
 class IngestReport:
-    """What an ingest run did and what it used (memory in bytes)."""
+    """What an ingest run did and what it used (memory in bytes, None: unknown)."""
 
     index: str
     model: str
     device: str = ""
     dtype: str = ""
     device_total_bytes: int = 0
+    model_bytes: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    prepare_seconds: float = 0.0
+    compute_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
-    peak_bytes: int = 0
+    peak_bytes: int | None = None
     budget_bytes: int | None = None
+    budget_warning: str | None = None
+    placement_note: str | None = None
+    batch_room_bytes: int | None = None
     ooms: int = 0
     recoveries: Counter[str] = field(default_factory=Counter)
     cpu_fallback_pages: int = 0
+    failed_pages: int = 0
     documents_added: int = 0
+    documents_replaced: int = 0
+    documents_moved: int = 0
+    documents_removed: int = 0
     pages_added: int = 0
+    pages_without_text: int = 0
     documents_skipped: int = 0
+    duplicates: int = 0
     problems: list[InputProblem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def pages_per_second(self) -> float:
@@ -40,19 +53,30 @@ class IngestReport:
     def absorb(self, part: EmbeddingReport) -> None:
         """Add one embedding call's figures."""
         self.device, self.dtype, self.device_total_bytes = part.device, part.dtype, part.device_total_bytes
+        self.model_bytes = part.model_bytes
         self.embed_seconds += part.seconds
+        self.prepare_seconds += part.prepare_seconds
+        self.compute_seconds += part.compute_seconds
         self.batch_sizes.extend(part.batch_sizes)
-        self.peak_bytes = max(self.peak_bytes, part.peak_bytes)
+        if part.peak_bytes is not None:
+            self.peak_bytes = max(self.peak_bytes or 0, part.peak_bytes)
         if part.budget_bytes is not None:
             self.budget_bytes = part.budget_bytes
+        self.budget_warning = self.budget_warning or part.budget_warning
+        self.placement_note = self.placement_note or part.placement_note
+        if part.batch_room_bytes is not None:
+            self.batch_room_bytes = part.batch_room_bytes
         self.ooms += part.ooms
         self.recoveries.update(part.recoveries)
         self.cpu_fallback_pages += part.cpu_fallback_items
+        self.failed_pages += part.failed_items
 
     @property
     def failed(self) -> bool:
         """True when inputs were given and none of them could be used."""
-        return bool(self.problems) and self.documents_added == 0 and self.documents_skipped == 0
+        done = (self.documents_added + self.documents_skipped + self.documents_moved + self.duplicates
+                + self.documents_removed)
+        return bool(self.problems) and done == 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -62,17 +86,30 @@ class IngestReport:
             "device": self.device,
             "dtype": self.dtype,
             "device_total_bytes": self.device_total_bytes,
+            "model_bytes": self.model_bytes,
+            "placement_note": self.placement_note,
             "seconds": round(self.seconds, 3),
             "pages_per_second": round(self.pages_per_second, 3),
+            "prepare_seconds": round(self.prepare_seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
             "batch_sizes": sorted(set(self.batch_sizes)),
             "batches": len(self.batch_sizes),
             "peak_bytes": self.peak_bytes,
             "budget_bytes": self.budget_bytes,
+            "budget_warning": self.budget_warning,
+            "batch_room_bytes": self.batch_room_bytes,
             "ooms": self.ooms,
             "recoveries": {k: v for k, v in self.recoveries.items() if v},
             "cpu_fallback_pages": self.cpu_fallback_pages,
+            "failed_pages": self.failed_pages,
             "documents_added": self.documents_added,
+            "documents_replaced": self.documents_replaced,
+            "documents_moved": self.documents_moved,
+            "documents_removed": self.documents_removed,
             "pages_added": self.pages_added,
+            "pages_without_text": self.pages_without_text,
             "documents_skipped": self.documents_skipped,
+            "duplicates": self.duplicates,
+            "notes": list(self.notes),
             "errors": [{"path": p.path, "error": p.message} for p in self.problems],
         }

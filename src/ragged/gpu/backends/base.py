@@ -3,7 +3,9 @@
 One backend per device kind answers the same small set of questions. The
 managers never call ``torch.cuda`` or ``torch.mps`` directly, so tests swap
 in a fake backend that reports any memory figure and runs out of memory on
-cue.
+cue. A backend owns what is particular to its kind: how its chips are named
+(``arch``), when bfloat16 is safe, which dtype embeds best, and what it can
+tell about other processes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class DeviceProperties:
     name: str
     total_memory: int  # bytes
     compute_capability: tuple[int, int] | None = None
+    arch: str | None = None  # the backend's label for the chip generation
 
 
 @runtime_checkable
@@ -38,7 +41,7 @@ class DeviceBackend(Protocol):
         ...
 
     def properties(self, index: int) -> DeviceProperties:
-        """Name, total memory and compute capability of device ``index``."""
+        """Name, total memory and chip generation of device ``index``."""
         ...
 
     def memory_info(self, index: int) -> MemoryInfo:
@@ -59,4 +62,12 @@ class DeviceBackend(Protocol):
 
     def supports_bf16(self, index: int) -> bool:
         """True when bfloat16 compute is fast and safe on this device."""
+        ...
+
+    def compute_dtype(self, index: int) -> str:
+        """The dtype models should run in here: ``bfloat16``, ``float16`` or ``float32``."""
+        ...
+
+    def processes(self, index: int) -> list[ProcessMemory] | None:
+        """Processes holding memory on the device; None when it cannot be known."""
         ...

@@ -1,9 +1,10 @@
-"""CUDA backend: torch's allocator counters plus NVML for driver readings.
+"""NVIDIA backend: torch's allocator counters plus NVML for driver readings.
 
 Driver-level free memory (which counts other processes) comes from NVML when
 ``nvidia-ml-py`` is installed, so querying a card never creates a CUDA
 context on it. Without NVML, ``torch.cuda.mem_get_info`` is used, which does
-create one on the card it reads.
+create one on the card it reads. ROCm builds of torch also answer to
+``torch.cuda``; they are served by :mod:`ragged.gpu.backends.rocm`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from loguru import logger
 
 from ragged.gpu.backends.base import DeviceProperties
-from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
 
 
 class _NVML:
@@ -39,24 +40,52 @@ class _NVML:
                 self._ready = False
         return self._ready
 
+    def _handle(self, uuid: str) -> Any:
+        handle = self._handles.get(uuid)
+        if handle is None:
+            handle = self._module.nvmlDeviceGetHandleByUUID(uuid)
+            self._handles[uuid] = handle
+        return handle
+
     def memory(self, uuid: str) -> tuple[int, int] | None:
         """(free, total) in bytes for the card with this UUID, or None."""
         if not self.ready():
             return None
         try:
-            handle = self._handles.get(uuid)
-            if handle is None:
-                handle = self._module.nvmlDeviceGetHandleByUUID(uuid)
-                self._handles[uuid] = handle
-            info = self._module.nvmlDeviceGetMemoryInfo(handle)
+            info = self._module.nvmlDeviceGetMemoryInfo(self._handle(uuid))
             return int(info.free), int(info.total)
         except Exception as exc:  # NVMLError: MIG slices, unknown UUID, ...
             logger.debug("NVML reading failed for {}: {}", uuid, type(exc).__name__)
             return None
 
+    def processes(self, uuid: str) -> list[ProcessMemory] | None:
+        """Compute processes on the card and the memory each holds, or None."""
+        if not self.ready():
+            return None
+        try:
+            running = self._module.nvmlDeviceGetComputeRunningProcesses(self._handle(uuid))
+        except Exception as exc:
+            logger.debug("NVML process list failed for {}: {}", uuid, type(exc).__name__)
+            return None
+        found = []
+        for proc in running:
+            pid = int(proc.pid)
+            used = getattr(proc, "usedGpuMemory", None)
+            found.append(ProcessMemory(pid, _process_name(pid), int(used) if used else 0))
+        return sorted(found, key=lambda p: -p.used_bytes)
+
+
+def _process_name(pid: int) -> str:
+    try:
+        import psutil
+
+        return str(psutil.Process(pid).name())
+    except Exception:  # gone, or another user's process
+        return "?"
+
 
 class CUDABackend:
-    """Answers device questions for NVIDIA (and ROCm) GPUs through torch."""
+    """Answers device questions for NVIDIA GPUs through torch and NVML."""
 
     kind = DeviceType.CUDA
 
@@ -65,7 +94,7 @@ class CUDABackend:
         self._uuids: dict[int, str] = {}
 
     def is_available(self) -> bool:
-        return bool(torch.cuda.is_available())
+        return torch.version.hip is None and bool(torch.cuda.is_available())
 
     def device_count(self) -> int:
         return int(torch.cuda.device_count()) if self.is_available() else 0
@@ -76,6 +105,7 @@ class CUDABackend:
             name=str(props.name),
             total_memory=int(props.total_memory),
             compute_capability=(int(props.major), int(props.minor)),
+            arch=f"{props.major}.{props.minor}",
         )
 
     def _uuid(self, index: int) -> str | None:
@@ -135,4 +165,11 @@ class CUDABackend:
 
     def supports_bf16(self, index: int) -> bool:
         major, _ = self.properties(index).compute_capability or (0, 0)
-        return major >= 8
+        return major >= 8  # Ampere and newer
+
+    def compute_dtype(self, index: int) -> str:
+        return "bfloat16" if self.supports_bf16(index) else "float16"
+
+    def processes(self, index: int) -> list[ProcessMemory] | None:
+        uuid = self._uuid(index)
+        return self._nvml.processes(uuid) if uuid else None

@@ -14,7 +14,7 @@ import psutil
 import torch
 
 from ragged.gpu.backends.base import DeviceProperties
-from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo
+from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
 
 
 def _macos_major() -> int:
@@ -68,3 +68,9 @@ class MPSBackend:
     def supports_bf16(self, index: int) -> bool:
         # bf16 kernels on MPS need macOS 14 (colpali-engine issue 197).
         return _macos_major() >= 14
+
+    def compute_dtype(self, index: int) -> str:
+        return "bfloat16" if self.supports_bf16(index) else "float32"  # fp16 on MPS loses ColPali's accuracy
+
+    def processes(self, index: int) -> list[ProcessMemory] | None:
+        return None  # Metal reports no per-process figures
