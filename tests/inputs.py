@@ -74,3 +74,37 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     except ImportError:  # pypdf is a dev dependency
         pass
     return files
+
+
+def blank_pdf(pages: int, width_pt: float, height_pt: float, text: str | None = None) -> bytes:
+    """A valid PDF of ``pages`` blank pages of the given size in points (1/72 inch),
+    each with one line of real text when ``text`` is given (a text layer)."""
+    objects: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]
+    kids = []
+    font = None
+    if text is not None:
+        objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+        font = len(objects)
+    for n in range(pages):
+        resources = f"/Resources << /Font << /F1 {font} 0 R >> >>" if font else ""
+        content = b""
+        if text is not None:
+            line = f"{text} {n + 1}".replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            content = f"BT /F1 24 Tf 72 {height_pt - 96} Td ({line}) Tj ET".encode()
+        objects.append(b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream")
+        stream_id = len(objects)
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width_pt} {height_pt}] "
+                       f"/Contents {stream_id} 0 R {resources} >>".encode())
+        kids.append(f"{len(objects)} 0 R")
+    objects[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {pages} >>".encode()
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    for off in offsets:
+        out += f"{off:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)

@@ -31,8 +31,42 @@ def make_pdfs(folder: Path) -> None:
         pages[0].save(folder / f"doc{d}.pdf", save_all=True, append_images=pages[1:])
 
 
-def start_ingest(folder: Path, index: Path, cache: Path) -> subprocess.Popen[bytes]:
+# Loaded by the child through PYTHONPATH: once ragged's store is imported, its
+# commit step first announces itself in a marker file, then stalls, so the
+# test can kill the child after a segment is written and before the commit.
+STALL_BEFORE_COMMIT = """
+import importlib.abc, importlib.machinery, os, sys, time
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "ragged.index.store":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            real = module.IndexStore._rows
+
+            def stalled(self, *args, **kwargs):
+                open(os.environ["RAGGED_TEST_MARKER"], "w").close()
+                time.sleep(600)
+                return real(self, *args, **kwargs)
+
+            module.IndexStore._rows = stalled
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+"""
+
+
+def start_ingest(folder: Path, index: Path, cache: Path, hook: Path | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RAGGED_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", "RAGGED_CONFIG": "/nonexistent"}
+    if hook is not None:
+        env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
+        env["RAGGED_TEST_MARKER"] = str(hook / "stalled")
     return subprocess.Popen(
         [sys.executable, "-m", "ragged", "ingest", str(folder), "--model", "tiny-colpali", "--index", str(index),
          "--dpi", "72", "--json"],
@@ -87,12 +121,22 @@ def test_kill_after_first_commit(tmp_path: Path, model_cache: Path) -> None:
     finish(tmp_path / "docs", index, model_cache)
 
 
-def test_kill_before_any_commit(tmp_path: Path, model_cache: Path) -> None:
+def test_kill_between_segment_and_commit(tmp_path: Path, model_cache: Path) -> None:
     make_pdfs(tmp_path / "docs")
     index = tmp_path / "index"
-    proc = start_ingest(tmp_path / "docs", index, model_cache)
-    time.sleep(1.0)  # importing torch: nothing written yet
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert_whole_documents(stored(index))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(STALL_BEFORE_COMMIT)
+    proc = start_ingest(tmp_path / "docs", index, model_cache, hook)
+    try:
+        assert wait_for(lambda: (hook / "stalled").exists(), timeout=240), "the first commit was never reached"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert stored(index) == Counter()  # nothing committed...
+    orphans = list((index / "segments").glob("*.npy"))
+    assert len(orphans) == 1  # ...but the first document's segment was written
     finish(tmp_path / "docs", index, model_cache)
+    assert {p.stem for p in (index / "segments").glob("*.npy")} == IndexStore.open(index).known_hashes()

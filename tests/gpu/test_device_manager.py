@@ -98,7 +98,7 @@ class TestSelection:
             manager.get_optimal_device("cuda")
 
     def test_explicit_device_with_too_little_memory(self) -> None:
-        with pytest.raises(DeviceUnavailableError, match="has 4.0 GiB free memory, less than the 10 GiB required"):
+        with pytest.raises(DeviceUnavailableError, match=r"has 4\.0 GiB free memory, less than the 10 GiB required"):
             two_gpus_and_mps().get_optimal_device("cuda:0", min_memory_gb=10)
 
     def test_parse_hint(self) -> None:

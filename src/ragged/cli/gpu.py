@@ -124,7 +124,9 @@ def _stats_table(monitor: MemoryMonitor, manager: DeviceManager) -> Table:
 @click.option("--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after this many.")
 @click.option("--warning", type=click.FloatRange(1, 100), default=85.0, help="Warning level, % used.")
 @click.option("--critical", type=click.FloatRange(1, 100), default=95.0, help="Critical level, % used.")
-def stats(device: str, watch: bool, interval: float, count: int | None, warning: float, critical: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one reading as JSON.")
+def stats(device: str, watch: bool, interval: float, count: int | None, warning: float, critical: float,
+          as_json: bool) -> None:
     """Memory readings of a device and who uses it, with warning and critical levels marked."""
     from rich.live import Live
 
@@ -133,6 +135,16 @@ def stats(device: str, watch: bool, interval: float, count: int | None, warning:
     manager = default_device_manager()
     monitor = MemoryMonitor(manager.get_optimal_device(device), manager, warning_threshold_pct=warning,
                             critical_threshold_pct=critical)
+    if as_json:
+        snap = monitor.take_snapshot()
+        procs = manager.processes(monitor.device)
+        out.print_json(json.dumps({
+            "device": monitor.device.label, "total_bytes": snap.total, "used_bytes": snap.used,
+            "free_bytes": snap.free, "utilisation_pct": round(snap.utilisation_pct, 2),
+            "level": monitor.classify(snap.utilisation_pct).value,
+            "processes": None if procs is None else [asdict(p) for p in procs],
+        }))
+        return
     if not watch:
         out.print(_stats_table(monitor, manager))
         return

@@ -31,7 +31,8 @@ class QueryBlock:
         owner = torch.repeat_interleave(torch.arange(len(queries)), torch.tensor(lengths))  # (qt,)
         self.to_query = torch.nn.functional.one_hot(owner, len(queries)).to(device, torch.float32)  # (qt, queries)
 
-    def score(self, vectors: torch.Tensor, lengths: Sequence[int], sims: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, vectors: torch.Tensor, lengths: Sequence[int] | np.ndarray,
+              sims: torch.Tensor | None = None) -> torch.Tensor:
         """MaxSim of consecutive pages of ``lengths`` vectors in ``vectors``
         ((n, dim) f32 on this device): shape (pages, queries).
 
@@ -43,7 +44,7 @@ class QueryBlock:
         return best @ self.to_query  # (pages, queries)
 
 
-def segment_max(sims: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+def segment_max(sims: torch.Tensor, lengths: Sequence[int] | np.ndarray) -> torch.Tensor:
     """Row-wise maxima over consecutive segments of ``lengths`` rows: (segments, columns).
 
     Equal segments are a reshape. Unequal ones on the CPU use NumPy's

@@ -237,8 +237,7 @@ class IndexStore:
         return (self.folder / "catalog.json").is_file()
 
     def _read_catalog(self) -> Catalog:
-        table = self._table_or_none()
-        if table is None:
+        if not self.table_folder.exists():
             if self.meta is not None and self._table_missing_but_used():
                 raise IndexStoreError(
                     f"The index at {self.folder} is damaged: its page table ({self.table_folder}) is missing. "
@@ -247,7 +246,8 @@ class IndexStore:
             return Catalog([], [])
         cached = read_catalog_file(self.folder, table_version(self.table_folder))
         if cached is not None:
-            return cached
+            return cached  # current: LanceDB is not even imported
+        table = self._table_or_none()
         names = set(table.schema.names)
         columns = ["doc_hash", "path", "page", "n_vectors"] + [c for c in ("grid_start", "grid_rows", "grid_cols")
                                                                if c in names]
