@@ -5,7 +5,15 @@
 Times device detection (after torch is imported), a full memory snapshot,
 a read of allocator counters (the per-batch hot path), a batch-size
 calculation, and the overhead of a three-step OOM recovery excluding the
-work itself (real CPU allocator OOMs from torch).
+work itself (real CPU allocator OOMs from torch). Then three behaviours of
+the consolidated manager, side by side in one run:
+
+- items prepared per item used when the next batch is prepared ahead
+  while the batch size grows (aim: 1.05 or less);
+- OOMs on a second ``@with_oom_handling`` call once the first has learnt
+  the size that fits (aim: 0);
+- wall time of ``ragged --help``, ``ragged --version`` and ``ragged gpu list``
+  as fresh processes (aim: --help under 0.5 s).
 """
 
 from __future__ import annotations
@@ -54,6 +62,62 @@ def oom_recovery_overhead(manager: DeviceManager, device: DeviceInfo) -> float:
     return time.perf_counter() - start - work_time
 
 
+def prefetch_ratio() -> tuple[float, str]:
+    """Items prepared per item used, with preparation ahead while sizes grow
+    (a fake 80 GiB card; compute costs a fixed 20 ms a batch plus 1 ms an item)."""
+    from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
+
+    from ragged.gpu import AdaptiveBatchSizer, BatchRunner, BatchSizeConfig, Stages
+
+    manager = DeviceManager([FakeBackend(cards=[FakeCard(total=80 * GiB)]), fake_cpu()])
+    device = manager.get_optimal_device("cuda:0")
+    handler = OOMHandler(manager)
+    sizer = AdaptiveBatchSizer(device, MemoryMonitor(device, manager), BatchSizeConfig(max_batch_size=64),
+                               manager, prior_bytes_per_load=1.0, oom_handler=handler)
+
+    def compute(prepared: list[int], dev: DeviceInfo) -> list[int]:
+        time.sleep(0.02 + 0.001 * len(prepared))
+        return prepared
+
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, prefetch=True)
+    _, stats = runner.run([1] * 300, Stages(lambda idx: list(idx), compute))
+    return stats.prepared_items / stats.items, ",".join(map(str, stats.batch_sizes))
+
+
+def second_call_ooms() -> tuple[int, int]:
+    """OOMs of a first and a second call of one decorated function (real CPU
+    allocator OOMs above 4 items a batch)."""
+    from ragged.gpu import with_oom_handling
+
+    @with_oom_handling()
+    def work(data: list[int], *, device: DeviceInfo, batch_size: int) -> int:
+        if batch_size > 4:
+            torch.empty(2**62, dtype=torch.uint8)  # a real DefaultCPUAllocator OOM
+        return sum(data)
+
+    handler = work.oom_handler()  # type: ignore[attr-defined]
+    cpu = DeviceManager().cpu()
+    work(list(range(100)), device=cpu, batch_size=32)
+    first = handler.stats.ooms
+    work(list(range(100)), device=cpu, batch_size=32)
+    return first, handler.stats.ooms - first
+
+
+def process_seconds(args: list[str], repeat: int = 5) -> float:
+    """Median wall time of ``ragged ARGS`` as a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "ragged")
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([exe, *args], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     logger.disable("ragged")
     DeviceManager()  # warm imports
@@ -80,6 +144,19 @@ def main() -> None:
             (name, f"{value * 1e3:.3f} ms", f"{target * 1e3:.0f} ms",
              f"{aim * 1e3:.1f} ms" if aim else "-", f"{target / value:,.0f}x")
             for name, value, target, aim in rows
+        ],
+    )
+    ratio, sizes = prefetch_ratio()
+    first, second = second_call_ooms()
+    print()
+    print_table(
+        ["behaviour", "measured", "aim"],
+        [
+            ("items prepared per item used, prefetch while growing", f"{ratio:.3f} (batches {sizes})", "<= 1.05"),
+            ("OOMs: first / second @with_oom_handling call", f"{first} / {second}", "second: 0"),
+            ("`ragged --help` process", f"{process_seconds(['--help']):.2f} s", "< 0.5 s"),
+            ("`ragged --version` process", f"{process_seconds(['--version']):.2f} s", "-"),
+            ("`ragged gpu list` process", f"{process_seconds(['gpu', 'list']):.2f} s", "-"),
         ],
     )
 

@@ -19,10 +19,12 @@ from loguru import logger
 
 from ragged import __version__
 from ragged.cli.gpu import gpu
+from ragged.cli.options import device_option, index_option, memory_target_option, policy
 from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
+from ragged.cli.serve import serve
 from ragged.config import setting
 from ragged.errors import RaggedError
-from ragged.paths import cache_dir, default_index_dir
+from ragged.paths import cache_dir
 
 _KEEPS_COMMITS = {"ingest", "remove"}
 
@@ -50,11 +52,6 @@ def _setup_logging(verbose: bool) -> None:
                format="{level}: {message}", colorize=False)
 
 
-def _expand(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
-    """``~`` expanded once, at the boundary, for flags, variables and the config file alike."""
-    return None if value is None else Path(value).expanduser()
-
-
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="Log details, and show tracebacks on errors.")
 @click.version_option(__version__, prog_name="ragged")
@@ -68,34 +65,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     _setup_logging(verbose)
-
-
-def index_option(f: Any) -> Any:
-    return click.option(
-        "--index", "index_dir", type=click.Path(path_type=Path), envvar="RAGGED_INDEX", show_envvar=True,
-        default=lambda: setting("index") or default_index_dir(), callback=_expand, help="Index folder.",
-    )(f)
-
-
-def device_option(f: Any) -> Any:
-    return click.option(
-        "--device", envvar="RAGGED_DEVICE", show_envvar=True, default=lambda: setting("device", "auto"),
-        help="auto, cpu, cuda, cuda:N, xpu or mps. Only auto may fall back to the CPU.",
-    )(f)
-
-
-def memory_target_option(f: Any) -> Any:
-    return click.option(
-        "--memory-target", type=click.FloatRange(0.2, 1.0), envvar="RAGGED_MEMORY_TARGET", show_envvar=True,
-        default=lambda: setting("memory_target", 0.75),
-        help="Share of a device ragged aims to use; batches and models stay under it less a 10% margin.",
-    )(f)
-
-
-def _policy(memory_target: float) -> Any:
-    from ragged.gpu.policy import MemoryPolicy
-
-    return MemoryPolicy(target_utilisation=memory_target)
 
 
 @cli.command()
@@ -130,7 +99,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
     resolve_model(chosen, cache_dir())
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
-                            cache_dir=cache_dir(), prune=prune, policy=_policy(memory_target))
+                            cache_dir=cache_dir(), prune=prune, policy=policy(memory_target))
     with IngestProgress(err, enabled=not as_json) as progress:
         report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
     for problem in report.problems:
@@ -152,18 +121,29 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
 @device_option
 @click.option("--model", default=None, help="Refuse to search unless the index was built by this model.")
 @memory_target_option
+@click.option("--server", default=None, help="Search through this running 'ragged serve' (URL). Default: the "
+                                             "index's own server if one runs, else in this process.")
+@click.option("--token", envvar="RAGGED_TOKEN", show_envvar=True, default=None, help="The server's token.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
-           as_json: bool) -> None:
+           server: str | None, token: str | None, as_json: bool) -> None:
     """Find the pages that best answer QUERY (exact MaxSim)."""
     from rich.table import Table
 
-    from ragged.gpu import default_device_manager
-    from ragged.index.query import search as run_search
+    from ragged.index.results import check_query
+    from ragged.serve.client import find_server
 
-    default_device_manager().get_optimal_device(device)
-    result = run_search(query, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
-                        policy=_policy(memory_target))
+    text = check_query(query)
+    url = server or find_server(index_dir, token)
+    if url is not None:
+        result = _remote_search(url, text, k, token, model)
+    else:
+        from ragged.gpu import default_device_manager
+        from ragged.index.query import search as run_search
+
+        default_device_manager().get_optimal_device(device)
+        result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
+                            policy=policy(memory_target))
     for notice in result.notices:
         err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
@@ -176,6 +156,21 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     for n, hit in enumerate(result.hits, 1):
         table.add_row(str(n), f"{hit.score:.3f}", plain(hit.path), str(hit.page))
     out.print(table)
+
+
+def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None) -> Any:
+    """A SearchResult from a running server (same output as in-process)."""
+    from ragged.embeddings.names import stored_name
+    from ragged.errors import ModelMismatchError
+    from ragged.index.results import SearchHit, SearchResult
+    from ragged.serve.client import remote_search
+
+    data = remote_search(url, query, k, token)
+    if model is not None and stored_name(model) != data["model"]:
+        raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
+    hits = [SearchHit(h["path"], int(h["page"]), float(h["score"]), h["doc_hash"]) for h in data["hits"]]
+    return SearchResult(data["query"], hits, data["model"], f"{data['device']} via {url}", int(data["pages_searched"]),
+                        float(data["ms"]) / 1000, list(data.get("notices", [])))
 
 
 @cli.command("list")
@@ -243,6 +238,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
 
 
 cli.add_command(gpu)
+cli.add_command(serve)
 
 
 def run() -> None:

@@ -292,6 +292,14 @@ class ColPaliEmbedder:
             raise OutOfMemoryRecoveryError("A query could not be embedded.")
         return out
 
+    def query_tokens(self, text: str) -> tuple[list[str], set[str]]:
+        """The tokens whose vectors :meth:`embed_queries` gives for ``text``, in
+        order, and which of them are special (prompt, padding, markers)."""
+        inputs = self.processor.process_queries([self._bounded(text)])
+        ids = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
+        tokenizer = self.processor.tokenizer
+        return list(tokenizer.convert_ids_to_tokens(ids)), set(tokenizer.all_special_tokens)
+
     def _bounded(self, text: str) -> str:
         tokenizer = self.processor.tokenizer
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]

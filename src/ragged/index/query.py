@@ -3,47 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
 from ragged.embeddings.names import stored_name
-from ragged.errors import EmptyQueryError, ModelMismatchError
+from ragged.errors import ModelMismatchError
 from ragged.gpu.device_manager import DeviceHint
 from ragged.gpu.policy import MemoryPolicy
-from ragged.index.search import MaxSimSearcher, SearchHit
+from ragged.index.results import SearchResult, check_query
+from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Hits for one query, with what produced them."""
-
-    query: str
-    hits: list[SearchHit]
-    model: str
-    device: str
-    pages_searched: int
-    seconds: float
-    notices: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON output."""
-        return {
-            "query": self.query, "model": self.model, "device": self.device,
-            "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
-            "notices": list(self.notices),
-            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash}
-                     for n, h in enumerate(self.hits, 1)],
-        }
-
-
-def check_query(query: str) -> str:
-    """The query, stripped; an empty one is an error."""
-    if not query or not query.strip():
-        raise EmptyQueryError("Empty query: give a few words to search for.")
-    return query.strip()
 
 
 def check_model(store: IndexStore, model: str | None) -> None:
@@ -71,3 +40,6 @@ def search(query: str, index_dir: Path, *, k: int = 10, device: DeviceHint = Non
         hits = searcher.search(queries, k)[0]
         return SearchResult(text, hits, store.meta.model, embedder.device.label, len(searcher.catalog.pages),
                             time.perf_counter() - started, list(embedder.last_query_notices))
+
+
+__all__ = ["SearchResult", "check_model", "check_query", "search"]

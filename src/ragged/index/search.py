@@ -34,23 +34,16 @@ from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
 from ragged.index.catalog import Catalog
 from ragged.index.maxsim import QueryBlock
+from ragged.index.results import SearchHit
 from ragged.index.store import IndexStore
 
 CPU_CHUNK_VECTORS = 16_384  # 8 MiB of f32 vectors: stays in cache, measured fastest on the CPU
 MAX_GPU_CHUNK_VECTORS = 4_000_000
 MIN_CHUNK_VECTORS = 1_024
 SEARCH_WORK = "search"
+
+__all__ = ["Block", "MaxSimSearcher", "SearchHit", "SegmentSource", "VectorSource", "chunk_vectors", "top_k"]
 _TORCH_THREADS = threading.Lock()
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One result: a page and its MaxSim score."""
-
-    path: str
-    page: int
-    score: float
-    doc_hash: str
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def inspect_kind(path: Path) -> DocumentKind:
+    """Whether ``path`` holds a PDF or an image (an InputError otherwise)."""
+    return _sniff(path)
+
+
 def _sniff(path: Path) -> DocumentKind:
     try:
         with path.open("rb") as fh:

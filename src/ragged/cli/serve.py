@@ -1,0 +1,93 @@
+"""``ragged serve``: the resident search service."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ragged.cli.options import device_option, index_option, memory_target_option
+from ragged.cli.output import fail, out, safe
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device: str, token: str | None,
+               memory_target: float, cache_dir: Path) -> None:
+    """Serve ``index_dir`` until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from ragged.gpu.policy import MemoryPolicy
+    from ragged.serve.app import create_app
+    from ragged.serve.record import remove_record, write_record
+    from ragged.serve.service import SearchService, ServiceConfig
+
+    service = SearchService(ServiceConfig(index_dir=index_dir, device=device, cache_dir=cache_dir,
+                                          idle_unload_s=idle_unload or None,
+                                          policy=MemoryPolicy(target_utilisation=memory_target)))
+    starter = threading.Thread(target=service.start, name="ragged-start", daemon=True)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        starter.start()  # /health answers at once; /ready once the model and index are in
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(service.close)
+            remove_record(index_dir)
+
+    app = create_app(service, token=token)
+    app.router.lifespan_context = lifespan
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.servers:
+                bound = self.servers[0].sockets[0].getsockname()
+                url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+                recorded = write_record(index_dir, url, token_required=bool(token))
+                note = "" if recorded else " (the index folder is read-only: 'ragged search' will not find it)"
+                out.print(f"ragged: serving {safe(index_dir)} on {url}{note}; Ctrl-C to stop", soft_wrap=True)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
+                            lifespan="on", access_log=False)
+    Server(config).run()
+
+
+@click.command()
+@index_option
+@click.option("--host", default="127.0.0.1", help="Address to listen on; anything but loopback needs --token.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")
+@click.option("--idle-unload", type=click.FloatRange(min=0), default=300.0,
+              help="Seconds without a query before the model is unloaded; 0 keeps it loaded.")
+@device_option
+@click.option("--token", envvar="RAGGED_TOKEN", show_envvar=True, default=None,
+              help="Require 'Authorization: Bearer TOKEN' on every request but /health.")
+@memory_target_option
+def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str, token: str | None,
+          memory_target: float) -> None:
+    """Serve the index: a web page, a JSON API and metrics, with the model kept ready."""
+    from ragged.gpu import default_device_manager
+    from ragged.index.store import IndexStore
+    from ragged.paths import cache_dir
+
+    if not _loopback(host) and not token:
+        fail(f"Listening on {host} would expose your documents to the network: give --token "
+             "(or RAGGED_TOKEN), or keep the default --host 127.0.0.1.", code=2)
+    if IndexStore.read_meta(index_dir) is None:
+        fail(f"No index at {index_dir}: run 'ragged ingest' first, or pass --index.")
+    default_device_manager().get_optimal_device(device)
+    run_server(index_dir, host, port, idle_unload, device, token, memory_target, cache_dir())

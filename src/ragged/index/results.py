@@ -1,0 +1,48 @@
+"""Search results: light records, importable without torch or LanceDB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragged.errors import EmptyQueryError
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One result: a page and its MaxSim score."""
+
+    path: str
+    page: int
+    score: float
+    doc_hash: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits for one query, with what produced them."""
+
+    query: str
+    hits: list[SearchHit]
+    model: str
+    device: str
+    pages_searched: int
+    seconds: float
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON output."""
+        return {
+            "query": self.query, "model": self.model, "device": self.device,
+            "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
+            "notices": list(self.notices),
+            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash}
+                     for n, h in enumerate(self.hits, 1)],
+        }
+
+
+def check_query(query: str) -> str:
+    """The query, stripped; an empty one is an error."""
+    if not query or not query.strip():
+        raise EmptyQueryError("Empty query: give a few words to search for.")
+    return query.strip()

@@ -1,0 +1,217 @@
+"""The HTTP face of the service (Starlette).
+
+Every error is a JSON body ``{"error": ...}`` with a fitting status (400,
+401, 404, 405, 410, 413, 503), never a traceback. With a token, every
+request but ``/health`` and the sign-in page must carry it, as
+``Authorization: Bearer TOKEN`` or as the cookie the sign-in page sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from importlib import resources
+from typing import Any
+
+from loguru import logger
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ragged.errors import RaggedError
+from ragged.serve.metrics import CONTENT_TYPE, ServiceMetrics
+from ragged.serve.pages import PageUnavailable
+from ragged.serve.service import SearchService, ServiceUnavailable
+
+COOKIE = "ragged_token"
+PUBLIC = {"/health", "/login"}
+MAX_BODY_BYTES = 64 * 1024
+
+
+class ClientError(RaggedError):
+    """A request the service will not answer as asked."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _static(name: str) -> str:
+    return resources.files("ragged.serve").joinpath("static", name).read_text(encoding="utf-8")
+
+
+class _Guard(BaseHTTPMiddleware):
+    """Token and body-size checks before any handler runs."""
+
+    def __init__(self, app: Any, token: str | None, max_body: int) -> None:
+        super().__init__(app)
+        self.token, self.max_body = token, max_body
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if self.token and request.url.path not in PUBLIC:
+            header = request.headers.get("authorization", "")
+            given = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                if request.method == "GET" and request.url.path == "/":
+                    return RedirectResponse("/login", status_code=303)
+                return _error(401, "Missing or wrong token: send 'Authorization: Bearer TOKEN'.")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return _error(413, f"Request body over {self.max_body:,} bytes.")
+        return await call_next(request)
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ClientError(f"Request body over {limit:,} bytes.", 413)
+    try:
+        data = json.loads(body or b"null")
+    except ValueError:
+        raise ClientError("The body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ClientError("The body must be a JSON object.")
+    return data
+
+
+def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], int, bool]:
+    """(queries, k, single) from a /search body, checked against the limits."""
+    config = service.config
+    if ("query" in data) == ("queries" in data):
+        raise ClientError("Give either 'query' (a string) or 'queries' (a list of strings).")
+    single = "query" in data
+    queries = [data["query"]] if single else data["queries"]
+    if not isinstance(queries, list) or not queries or len(queries) > config.max_queries:
+        raise ClientError(f"'queries' must be a list of 1 to {config.max_queries} strings.")
+    for query in queries:
+        if not isinstance(query, str) or not query.strip():
+            raise ClientError("Every query must be a non-empty string.")
+        if len(query) > config.max_query_chars:
+            raise ClientError(f"A query is longer than {config.max_query_chars:,} characters.", 413)
+    k = data.get("k", 10)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= config.max_k:
+        raise ClientError(f"'k' must be an integer from 1 to {config.max_k}.")
+    return [q.strip() for q in queries], k, single
+
+
+def create_app(service: SearchService, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               metrics: ServiceMetrics | None = None) -> Starlette:
+    """The ASGI application over ``service``."""
+    metrics = metrics or ServiceMetrics(service)
+
+    async def index(request: Request) -> Response:
+        return HTMLResponse(_static("index.html"))
+
+    async def login(request: Request) -> Response:
+        if request.method == "POST":
+            form = await request.form()
+            given = str(form.get("token", ""))
+            if token and hmac.compare_digest(given.encode(), token.encode()):
+                response = RedirectResponse("/", status_code=303)
+                response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
+                return response
+            return HTMLResponse(_static("login.html").replace("<!--error-->", "<p class=error>Wrong token.</p>"),
+                                status_code=401)
+        return HTMLResponse(_static("login.html"))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "index": str(service.config.index_dir)})
+
+    async def ready(request: Request) -> Response:
+        ok, reason = service.readiness()
+        return JSONResponse({"ready": ok, "reason": reason, "pages": service.pages, "model": service.model_name},
+                            status_code=200 if ok else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    async def search(request: Request) -> Response:
+        started = time.perf_counter()
+        queries, k, single = _queries(await _json_body(request, max_body_bytes), service)
+        answer = await asyncio.wrap_future(service.search(queries, k))
+        results = [{"query": q, "hits": [
+            {"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
+             "image": f"/pages/{h.doc_hash}/{h.page}.png"} for n, h in enumerate(hits, 1)]}
+            for q, hits in zip(queries, answer.hits, strict=True)]
+        seconds = time.perf_counter() - started
+        metrics.queries.inc(len(queries))
+        metrics.latency.observe(seconds)
+        body: dict[str, Any] = {
+            "model": answer.model, "device": answer.device, "ms": round(seconds * 1000, 2),
+            "compute_ms": round(answer.compute_ms, 2), "batch_queries": answer.batch_queries,
+            "model_load_ms": None if answer.model_load_ms is None else round(answer.model_load_ms, 1),
+            "pages_searched": service.pages, "notices": answer.notices, "results": results,
+        }
+        if single:
+            body["query"], body["hits"] = results[0]["query"], results[0]["hits"]
+        return JSONResponse(body)
+
+    async def page_image(request: Request) -> Response:
+        doc_hash = request.path_params["doc_hash"]
+        try:
+            page = int(request.path_params["page"])
+            width = int(request.query_params.get("width", "640"))
+        except ValueError:
+            raise ClientError("Page and width must be whole numbers.") from None
+        if not 16 <= width <= 4000:
+            raise ClientError("'width' must be from 16 to 4000 pixels.")
+        data = await asyncio.to_thread(service.page_png, doc_hash, page, width)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def heatmap(request: Request) -> Response:
+        data = await _json_body(request, max_body_bytes)
+        doc_hash, page, query = data.get("doc_hash"), data.get("page"), data.get("query")
+        if not isinstance(doc_hash, str) or not isinstance(page, int) or not isinstance(query, str) or not query:
+            raise ClientError("Give 'doc_hash' (string), 'page' (integer) and 'query' (string).")
+        if len(query) > service.config.max_query_chars:
+            raise ClientError(f"The query is longer than {service.config.max_query_chars:,} characters.", 413)
+        return JSONResponse(await asyncio.wrap_future(service.heatmap(doc_hash, page, query.strip())))
+
+    async def client_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ClientError | PageUnavailable)
+        return _error(exc.status, str(exc))
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        return _error(503, str(exc))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        logger.opt(exception=exc).error("Internal error on {}", request.url.path)
+        return _error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
+
+    async def ragged_error(request: Request, exc: Exception) -> Response:
+        return _error(503, str(exc))
+
+    routes = [
+        Route("/", index),
+        Route("/login", login, methods=["GET", "POST"]),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/metrics", metrics_endpoint),
+        Route("/search", search, methods=["POST"]),
+        Route("/heatmap", heatmap, methods=["POST"]),
+        Route("/pages/{doc_hash}/{page}.png", page_image),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_Guard, token=token, max_body=max_body_bytes)],
+        exception_handlers={
+            ClientError: client_error, PageUnavailable: client_error, ServiceUnavailable: unavailable,
+            HTTPException: http_error, RaggedError: ragged_error, Exception: internal,
+        },
+    )

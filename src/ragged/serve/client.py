@@ -1,0 +1,60 @@
+"""Talking to a running ``ragged serve`` from the command line (standard
+library only: a search through a server starts in a fraction of a second)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from ragged.errors import RaggedError
+from ragged.serve.record import read_record
+
+
+class ServerError(RaggedError):
+    """The server answered with an error, or could not be reached."""
+
+
+def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: float) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise ServerError(f"The server at {url} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise ServerError(f"Cannot reach the server at {url} ({exc}); is 'ragged serve' running?") from None
+
+
+def find_server(index_dir: Path, token: str | None = None) -> str | None:
+    """The URL of a live server of ``index_dir``, or None (no record, or a stale one)."""
+    record = read_record(index_dir)
+    if record is None:
+        return None
+    try:
+        health = _request(record.url.rstrip("/") + "/health", None, token, timeout=1.0)
+    except ServerError as exc:
+        logger.debug("ignoring the server record: {}", exc)
+        return None
+    if Path(str(health.get("index", ""))).resolve() != index_dir.resolve():
+        return None
+    return record.url
+
+
+def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600) -> dict[str, Any]:
+    """The server's answer to one query (its JSON body)."""
+    return _request(url.rstrip("/") + "/search", {"query": query, "k": k}, token or os.environ.get("RAGGED_TOKEN"),
+                    timeout)

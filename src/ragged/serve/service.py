@@ -1,0 +1,317 @@
+"""The search service: the index and the query model, held under the resource manager.
+
+One worker thread owns the model and the resident index. Search requests
+that arrive while it is busy wait in a queue and are then answered
+together: their queries are embedded in one batch and scored in one pass
+over the page vectors, which is where the time goes. The batch of requests
+runs through the same :class:`~ragged.gpu.batch_runner.BatchRunner` and
+recovery engine as ingest: a batch that runs out of memory is split, and a
+request that cannot be answered fails alone, so no request is dropped or
+answered with another's hits.
+
+The model is held by a :class:`~ragged.gpu.model_manager.ModelManager` with
+an idle timeout: unloaded when no query came for a while (its memory
+returned), loaded again by the next query, which says so in its timing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from loguru import logger
+
+from ragged.embeddings.colpali_embedder import ColPaliEmbedder
+from ragged.errors import RaggedError
+from ragged.gpu import ItemFailure, ModelManager, OOMHandler
+from ragged.gpu.batch_runner import BatchRunner
+from ragged.gpu.policy import MemoryPolicy
+from ragged.index.resident import ResidentIndex
+from ragged.index.search import MaxSimSearcher, SearchHit, top_k
+from ragged.index.store import IndexStore
+from ragged.serve.heatmap import heatmap
+from ragged.serve.pages import PageRenderer, PageUnavailable
+
+T = TypeVar("T")
+REQUESTS = "requests"  # the kind of work the request batches are, for the OOM engine
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings of one server."""
+
+    index_dir: Path
+    device: str = "auto"
+    idle_unload_s: float | None = 300.0  # None: keep the model loaded
+    cache_dir: Path | None = None
+    policy: MemoryPolicy = field(default_factory=MemoryPolicy)
+    max_query_chars: int = 2000
+    max_queries: int = 32  # per request
+    max_k: int = 1000
+    max_batch_queries: int = 64  # queries embedded and scored in one pass
+    refresh_s: float = 2.0  # how often the index is checked for new commits
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Hits for each query of one request, and what produced them."""
+
+    hits: list[list[SearchHit]]
+    model: str
+    device: str
+    batch_queries: int  # queries in the pass this request shared
+    compute_ms: float
+    model_load_ms: float | None  # set when the model had to be loaded for this pass
+    notices: list[str]
+
+
+class ServiceUnavailable(RaggedError):
+    """The service cannot answer now (503)."""
+
+
+@dataclass
+class _Request:
+    queries: list[str]
+    k: int
+    future: Future[Answer]
+
+
+class SearchService:
+    """Holds one index and its query model; answers searches in batches."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.store = IndexStore.open(config.index_dir)
+        assert self.store.meta is not None
+        self.model_name = self.store.meta.model
+        self.oom_handler: OOMHandler | None = None
+        self.models: ModelManager | None = None
+        self.embedder: ColPaliEmbedder | None = None
+        self.resident: ResidentIndex | None = None
+        self.renderer = PageRenderer(config.index_dir)
+        self.model_error: str | None = None
+        self.queries_total = 0
+        self.failures_total = 0
+        self.batch_sizes: list[int] = []
+        self._outcomes: deque[bool] = deque(maxlen=3)
+        self._pending: list[_Request] = []
+        self._lock = threading.Lock()
+        self._scheduled = False
+        self._worker = ThreadPoolExecutor(1, "ragged-serve")
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+        self.on_batch: Callable[[int, float], None] | None = None  # (queries, seconds): for metrics
+
+    # -- life -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the model and the index on the worker; failures make the
+        service not ready, never stop it."""
+        self._run(self._start).result()
+        self._refresher = threading.Thread(target=self._refresh_loop, name="ragged-refresh", daemon=True)
+        self._refresher.start()
+
+    def _start(self) -> None:
+        from ragged.gpu import default_device_manager
+
+        manager = default_device_manager()
+        self.oom_handler = OOMHandler(manager)
+        self.models = ModelManager(manager, idle_timeout_s=self.config.idle_unload_s, policy=self.config.policy)
+        if self.config.idle_unload_s:
+            self.models.start_reaper(interval_s=max(0.05, min(5.0, self.config.idle_unload_s / 4)))
+        with suppress(ServiceUnavailable):  # not ready, and /ready says why; a later search tries again
+            self._load_model()
+        device = self.embedder.device if self.embedder is not None else manager.get_optimal_device(self.config.device)
+        self.resident = ResidentIndex(self.store, device, manager, self.config.policy)
+        logger.info("Serving {} pages of {} with {} on {} ({} resident: {:.0f} MiB)", len(self.resident.catalog.pages),
+                    self.config.index_dir, self.model_name, device.label, self.resident.form,
+                    self.resident.memory_bytes / 2**20)
+
+    def _load_model(self) -> float | None:
+        """Load the model if it is not held; the milliseconds it took, or None."""
+        if self.embedder is not None and self.embedder.job.loaded:
+            return None
+        started = time.perf_counter()
+        try:
+            if self.embedder is None:
+                assert self.models is not None
+                self.embedder = ColPaliEmbedder(self.model_name, device=self.config.device,
+                                                cache_dir=self.config.cache_dir, model_manager=self.models,
+                                                policy=self.config.policy, oom_handler=self.oom_handler)
+            else:
+                self.embedder.job.model()
+        except RaggedError as exc:
+            self.model_error = str(exc)
+            logger.error("Loading the model failed: {}", exc)
+            raise ServiceUnavailable(f"The model could not be loaded: {exc}") from exc
+        self.model_error = None
+        return (time.perf_counter() - started) * 1000
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.config.refresh_s):
+            try:
+                self._run(self._refresh).result()
+            except Exception as exc:  # a damaged commit must not stop the service
+                logger.warning("Reading new documents failed: {}", exc)
+
+    def _refresh(self) -> bool:
+        return self.resident.refresh() if self.resident is not None else False
+
+    def close(self) -> None:
+        """Stop the worker (after the searches in flight) and release the model."""
+        self._stop.set()
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+        if self.resident is not None:
+            self.resident.release()
+        if self.embedder is not None:
+            self.embedder.close()
+        if self.models is not None:
+            self.models.close()
+
+    def _run(self, fn: Callable[[], T]) -> Future[T]:
+        return self._worker.submit(fn)
+
+    # -- state ------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): the index is open, the model loaded or loadable
+        (its last load did not fail), and the latest searches did not all fail."""
+        if self.resident is None:
+            return False, "starting: the index is not loaded yet"
+        if self.model_error is not None:
+            return False, f"the model failed to load: {self.model_error}"
+        if len(self._outcomes) == self._outcomes.maxlen and not any(self._outcomes):
+            return False, f"the last {len(self._outcomes)} searches failed"
+        return True, "ready"
+
+    @property
+    def pages(self) -> int:
+        """Pages being searched."""
+        return len(self.resident.catalog.pages) if self.resident is not None else 0
+
+    # -- searching --------------------------------------------------------
+
+    def search(self, queries: list[str], k: int) -> Future[Answer]:
+        """Answer ``queries`` (each the ``k`` best pages), batched with
+        whatever else is waiting."""
+        future: Future[Answer] = Future()
+        with self._lock:
+            self._pending.append(_Request(queries, k, future))
+            if not self._scheduled:
+                self._scheduled = True
+                self._run(self._drain)
+        return future
+
+    def _drain(self) -> None:
+        with self._lock:
+            pending, self._pending, self._scheduled = self._pending, [], False
+        group: list[_Request] = []
+        for request in pending:
+            if group and sum(len(r.queries) for r in group) + len(request.queries) > self.config.max_batch_queries:
+                self._answer(group)
+                group = []
+            group.append(request)
+        if group:
+            self._answer(group)
+
+    def _answer(self, group: list[_Request]) -> None:
+        started = time.perf_counter()
+        try:
+            load_ms = self._load_model()
+        except ServiceUnavailable as exc:
+            self._fail(group, exc)
+            return
+        assert self.embedder is not None and self.oom_handler is not None
+        notices_before = len(self.embedder.last_query_notices)
+        runner: BatchRunner[list[list[SearchHit]]] = BatchRunner(
+            self.embedder.device, None, self.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
+        )
+        costs = [sum(len(q) for q in r.queries) for r in group]
+        try:
+            results, _ = runner.run(costs, lambda indices, _device: self._pass([group[i] for i in indices]),
+                                    keep_going=True)
+        except Exception as exc:  # anything else: every request of the group gets the error, none is lost
+            logger.exception("Search failed")
+            self._fail(group, exc)
+            return
+        seconds = time.perf_counter() - started
+        queries = sum(len(r.queries) for r in group)
+        notices = self.embedder.last_query_notices[notices_before:]
+        self.batch_sizes.append(queries)
+        if self.on_batch is not None:
+            self.on_batch(queries, seconds)
+        for request, result in zip(group, results, strict=True):
+            if isinstance(result, ItemFailure):
+                self._fail([request], ServiceUnavailable(result.reason))
+                continue
+            self.queries_total += len(request.queries)
+            self._outcomes.append(True)
+            request.future.set_result(Answer(result, self.model_name, self.embedder.device.label, queries,
+                                             seconds * 1000, load_ms, list(notices)))
+
+    def _pass(self, requests: list[_Request]) -> list[list[list[SearchHit]]]:
+        """Embed every query of ``requests`` together and score them in one pass."""
+        assert self.embedder is not None and self.resident is not None
+        texts = [q for r in requests for q in r.queries]
+        vectors = self.embedder.embed_queries(texts)
+        searcher = MaxSimSearcher(self.resident, self.embedder.device, self.embedder.device_manager,
+                                  policy=self.config.policy, oom_handler=self.oom_handler)
+        scores = searcher.score_all(vectors)  # (pages, all queries)
+        pages = self.resident.catalog.pages
+        out: list[list[list[SearchHit]]] = []
+        column = 0
+        for request in requests:
+            per_query = []
+            for _ in request.queries:
+                col = scores[:, column]
+                per_query.append([SearchHit(pages[i].path, pages[i].page, float(col[i]), pages[i].doc_hash)
+                                  for i in top_k(col, request.k)])
+                column += 1
+            out.append(per_query)
+        return out
+
+    def _fail(self, requests: list[_Request], exc: BaseException) -> None:
+        for request in requests:
+            self.failures_total += 1
+            self._outcomes.append(False)
+            request.future.set_exception(exc if isinstance(exc, RaggedError) else ServiceUnavailable(
+                f"The search failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"))
+
+    # -- pages ------------------------------------------------------------
+
+    def page_png(self, doc_hash: str, page: int, width: int) -> bytes:
+        """A page image (see :class:`~ragged.serve.pages.PageRenderer`)."""
+        if self.resident is None:
+            raise ServiceUnavailable("starting: the index is not loaded yet")
+        return self.renderer.png(self.resident.catalog, doc_hash, page, width)
+
+    def heatmap(self, doc_hash: str, page: int, query: str) -> Future[dict[str, Any]]:
+        """The MaxSim heat-map of ``query`` over one page (on the worker)."""
+        return self._run(lambda: self._heatmap(doc_hash, page, query))
+
+    def _heatmap(self, doc_hash: str, page: int, query: str) -> dict[str, Any]:
+        assert self.resident is not None
+        record = self.renderer.record(self.resident.catalog, doc_hash, page)
+        if record.grid is None:
+            raise PageUnavailable("This page has no patch grid (its model has none, or it was ingested "
+                                  "before ragged stored them).", 404)
+        self._load_model()
+        assert self.embedder is not None
+        vectors = self.embedder.embed_queries([query])[0]  # (tokens, dim)
+        tokens, special = self.embedder.query_tokens(query)
+        if len(tokens) != len(vectors):
+            tokens = [f"#{i}" for i in range(len(vectors))]
+        page_vectors = np.asarray(self.resident.store.page_vectors(doc_hash, page))  # (n, dim)
+        result = heatmap(vectors, tokens, special, page_vectors, record.grid).to_dict()
+        result["score"] = float((vectors @ page_vectors.astype(np.float32).T).max(axis=1).sum())
+        return result
