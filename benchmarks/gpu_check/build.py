@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.full_size import BUILDS, build
-from benchmarks.gpu_check.probe import GIB
+from benchmarks.gpu_check.probe import GIB, release
 from benchmarks.gpu_check.worker import Context
 
 
@@ -35,8 +35,7 @@ def _one(ctx: Context, name: str) -> None:
     began = time.monotonic()
     build(name, folder, ctx.cache, torch.device(ctx.device), dtype, smoke=ctx.smoke)
     seconds = time.monotonic() - began
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release()
     files = list(folder.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in files)
     params = _parameters(files)

@@ -15,7 +15,6 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
 
 from benchmarks.gpu_check.worker import Context
 
@@ -149,7 +148,7 @@ def _import_ragged(ctx: Context) -> list[str]:
         from ragged.gpu.model_manager import ModelManager  # noqa: F401
     except Exception as exc:
         return [f"ragged cannot be imported: {type(exc).__name__}: {exc}"]
-    where = Path(ragged.__file__).parent
+    where = Path(ragged.__file__).resolve().parent
     ctx.rec.md("", f"- ragged {ragged.__version__} from {where}")
     if ROOT not in where.parents:
         return [f"ragged is imported from {where}, not from this checkout ({ROOT}): put src first on PYTHONPATH"]
@@ -175,7 +174,3 @@ def _processors(ctx: Context) -> bool:
                       "for a small page")
     return True
 
-
-def describe(record: dict[str, Any]) -> str:
-    """One line for a preflight check record."""
-    return f"{record['name']}: {record['detail']}"

@@ -12,6 +12,7 @@ more pages than the cap allows, so that the recovery paths run on the CPU.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +40,8 @@ def gib(n: float) -> str:
 
 
 def cuda() -> bool:
-    """True where the check runs on a CUDA card."""
-    return bool(torch.cuda.is_available())
+    """True where the check runs on a CUDA card (never in --smoke)."""
+    return os.environ.get("RAGGED_GPU_CHECK_SMOKE") != "1" and bool(torch.cuda.is_available())
 
 
 def sync() -> None:

@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)
+    os.environ["RAGGED_GPU_CHECK_SMOKE"] = "1" if args.smoke else "0"  # --smoke stays on the CPU, CUDA or not
     rec = Recorder(args.records)
     ctx = Context(args.section, args.smoke, args.work, args.pages, args.reps,
                   time.monotonic() + args.seconds, rec)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from benchmarks.gpu_check.cuda_tests import counts, cuda_test_files
 from benchmarks.gpu_check.orchestrate import Options, Orchestrator, Outcome, RecordReader, plan_seconds
 from benchmarks.gpu_check.sections import SECTIONS, Section
@@ -73,6 +74,7 @@ def smoke(work: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return check(["--smoke", "--work", str(work)], out, env={"RAGGED_GPU_CHECK_FAIL": INJECTED})
 
 
+@pytest.mark.slow
 def test_every_section_writes_its_markdown_and_json(smoke: Run) -> None:
     assert {p.name for p in smoke.out.iterdir()} == {"gpu_check.md", "gpu_check.json", "gpu_check.log"}
     for section in SECTIONS:
@@ -86,6 +88,7 @@ def test_every_section_writes_its_markdown_and_json(smoke: Run) -> None:
     assert "[sweep]" in smoke.log and "[gpu_check] sweep: ok" in smoke.log  # children's output is in the log
 
 
+@pytest.mark.slow
 def test_an_error_in_one_run_is_recorded_and_the_rest_still_runs(smoke: Run) -> None:
     assert smoke.code == 1
     errors = smoke.records("oom", "error")
@@ -99,6 +102,7 @@ def test_an_error_in_one_run_is_recorded_and_the_rest_still_runs(smoke: Run) -> 
     assert "injected failure" in smoke.md and "Traceback" in smoke.log
 
 
+@pytest.mark.slow
 def test_forced_ooms_are_asserted_and_recovered(smoke: Run) -> None:
     checks = {c["name"]: c for c in smoke.records("oom", "check")}
     assert checks["colqwen2-2b forced OOM"]["ok"], checks["colqwen2-2b forced OOM"]["detail"]
@@ -107,6 +111,7 @@ def test_forced_ooms_are_asserted_and_recovered(smoke: Run) -> None:
     assert forced["ooms_seen"] == 1 and forced["ooms_reported"] == 1 and forced["batch_sizes"] == [1, 1]
 
 
+@pytest.mark.slow
 def test_the_sweep_compares_like_with_like(smoke: Run) -> None:
     runs = smoke.records("sweep", "run")
     seen = {(r["cap"], r["label"], r["order"]) for r in runs}
@@ -123,6 +128,7 @@ def test_the_sweep_compares_like_with_like(smoke: Run) -> None:
     assert "Sorting alone" in smoke.md and "Sizing: adaptive / best fixed sorted" in smoke.md
 
 
+@pytest.mark.slow
 def test_a_hung_section_is_stopped_and_the_next_still_runs(smoke: Run, work: Path, tmp_path: Path) -> None:
     run = check(["--smoke", "--work", str(work), "--sections", "tests,build,sweep", "--section-s", "tests=5",
                  "--section-s", "sweep=1", "--kill-grace-s", "5"], tmp_path, env={"RAGGED_GPU_CHECK_HANG": "tests:*"})
@@ -134,6 +140,8 @@ def test_a_hung_section_is_stopped_and_the_next_still_runs(smoke: Run, work: Pat
     assert "timed out" in run.md and "[gpu_check] tests: past its 5 s, stopping it" in run.log
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA this would run the whole GPU check")
 def test_without_cuda_the_preflight_fails_in_seconds(tmp_path: Path) -> None:
     run = check([], tmp_path)
     assert run.code == 3
@@ -150,6 +158,7 @@ def orchestrator(tmp_path: Path, section: Section, grace: float) -> Orchestrator
     return Orchestrator(options, [])
 
 
+@pytest.mark.slow
 def test_a_section_that_ignores_sigterm_is_killed(tmp_path: Path) -> None:
     section = Section("hang", "Hangs", "benchmarks.gpu_check.cuda_tests:run", slot_s=1, cap_s=1)
     os.environ["RAGGED_GPU_CHECK_HANG"] = "hang:*"
