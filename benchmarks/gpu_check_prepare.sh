@@ -9,12 +9,14 @@
 # installed there into /tmp/site by the device command in docs/benchmarks.md.
 # Its image already has torch (CUDA), torchvision, tokenizers 0.23.2,
 # safetensors 0.8.0, huggingface_hub 1.33.0, numpy, pillow, psutil, click,
-# rich, regex, pyyaml, tqdm, typer, packaging, pytest and nvidia-ml-py, all
-# in versions ragged and transformers accept. It lacks loguru and
-# platformdirs, and its transformers (5.17.0) is older than pyproject.toml
-# allows (its ColModernVBert processor crashed in a CPU try). The list was
-# built by trying: a venv with the image's versions, these wheels installed
-# with the device command into a scratch folder, and the check's --smoke.
+# rich, regex, pyyaml, tqdm, typer, packaging, pytest and nvidia-ml-py. Its
+# transformers (5.17.0) is older than pyproject.toml allows (its
+# ColModernVBert processor crashed in a CPU try), but declares the same
+# requirements as 5.24.0 but for huggingface_hub, which 1.33.0 meets. It
+# lacks loguru and platformdirs. The list was built by trying: a venv with
+# the image's versions, these wheels installed with the device command into
+# a scratch folder, and the check's --smoke (docs/benchmarks.md); on the GPU
+# machine the check's preflight names anything still missing, in seconds.
 #
 # Every wheel below is pure Python, so --python changes nothing today; it
 # matters once a binary wheel joins the list (a cp312 build does not install
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --python) python_version=$2; shift 2 ;;
         --dest) dest=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set /p' "$0" | sed '$d'; exit 0 ;;
         *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -51,10 +51,12 @@ HEADERS = ["model", "run", "card", "pages back", "OOMs seen / reported by ragged
 def run(ctx: Context) -> None:
     n = min(ctx.pages, SMOKE_PAGES if ctx.smoke else MAX_PAGES)
     imgs = pages(n, seed=1, scale=SMOKE_SCALE if ctx.smoke else 1.0)
-    ctx.rec.md(f"{n} pages of mixed sizes. Cap: weights + {HEADROOM} x the largest one-page batch, rounded up to "
-               "1/4 GiB" + (f" (--smoke: a card of {SMOKE_CAP_PAGES} page per forward, emulated)" if ctx.smoke
-                            else "") + ". Peaks are the allocator's, weights included; the CUDA context sits "
-               "outside the cap.", "")
+    card = f" (--smoke: a card of {SMOKE_CAP_PAGES} page per forward, emulated)" if ctx.smoke else ""
+    ctx.rec.md(f"{n} pages of mixed sizes: a batch-of-one reference on the whole card, then on a card capped at "
+               f"the weights + {HEADROOM} x the largest one-page batch, rounded up to 1/4 GiB{card}, a fixed batch "
+               f"of all {n} with recovery on (no CPU fallback), which must run out of memory, and an adaptive run "
+               "free to take them all. Peaks are the allocator's, weights included; the CUDA context sits outside "
+               "the cap.", "")
     ctx.rec.table(HEADERS)
     for name in reversed(list(BUILDS)):  # the small model first: its figures come back even if the big one fails
         if ctx.time_left() <= 0:
@@ -82,6 +84,9 @@ def _model(ctx: Context, name: str, imgs: list[Image.Image]) -> None:
         try:
             cap.apply(meter)
             n = len(imgs)
+            if ctx.time_left() <= 0:
+                ctx.rec.row([name, "capped runs skipped: time limit", *["-"] * (len(HEADERS) - 2)])
+                return
             forced = ctx.attempt(f"{name} forced", partial(run_one, RunSpec(f"fixed {n}, recovery on", False, n), True))
             if forced is not None:
                 _row(ctx, name, forced, cap, ref)

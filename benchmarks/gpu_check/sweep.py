@@ -124,7 +124,8 @@ class Sweep:
     def run(self, spec: RunSpec, cap: Cap, rep: int) -> bool:
         """One timed run; False when the deadline stops the sweep."""
         key = f"{cap.label} | {spec.label} | {spec.order}"
-        guess = med(self.durations[key]) if self.durations[key] else 0.0
+        every = [d for ds in self.durations.values() for d in ds]
+        guess = med(self.durations[key]) if self.durations[key] else (med(every) if every else 0.0)
         if self.results and self.ctx.time_left() < 1.2 * guess + 1:
             self.ctx.rec.md(f"(Stopped in repetition {rep} before {key}: time limit.)", "")
             return False
@@ -145,7 +146,7 @@ def run(ctx: Context) -> None:
     if not (folder / "config.json").is_file():
         raise RuntimeError(f"{MODEL} was not built (see the build section)")
     imgs = pages(ctx.pages, seed=2, scale=SMOKE_SCALE if ctx.smoke else 1.0)
-    ctx.rec.md(f"ColQwen2 (2.2 B parameters{', one layer per tower' if ctx.smoke else ''}), "
+    ctx.rec.md(f"ColQwen2 (2.2 B parameters{'; --smoke: one layer per tower, small vocabulary' if ctx.smoke else ''}), "
                f"{'float32 on the CPU, caps emulated' if ctx.smoke else 'bf16'}; caps set with "
                "`torch.cuda.set_per_process_memory_fraction`. Pages/s is wall clock; *model* is the time "
                "inside the forward passes (GPU), *prepare* the preprocessing (CPU, overlapped with the model "
