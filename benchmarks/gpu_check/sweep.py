@@ -156,9 +156,9 @@ def run(ctx: Context) -> None:
         try:
             sweep.warm_up()
             sweep.repetitions()
-        finally:
-            FULL.apply(sweep.meter)
-            summary(ctx, sweep.results)
+        finally:  # also when stopped at the deadline: the runs so far make the tables
+            ctx.attempt("whole card again", partial(FULL.apply, sweep.meter))
+            ctx.attempt("summary", partial(summary, ctx, sweep.results))
 
 
 def summary(ctx: Context, results: list[dict[str, Any]]) -> None:

@@ -6,9 +6,10 @@ It appends one JSON record a line to ``--records`` as results come in (the
 orchestrator turns them into ``$OUT`` files while the section runs), catches
 errors per run and goes on, and stops cleanly at its deadline or on SIGTERM.
 
-For the check's own tests, two variables inject faults into runs whose
-label (``section:label``) matches one of their comma-separated glob patterns:
-``RAGGED_GPU_CHECK_FAIL`` raises an error there, ``RAGGED_GPU_CHECK_HANG``
+For the check's own tests, variables inject faults into runs whose label
+(``section:label``) matches one of their glob patterns (separated by ";"):
+``RAGGED_GPU_CHECK_FAIL`` raises an error there, ``RAGGED_GPU_CHECK_STOP``
+sends the worker the SIGTERM of a deadline, and ``RAGGED_GPU_CHECK_HANG``
 sleeps there until stopped (with ``RAGGED_GPU_CHECK_HANG_HARD=1`` it also
 ignores SIGTERM, so only SIGKILL ends it).
 """
@@ -48,7 +49,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def _matches(variable: str, label: str) -> bool:
-    patterns = [p.strip() for p in os.environ.get(variable, "").split(",") if p.strip()]
+    patterns = [p.strip() for p in os.environ.get(variable, "").split(";") if p.strip()]
     return any(fnmatch.fnmatchcase(label, p) for p in patterns)
 
 
@@ -124,6 +125,9 @@ class Context:
         full = f"{self.section}:{label}"
         began = time.monotonic()
         try:
+            if _matches("RAGGED_GPU_CHECK_STOP", full):
+                os.kill(os.getpid(), signal.SIGTERM)  # as the orchestrator does at a deadline
+                time.sleep(60)  # the handler raises Stopped first
             if _matches("RAGGED_GPU_CHECK_HANG", full):
                 _hang()
             if _matches("RAGGED_GPU_CHECK_FAIL", full):

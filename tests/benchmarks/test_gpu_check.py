@@ -24,6 +24,7 @@ from benchmarks.gpu_check.sections import SECTIONS, Section
 
 ROOT = Path(__file__).resolve().parents[2]
 INJECTED = "oom:colmodernvbert-250m forced"
+STOPPED = "sweep:full card | adaptive, no prefetch*"  # the sweep's last run: a deadline's SIGTERM there
 
 
 @dataclass
@@ -69,9 +70,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def smoke(work: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """The whole smoke check, with an error injected into one OOM-section run."""
+    """The whole smoke check, with an error injected into one OOM-section run and
+    the sweep stopped as at its deadline before its last run."""
     out = tmp_path_factory.mktemp("gpu-check-out")
-    return check(["--smoke", "--work", str(work)], out, env={"RAGGED_GPU_CHECK_FAIL": INJECTED})
+    return check(["--smoke", "--work", str(work)], out,
+                 env={"RAGGED_GPU_CHECK_FAIL": INJECTED, "RAGGED_GPU_CHECK_STOP": STOPPED})
 
 
 @pytest.mark.slow
@@ -85,7 +88,7 @@ def test_every_section_writes_its_markdown_and_json(smoke: Run) -> None:
     assert len(smoke.records("build", "data")) == 2
     assert "| colqwen2-2b | batch 1 (reference) | full card | 2/2 |" in smoke.md
     assert "### Cap: 8 GiB" in smoke.md and "### Cap: full card" in smoke.md
-    assert "[sweep]" in smoke.log and "[gpu_check] sweep: ok" in smoke.log  # children's output is in the log
+    assert "[sweep]" in smoke.log and "[gpu_check] build: ok" in smoke.log  # children's output is in the log
 
 
 @pytest.mark.slow
@@ -98,8 +101,20 @@ def test_an_error_in_one_run_is_recorded_and_the_rest_still_runs(smoke: Run) -> 
     runs = [(r["label"]) for r in smoke.records("oom", "run")]
     assert runs == ["batch 1 (reference)", "adaptive (up to 2)", "batch 1 (reference)", "fixed 2, recovery on",
                     "adaptive (up to 2)"]  # the same model's next run, then the other model
-    assert smoke.section("sweep")["status"] == "ok"
+    assert smoke.records("sweep", "run")  # the next section ran
     assert "injected failure" in smoke.md and "Traceback" in smoke.log
+
+
+@pytest.mark.slow
+def test_a_section_stopped_at_its_deadline_still_reports_its_runs(smoke: Run) -> None:
+    assert smoke.section("sweep")["status"].startswith("stopped at its deadline")
+    assert smoke.records("sweep", "stopped")
+    runs = smoke.records("sweep", "run")
+    assert len(runs) == 11 and all(r["status"] in ("ok", "oom") for r in runs)  # all but the last of 12
+    assert [s["cap"] for s in (d for d in smoke.records("sweep", "data") if d["what"] == "summary")] == [
+        "8 GiB", "full card"]  # the tables were written from the runs done
+    full = smoke.md.split("### Cap: full card")[1]
+    assert "| adaptive | by ragged |" in full and "adaptive, no prefetch" not in full
 
 
 @pytest.mark.slow
@@ -118,7 +133,8 @@ def test_the_sweep_compares_like_with_like(smoke: Run) -> None:
     for cap in ("8 GiB", "full card"):
         for size in (2, 4):
             assert {(cap, f"fixed {size}", "input"), (cap, f"fixed {size}", "sorted")} <= seen
-        assert (cap, "adaptive", "by ragged") in seen and (cap, "adaptive, no prefetch", "by ragged") in seen
+        assert (cap, "adaptive", "by ragged") in seen
+    assert ("8 GiB", "adaptive, no prefetch", "by ragged") in seen  # on the full card, stopped before it
     oom = [r for r in runs if r["cap"] == "8 GiB" and r["label"] == "fixed 4"]
     assert {r["status"] for r in oom} == {"oom"}  # no recovery for the baseline at the emulated 2-page card
     ok = [r for r in runs if r["status"] == "ok"]
