@@ -210,7 +210,25 @@ class Orchestrator:
         tee = threading.Thread(target=_tee, args=(proc.stdout, self.report, f"[{section.name}] "), daemon=True)
         tee.start()
         reader = RecordReader(records)
+        try:
+            code, timed_out = self._watch(proc, outcome, reader, allowed, began)
+        finally:
+            _signal_group(proc, signal.SIGKILL)  # anything the section left behind in its group
+        tee.join(timeout=5)
+        self._take(outcome, reader.new())
+        outcome.exit_code = code
+        outcome.seconds = time.monotonic() - began
+        outcome.status = self._status(outcome, code, timed_out)
+        self.report.log(f"[gpu_check] {section.name}: {outcome.status} in {outcome.seconds:.0f} s")
+        self.report.write()
+
+    def _watch(self, proc: subprocess.Popen[str], outcome: Outcome, reader: RecordReader, allowed: float,
+               began: float) -> tuple[int | None, bool]:
+        """Keep the files current until the child ends; SIGTERM at ``allowed``,
+        SIGKILL after the grace; give up on a child that will not die."""
+        name = outcome.section.name
         term_at: float | None = None
+        kill_at: float | None = None
         last_write = began
         while True:
             code = proc.poll()
@@ -222,23 +240,19 @@ class Orchestrator:
                 self.report.write()
                 last_write = now
             if code is not None:
-                break
+                return code, term_at is not None
             if term_at is None and now - began > allowed:
-                self.report.log(f"[gpu_check] {section.name}: past its {allowed:.0f} s, stopping it")
+                self.report.log(f"[gpu_check] {name}: past its {allowed:.0f} s, stopping it")
                 _signal_group(proc, signal.SIGTERM)
                 term_at = now
-            elif term_at is not None and now - term_at > self.o.kill_grace_s:
-                self.report.log(f"[gpu_check] {section.name}: still running, killing it")
+            elif term_at is not None and kill_at is None and now - term_at > self.o.kill_grace_s:
+                self.report.log(f"[gpu_check] {name}: still running, killing it")
                 _signal_group(proc, signal.SIGKILL)
+                kill_at = now
+            elif kill_at is not None and now - kill_at > 30:
+                self.report.log(f"[gpu_check] {name}: does not die; going on without it")
+                return None, True
             time.sleep(0.2)
-        _signal_group(proc, signal.SIGKILL)  # anything the section left behind in its group
-        tee.join(timeout=5)
-        self._take(outcome, reader.new())
-        outcome.exit_code = code
-        outcome.seconds = time.monotonic() - began
-        outcome.status = self._status(outcome, code, timed_out=term_at is not None)
-        self.report.log(f"[gpu_check] {section.name}: {outcome.status} in {outcome.seconds:.0f} s")
-        self.report.write()
 
     @staticmethod
     def _take(outcome: Outcome, fresh: list[dict[str, Any]]) -> None:
@@ -248,13 +262,13 @@ class Orchestrator:
                 outcome.md.append(record["text"])
 
     @staticmethod
-    def _status(outcome: Outcome, code: int, timed_out: bool) -> str:
+    def _status(outcome: Outcome, code: int | None, timed_out: bool) -> str:
         errors = sum(r["kind"] == "error" for r in outcome.records)
         failed = sum(r["kind"] == "check" and not r["ok"] for r in outcome.records)
         if timed_out:
             status = f"timed out after {outcome.seconds:.0f} s (results above are partial)"
-        elif code < 0:
-            status = f"crashed (signal {-code})"
+        elif code is None or code < 0:
+            status = f"crashed (signal {-code if code is not None else '?'})"
         elif code not in (0, STOPPED_EXIT):
             status = f"crashed (exit {code})"
         elif code == STOPPED_EXIT:
