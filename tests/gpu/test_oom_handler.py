@@ -235,3 +235,10 @@ class TestDecorator:
 
         with pytest.raises(ConfigurationError):
             work([1], device=DeviceInfo(device_type=DeviceType.CPU), batch_size=0)
+
+
+def test_without_batch_reduction_sizes_are_never_changed(gpu_manager: DeviceManager) -> None:
+    cuda0 = gpu_manager.get_optimal_device("cuda:0")
+    fixed = OOMHandler(gpu_manager, enable_batch_reduction=False)
+    fixed.learn_oom(cuda0, 8)
+    assert fixed.ceiling(cuda0) == 7 and fixed.clamp(cuda0, 8) == 8  # learnt, but a fixed size stays fixed

@@ -53,6 +53,10 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
     app.router.lifespan_context = lifespan
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a graceful stop exits 0; uvicorn would re-raise the signal
+
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.servers:
@@ -65,6 +69,7 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30,
                             lifespan="on", access_log=False)
     Server(config).run()
+    out.print("ragged: stopped; requests in flight were answered and the model released.")
 
 
 @click.command()

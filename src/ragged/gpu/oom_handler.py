@@ -211,7 +211,10 @@ class OOMHandler:
         return None if lesson is None else lesson.ceiling
 
     def clamp(self, device: DeviceInfo, size: int, work: str = "batch") -> int:
-        """``size`` capped by what OOMs taught."""
+        """``size`` capped by what OOMs taught (unless batch reduction is off:
+        then the size is never changed)."""
+        if not self.enable_batch_reduction:
+            return size
         ceiling = self.ceiling(device, work)
         return size if ceiling is None else max(1, min(size, ceiling))
 

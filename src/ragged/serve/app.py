@@ -14,6 +14,7 @@ import json
 import time
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 from loguru import logger
 from starlette.applications import Starlette
@@ -116,8 +117,8 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
 
     async def login(request: Request) -> Response:
         if request.method == "POST":
-            form = await request.form()
-            given = str(form.get("token", ""))
+            body = (await request.body())[:4096].decode("utf-8", "replace")
+            given = parse_qs(body).get("token", [""])[0]  # a urlencoded form: no multipart parser needed
             if token and hmac.compare_digest(given.encode(), token.encode()):
                 response = RedirectResponse("/", status_code=303)
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")

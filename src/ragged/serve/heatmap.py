@@ -4,7 +4,8 @@ For each query token, its similarity with every image patch of the page
 (the page's patch grid, recorded at ingest) is a map; MaxSim scores the
 page by each token's best patch. Maps are scaled to [0, 1] per token; the
 overall map is their mean over the query's own tokens (special tokens left
-out), the way ColPali's interpretability plots show them.
+out) scaled to [0, 1] again, the way ColPali's interpretability plots show
+them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def heatmap(query: np.ndarray, tokens: list[str], special: set[str], page: np.nd
     span = np.maximum(sims.max(axis=1, keepdims=True) - low, 1e-6)
     scaled = (sims - low) / span  # (qt, p) in [0, 1]
     content = [i for i, t in enumerate(tokens) if t not in special] or list(range(len(tokens)))
-    overall = scaled[content].mean(axis=0)  # (p,)
+    mean = scaled[content].mean(axis=0)  # (p,)
+    overall = (mean - mean.min()) / max(float(mean.max() - mean.min()), 1e-6)  # full contrast
     maps = [TokenMap(tokens[i], float(sims[i].max()), _rounded(scaled[i])) for i in content]
     return Heatmap(grid.rows, grid.cols, _rounded(overall), maps)
 

@@ -1,0 +1,210 @@
+"""The HTTP API in process (Starlette's test client): answers, limits, token."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from ragged.embeddings import ColPaliEmbedder
+from ragged.gpu import DeviceManager
+from ragged.index.search import MaxSimSearcher
+from ragged.index.store import IndexStore
+from ragged.serve.app import create_app
+from ragged.serve.service import SearchService, ServiceConfig
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def service(sample_index: Path, model_cache: Path) -> Iterator[SearchService]:
+    running = SearchService(ServiceConfig(index_dir=sample_index, cache_dir=model_cache, idle_unload_s=None,
+                                          max_queries=4, max_query_chars=200))
+    running.start()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def client(service: SearchService) -> Iterator[TestClient]:
+    with TestClient(create_app(service), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def reference(sample_index: Path, model_cache: Path) -> Iterator[ColPaliEmbedder]:
+    with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
+        yield emb
+
+
+def serial_hits(index: Path, embedder: ColPaliEmbedder, query: str, k: int) -> list[tuple[str, int, float]]:
+    searcher = MaxSimSearcher(IndexStore.open(index), DeviceManager().cpu())
+    return [(h.doc_hash, h.page, h.score) for h in searcher.search(embedder.embed_queries([query]), k)[0]]
+
+
+def test_search_answers_like_an_in_process_search(client: TestClient, sample_index: Path,
+                                                  reference: ColPaliEmbedder) -> None:
+    response = client.post("/search", json={"query": "quarterly revenue", "k": 4})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "tiny-colpali" and body["device"] == "cpu" and body["pages_searched"] == 6
+    assert body["ms"] > 0 and body["model_load_ms"] is None  # kept loaded
+    got = [(h["doc_hash"], h["page"], h["score"]) for h in body["hits"]]
+    want = serial_hits(sample_index, reference, "quarterly revenue", 4)
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-4)
+    assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4]
+    assert all(h["image"] == f"/pages/{h['doc_hash']}/{h['page']}.png" and h["path"].endswith(".pdf")
+               for h in body["hits"])
+
+
+def test_several_queries_in_one_request(client: TestClient) -> None:
+    body = client.post("/search", json={"queries": ["lemon tart", "rent deposit"], "k": 2}).json()
+    assert [r["query"] for r in body["results"]] == ["lemon tart", "rent deposit"]
+    assert all(len(r["hits"]) == 2 for r in body["results"]) and body["batch_queries"] >= 2
+    assert "hits" not in body  # only a single 'query' gets the shortcut
+
+
+def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path) -> None:
+    hit = client.post("/search", json={"query": "tart", "k": 1}).json()["hits"][0]
+    response = client.get(hit["image"] + "?width=300")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.width == 320  # the cached width at or above the one asked
+    cached = sample_index / ".cache" / "pages" / hit["doc_hash"] / f"{hit['page']}-320.png"
+    assert cached.read_bytes() == response.content
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/pages/../../../etc/passwd.png", 404),
+    ("/pages/" + "0" * 64 + "/1.png", 404),
+    ("/pages/..%2F..%2Fetc%2Fpasswd/1.png", 404),
+    ("/pages/not-a-hash/1.png", 404),
+    ("/pages/" + "a" * 64 + "/one.png", 400),
+    ("/nothing-here", 404),
+])
+def test_no_request_path_reaches_the_file_system(client: TestClient, path: str, status: int) -> None:
+    response = client.get(path)
+    assert response.status_code == status
+    assert "error" in response.json() and "root:" not in response.text
+
+
+def test_a_changed_file_is_not_served(client: TestClient, service: SearchService, tmp_path: Path) -> None:
+    record = service.resident.catalog.pages[0] if service.resident else None
+    assert record is not None
+    renderer = service.renderer
+    original = Path(record.path).read_bytes()
+    cached = renderer.cache_dir / record.doc_hash / f"{record.page}-2000.png"
+    assert not cached.exists()
+    Path(record.path).write_bytes(original + b"\n% edited\n")
+    try:
+        response = client.get(f"/pages/{record.doc_hash}/{record.page}.png?width=1999")
+        assert response.status_code == 410 and "changed since it was ingested" in response.json()["error"]
+    finally:
+        Path(record.path).write_bytes(original)
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"query": "", "k": 3}, 400, "non-empty string"),
+    ({"query": "x" * 201}, 413, "longer than 200"),
+    ({"query": "tart", "k": 0}, 400, "from 1 to 1000"),
+    ({"query": "tart", "k": 1001}, 400, "from 1 to 1000"),
+    ({"query": "tart", "k": "3"}, 400, "from 1 to 1000"),
+    ({"queries": ["a", "b", "c", "d", "e"]}, 400, "1 to 4 strings"),
+    ({"queries": "tart"}, 400, "1 to 4 strings"),
+    ({"query": "a", "queries": ["b"]}, 400, "either 'query'"),
+    ({}, 400, "either 'query'"),
+    ([1, 2], 400, "JSON object"),
+])
+def test_bad_requests_get_clear_json_errors(client: TestClient, body: object, status: int, message: str) -> None:
+    response = client.post("/search", json=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_malformed_and_oversized_bodies(client: TestClient) -> None:
+    bad = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    big = client.post("/search", content=b"x" * 70_000, headers={"content-type": "application/json"})
+    assert big.status_code == 413 and "over 65,536 bytes" in big.json()["error"]
+    wrong_method = client.get("/search")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+
+
+def test_health_ready_and_metrics(client: TestClient) -> None:
+    assert client.get("/health").json()["status"] == "ok"
+    ready = client.get("/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["pages"] == 6
+    client.post("/search", json={"query": "tart"})
+    text = client.get("/metrics").text
+    for name in ("ragged_queries_total", "ragged_request_seconds_bucket", "ragged_query_batch_size_count",
+                 'ragged_oom_recoveries_total{strategy="reduce_batch"}', 'ragged_model_events_total{event="load"}',
+                 "ragged_index_pages 6.0", 'ragged_resident_bytes{form="f32 in RAM"}', "ragged_model_loaded 1.0",
+                 "ragged_device_memory_bytes"):
+        assert name in text, name
+
+
+def test_the_web_page_is_self_contained(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "<form id=\"search\"" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+
+
+def test_heatmap_for_a_colpali_page(client: TestClient) -> None:
+    hit = client.post("/search", json={"query": "quarterly revenue", "k": 1}).json()["hits"][0]
+    response = client.post("/heatmap", json={"doc_hash": hit["doc_hash"], "page": hit["page"],
+                                             "query": "quarterly revenue"})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["rows"], body["cols"]) == (32, 32) and len(body["overall"]) == 1024
+    assert all(0.0 <= v <= 1.0 for v in body["overall"]) and max(body["overall"]) > 0
+    assert body["tokens"] and all(len(t["values"]) == 1024 for t in body["tokens"])
+    assert abs(body["score"] - hit["score"]) < 1e-2  # the same MaxSim the search gave
+    bad = client.post("/heatmap", json={"doc_hash": hit["doc_hash"], "page": 99, "query": "x"})
+    assert bad.status_code == 404
+
+
+def test_token_guards_everything_but_health(service: SearchService) -> None:
+    with TestClient(create_app(service, token=TOKEN), raise_server_exceptions=False) as guarded:
+        assert guarded.get("/health").status_code == 200
+        assert guarded.post("/search", json={"query": "tart"}).status_code == 401
+        wrong = guarded.post("/search", json={"query": "tart"}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and "token" in wrong.json()["error"]
+        right = guarded.post("/search", json={"query": "tart"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert right.status_code == 200
+        assert guarded.get("/metrics").status_code == 401 and guarded.get("/ready").status_code == 401
+        page = guarded.get("/", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login"
+        assert guarded.post("/login", data={"token": "nope"}).status_code == 401
+        signed = guarded.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        assert signed.status_code == 303 and "samesite=strict" in signed.headers["set-cookie"].lower()
+        assert guarded.post("/search", json={"query": "tart"}).status_code == 200  # the cookie now
+
+
+def test_readiness_tells_the_truth_when_the_model_cannot_load(tmp_path: Path, model_cache: Path) -> None:
+    import shutil
+
+    from ragged.embeddings.presets import ensure_preset
+    from tests.inputs import EXAMPLES
+    from tests.serve.conftest import build_index
+
+    model = tmp_path / "my-model"
+    shutil.copytree(ensure_preset("tiny-colpali", model_cache), model)
+    index = build_index(tmp_path / "index", model_cache, model=str(model), paths=[EXAMPLES / "recipe-card.pdf"])
+    (model / "model.safetensors").write_bytes(b"broken")
+    broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
+    broken.start()
+    try:
+        with TestClient(create_app(broken), raise_server_exceptions=False) as test_client:
+            assert test_client.get("/health").status_code == 200  # the process is up...
+            ready = test_client.get("/ready")
+            assert ready.status_code == 503 and "the model failed to load" in ready.json()["reason"]  # ...not ready
+            failed = test_client.post("/search", json={"query": "tart"})
+            assert failed.status_code == 503 and "could not be loaded" in failed.json()["error"]
+    finally:
+        broken.close()
