@@ -124,9 +124,10 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
 @click.option("--server", default=None, help="Search through this running 'ragged serve' (URL). Default: the "
                                              "index's own server if one runs, else in this process.")
 @click.option("--token", envvar="RAGGED_TOKEN", show_envvar=True, default=None, help="The server's token.")
+@click.option("--local", is_flag=True, help="Search in this process even if a server runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
-           server: str | None, token: str | None, as_json: bool) -> None:
+           server: str | None, token: str | None, local: bool, as_json: bool) -> None:
     """Find the pages that best answer QUERY (exact MaxSim)."""
     from rich.table import Table
 
@@ -134,7 +135,7 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     from ragged.serve.client import find_server
 
     text = check_query(query)
-    url = server or find_server(index_dir, token)
+    url = server or (None if local else find_server(index_dir, token))
     if url is not None:
         result = _remote_search(url, text, k, token, model)
     else:

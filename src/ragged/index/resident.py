@@ -7,7 +7,8 @@ that searches fastest, if the memory policy's budget allows it:
 ==================  ==========================================================
 form                when
 ==================  ==========================================================
-``f32 in RAM``      searching on the CPU: no fp16 conversion per search
+``f32 in RAM``      searching on the CPU: no fp16 conversion per search, and
+                    stored as columns, the layout the CPU kernel reads
 ``fp16 on <dev>``   searching on an accelerator: no upload per search
 ``streamed``        either does not fit half the budget: segments, as a
                     one-off search reads them
@@ -42,7 +43,8 @@ RESIDENT_SHARE = 0.5  # of the device's batch budget the resident copy may take
 class _Slab:
     first: int  # catalog position of its first page
     lengths: np.ndarray  # (pages,) int64
-    vectors: np.ndarray | torch.Tensor  # (sum(lengths), dim)
+    vectors: np.ndarray | torch.Tensor  # (dim, n) f32 columns on the CPU; (n, dim) fp16 rows on a device
+    columns: bool
 
 
 class ResidentIndex:
@@ -111,16 +113,24 @@ class ResidentIndex:
     def _load(self, catalog: Catalog, first: int) -> _Slab:
         """The vectors of pages ``first:`` in the resident form."""
         source = SegmentSource(self.store, Catalog(catalog.pages[first:], catalog.documents))
-        parts: list[np.ndarray] = []
+        lengths = np.array([p.n_vectors for p in catalog.pages[first:]], dtype=np.int64)
+        total = int(lengths.sum())
+        if self.device.is_accelerator:
+            rows = torch.empty((total, self._dim()), dtype=torch.float16, device=self.device.torch_device)
+            target: torch.Tensor = rows
+        else:
+            columns = np.empty((self._dim(), total), dtype=np.float32)  # (dim, n)
+            target = torch.from_numpy(columns).t()  # (n, dim) view: filled row by row
+        at = 0
         for block in source.blocks(2**62):
             vectors = block.vectors
             assert isinstance(vectors, np.ndarray)
-            parts.append(np.asarray(vectors, dtype=np.float16 if self.device.is_accelerator else np.float32))
-        lengths = np.array([p.n_vectors for p in catalog.pages[first:]], dtype=np.int64)
-        stacked = np.concatenate(parts) if parts else np.empty((0, self._dim()), dtype=np.float32)  # (n, dim)
+            n = vectors.shape[0]
+            target[at : at + n].copy_(torch.from_numpy(np.asarray(vectors)))  # fp16 -> the resident dtype
+            at += n
         if self.device.is_accelerator:
-            return _Slab(first, lengths, torch.from_numpy(stacked).to(self.device.torch_device))
-        return _Slab(first, lengths, stacked)
+            return _Slab(first, lengths, rows, columns=False)
+        return _Slab(first, lengths, columns, columns=True)
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
         """Blocks of whole pages, at most ``max_vectors`` each, in catalog order."""
@@ -128,7 +138,7 @@ class ResidentIndex:
             yield from self._streamed.blocks(max_vectors)
             return
         for slab in self._slabs:
-            yield from split_blocks(slab.first, slab.lengths, slab.vectors, max_vectors)
+            yield from split_blocks(slab.first, slab.lengths, slab.vectors, max_vectors, slab.columns)
 
     def release(self) -> None:
         """Drop the resident vectors (their memory goes back)."""

@@ -6,11 +6,12 @@ long-lived process in the form that searches fastest (see
 :mod:`ragged.index.resident`). Either gives blocks of whole pages, which
 the one MaxSim kernel (:mod:`ragged.index.maxsim`) scores.
 
-On the CPU, blocks are scored by a small pool of workers, one intra-op
-thread each: no worker ever waits on another at a barrier, so when another
-process takes a core the search slows down in proportion instead of
-collapsing (torch's own threads, waiting on a descheduled sibling, made a
-query 15 times slower). On an accelerator the chunk size comes from the
+On the CPU, blocks are scored in the column layout (see
+:mod:`ragged.index.maxsim`) by a small pool of workers, one BLAS and one
+torch thread each: no worker ever waits on another at a barrier, so when
+another process takes a core the search slows down in proportion instead
+of collapsing (torch's own threads, waiting on a descheduled sibling, made
+a query 15 times slower). On an accelerator the chunk size comes from the
 memory policy's budget like any batch, and an OOM goes through the one
 recovery engine, which shrinks the chunk and remembers the size that failed.
 """
@@ -27,17 +28,18 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ragged.gpu.device_manager import DeviceManager, default_device_manager
 from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
 from ragged.index.catalog import Catalog
-from ragged.index.maxsim import QueryBlock
+from ragged.index.maxsim import QueryBlock, as_columns
 from ragged.index.results import SearchHit
 from ragged.index.store import IndexStore
 
-CPU_CHUNK_VECTORS = 16_384  # 8 MiB of f32 vectors: stays in cache, measured fastest on the CPU
+CPU_CHUNK_VECTORS = 32_768  # 16 MiB of f32 vectors a block: measured fastest with two workers here
 MAX_GPU_CHUNK_VECTORS = 4_000_000
 MIN_CHUNK_VECTORS = 1_024
 SEARCH_WORK = "search"
@@ -49,11 +51,13 @@ _TORCH_THREADS = threading.Lock()
 @dataclass(frozen=True)
 class Block:
     """Consecutive whole pages: catalog positions from ``first``, their vector
-    counts, and their vectors ((n, dim): fp16 or f32, NumPy or a device tensor)."""
+    counts, and their vectors: rows ((n, dim), fp16 or f32, NumPy or a device
+    tensor) or, with ``columns``, (dim, n) float32 on the CPU."""
 
     first: int
     lengths: np.ndarray  # (pages,) int64
-    vectors: np.ndarray | torch.Tensor  # (sum(lengths), dim)
+    vectors: np.ndarray | torch.Tensor  # (sum(lengths), dim), or (dim, sum(lengths)) with columns
+    columns: bool = False
 
 
 class VectorSource(Protocol):
@@ -94,8 +98,9 @@ class SegmentSource:
 
 
 def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,
-                 max_vectors: int) -> Iterator[Block]:
-    """``vectors`` of consecutive pages cut into blocks of at most ``max_vectors`` (whole pages)."""
+                 max_vectors: int, columns: bool = False) -> Iterator[Block]:
+    """``vectors`` of consecutive pages (rows, or columns) cut into blocks of at
+    most ``max_vectors`` (whole pages)."""
     ends = np.cumsum(lengths)
     start_page, start_row = 0, 0
     while start_page < len(lengths):
@@ -103,7 +108,8 @@ def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Te
         stop = int(np.searchsorted(ends, limit, side="right"))
         stop = max(stop, start_page + 1)
         end_row = int(ends[stop - 1])
-        yield Block(first + start_page, lengths[start_page:stop], vectors[start_row:end_row])
+        part = vectors[:, start_row:end_row] if columns else vectors[start_row:end_row]
+        yield Block(first + start_page, lengths[start_page:stop], part, columns)
         start_page, start_row = stop, end_row
 
 
@@ -119,9 +125,10 @@ def chunk_vectors(budget_bytes: int | None, dim: int, query_tokens: int) -> int:
 
 
 @contextmanager
-def single_threaded_torch() -> Iterator[None]:
-    """One intra-op thread while the CPU pool scores (one search at a time)."""
-    with _TORCH_THREADS:
+def single_threaded_kernels() -> Iterator[None]:
+    """One BLAS and one torch thread per worker while the CPU pool scores
+    (one search at a time: the settings are process-wide)."""
+    with _TORCH_THREADS, threadpool_limits(limits=1, user_api="blas"):
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -143,7 +150,8 @@ class MaxSimSearcher:
         self.oom_handler = oom_handler or OOMHandler(
             self.manager, advice="Close other programs using the device, or search on another with --device."
         )
-        self.workers = workers or max(1, min(8, os.cpu_count() or 1))
+        self.workers = workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1))
 
     @property
     def catalog(self) -> Catalog:
@@ -184,10 +192,10 @@ class MaxSimSearcher:
             vectors = part.vectors
             if isinstance(vectors, torch.Tensor):
                 vectors = vectors.cpu().numpy()
-            f32 = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))  # fp16 -> f32 once, per block
-            out[part.first : part.first + len(part.lengths)] = block.score(f32, part.lengths).numpy()
+            columns = vectors if part.columns else as_columns(vectors)  # (dim, n) f32
+            out[part.first : part.first + len(part.lengths)] = block.score_columns(columns, part.lengths)
 
-        with single_threaded_torch(), ThreadPoolExecutor(self.workers, "ragged-maxsim") as pool:
+        with single_threaded_kernels(), ThreadPoolExecutor(self.workers, "ragged-maxsim") as pool:
             for future in [pool.submit(score, part) for part in self.source.blocks(chunk)]:
                 future.result()
 

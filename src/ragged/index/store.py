@@ -52,21 +52,28 @@ from ragged.index.files import (
 from ragged.index.meta import FORMAT, IndexMeta, read_meta, write_meta
 
 TABLE = "pages"
-_NEW_COLUMNS = {  # added by format 2
-    "grid_start": "CAST(NULL AS INT)",
-    "grid_rows": "CAST(NULL AS INT)",
-    "grid_cols": "CAST(NULL AS INT)",
-    "text": "CAST(NULL AS STRING)",
-}
+_FORMAT_2_COLUMNS = ("grid_start", "grid_rows", "grid_cols", "text", "text_vectors")
 
 
 @dataclass(frozen=True)
 class StoredPage:
-    """One page to store: its vectors, where its patches are, its text."""
+    """One page to store: its vectors, where its patches are, its text (None:
+    not read; "": it has none) and its passages' text vectors ((passages,
+    text_dim) float32; None: not embedded)."""
 
     vectors: np.ndarray  # (tokens, dim)
     grid: PatchGrid | None = None
     text: str | None = None
+    text_vectors: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class KeywordHit:
+    """A page found by full-text (BM25) search."""
+
+    doc_hash: str
+    page: int
+    score: float
 
 
 def _lancedb() -> Any:
@@ -90,6 +97,7 @@ def _schema(dim: int) -> Any:
         pa.field("grid_rows", pa.int32()),
         pa.field("grid_cols", pa.int32()),
         pa.field("text", pa.string()),
+        pa.field("text_vectors", pa.list_(pa.float32())),  # the page's passage vectors, flattened
     ])
 
 
@@ -298,10 +306,11 @@ class IndexStore:
         assert self.meta is not None
         table = self._table_or_none()
         if table is not None:
-            missing = {k: v for k, v in _NEW_COLUMNS.items() if k not in table.schema.names}
+            schema = _schema(self.meta.dim)
+            missing = [schema.field(name) for name in _FORMAT_2_COLUMNS if name not in table.schema.names]
             with self._guard("upgrading the pages table"):
-                if missing:
-                    table.add_columns(missing)
+                for field in missing:
+                    table.add_columns(field)
                 for record in self._read_catalog().document_records():
                     path = Path(record.path)
                     if not path.is_absolute() and path.is_file():  # format 1 kept paths as typed
@@ -384,7 +393,109 @@ class IndexStore:
             "grid_rows": pa.array([p.grid.rows if p.grid else None for p in items], type=pa.int32()),
             "grid_cols": pa.array([p.grid.cols if p.grid else None for p in items], type=pa.int32()),
             "text": pa.array([p.text for p in items], type=pa.string()),
+            "text_vectors": _flat_vectors([p.text_vectors for p in items]),
         }, schema=_schema(dim))
+
+    def set_text_model(self, name: str, dim: int) -> None:
+        """Record the text model (the first time text vectors are stored)."""
+        self._require_writer()
+        assert self.meta is not None
+        if self.meta.text_model not in (None, name):
+            raise ModelMismatchError(
+                f"The index at {self.folder} holds text vectors of {self.meta.text_model!r}, not {name!r}; "
+                f"use --text-model {self.meta.text_model} or another --index folder."
+            )
+        if self.meta.text_model is None:
+            self.meta = replace(self.meta, text_model=name, text_dim=dim)
+            write_meta(self.folder, self.meta)
+
+    def set_text(self, doc_hash: str, pages: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Give a stored document its text side (text and passage vectors of
+        each page, in page order) in one commit; its image vectors stay."""
+        import pyarrow as pa
+
+        self._require_writer()
+        check_doc_id(doc_hash)
+        rows = pa.table({
+            "doc_hash": [doc_hash] * len(pages),
+            "page": pa.array(range(1, len(pages) + 1), type=pa.int32()),
+            "text": pa.array([text for text, _ in pages], type=pa.string()),
+            "text_vectors": _flat_vectors([vectors for _, vectors in pages]),
+        })
+        table = self._table_or_none()
+        with self._guard("storing page text"):
+            table.merge_insert(["doc_hash", "page"]).when_matched_update_all().execute(rows)
+        self._committed(self.catalog())
+
+    def documents_without_text(self) -> set[str]:
+        """Stored documents whose text was never read (built before the text side)."""
+        table = self._table_or_none()
+        if table is None:
+            return set()
+        if "text" not in table.schema.names:
+            return set(self.catalog().documents)
+        with self._guard("reading page text"):
+            rows = table.search().where("text IS NULL").select(["doc_hash"]).limit(None).to_arrow()
+        return set(rows.column("doc_hash").to_pylist())
+
+    def text_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored passage vector and its page's catalog position:
+        ((passages,) int64, (passages, text_dim) float32)."""
+        table = self._table_or_none()
+        dim = self.meta.text_dim if self.meta is not None and self.meta.text_dim else 0
+        if table is None or not dim or "text_vectors" not in table.schema.names:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        position = {(p.doc_hash, p.page): n for n, p in enumerate(self.catalog().pages)}
+        with self._guard("reading text vectors"):
+            rows = table.search().where("text_vectors IS NOT NULL").select(
+                ["doc_hash", "page", "text_vectors"]).limit(None).to_arrow()
+        owners: list[np.ndarray] = []
+        blocks: list[np.ndarray] = []
+        lists = rows.column("text_vectors").combine_chunks()
+        for doc_hash, page, flat in zip(rows.column("doc_hash").to_pylist(), rows.column("page").to_pylist(),
+                                        lists, strict=True):
+            where = position.get((doc_hash, page))
+            values = np.asarray(flat.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+            if where is None or not len(values):
+                continue
+            owners.append(np.full(len(values), where, dtype=np.int64))
+            blocks.append(values)
+        if not blocks:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        return np.concatenate(owners), np.concatenate(blocks)
+
+    def keyword(self, query: str, limit: int) -> list[KeywordHit]:
+        """The best pages for ``query`` by LanceDB's full-text search (BM25)."""
+        table = self._table_or_none()
+        if table is None or "text" not in table.schema.names or not self._has_fts(table):
+            return []
+        with self._guard("searching page text"):
+            rows = (table.search(query, query_type="fts").select(["doc_hash", "page", "_score"])
+                    .limit(limit).to_arrow())
+        return [KeywordHit(h, int(p), float(s)) for h, p, s in zip(
+            rows.column("doc_hash").to_pylist(), rows.column("page").to_pylist(), rows.column("_score").to_pylist(),
+            strict=True)]
+
+    @staticmethod
+    def _has_fts(table: Any) -> bool:
+        return any(getattr(i, "index_type", "") == "FTS" for i in table.list_indices())
+
+    def finish(self) -> None:
+        """After a run of commits: make sure the full-text index exists and fold
+        the new pages into it (LanceDB searches rows not yet indexed too, so
+        every commit is searchable at once; this keeps it fast)."""
+        self._require_writer()
+        table = self._table_or_none()
+        if table is None or "text" not in table.schema.names:
+            return
+        from lancedb.index import FTS
+
+        with self._guard("indexing page text"):
+            if not self._has_fts(table):
+                table.create_index("text", config=FTS())
+            else:
+                table.optimize()
+        self._committed(self.catalog())
 
     def move_document(self, doc_hash: str, new_path: str) -> None:
         """Record that document ``doc_hash`` now lives at ``new_path`` (one commit, nothing re-embedded)."""
@@ -473,3 +584,11 @@ class IndexStore:
         start = sum(p.n_vectors for p in records[: page - 1])
         vectors = self.segment(doc_hash, sum(p.n_vectors for p in records))
         return vectors[start : start + records[page - 1].n_vectors]
+
+
+def _flat_vectors(per_page: Sequence[np.ndarray | None]) -> Any:
+    """Per page, its (passages, dim) vectors flattened (None where not embedded)."""
+    import pyarrow as pa
+
+    return pa.array([None if v is None else np.asarray(v, dtype=np.float32).reshape(-1) for v in per_page],
+                    type=pa.list_(pa.float32()))

@@ -1,0 +1,185 @@
+"""A sentence-embedding model under ragged's resource management.
+
+The text side runs through the same machinery as the vision side: a
+:class:`~ragged.gpu.managed.ManagedBatchJob` places the model (the same
+:class:`~ragged.gpu.model_manager.ModelManager` can hold both models, under
+one memory budget), batches are planned by token count and sized from
+measured memory, and an OOM splits a batch without losing a passage. The
+model itself is plain transformers (``AutoModel``), pooled and normalised
+the way its sentence-transformers config says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+
+from ragged.embeddings.hf import quiet_transformers
+from ragged.embeddings.loading import torch_dtype
+from ragged.embeddings.report import EmbeddingReport
+from ragged.errors import ModelError
+from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages
+from ragged.gpu.device_manager import DeviceHint, DeviceManager
+from ragged.gpu.managed import ManagedBatchJob
+from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.types import DeviceInfo
+from ragged.paths import cache_dir as default_cache_dir
+from ragged.text.model import DEFAULT_TEXT_MODEL, TextModelSource, resolve_text_model
+from ragged.text.passages import Passage, split_passages
+
+PASSAGES, TEXT_QUERIES = "passages", "text-queries"
+
+
+def _count_on_meta(folder: Path) -> tuple[int, int]:
+    """(floating-point parameters, hidden size) of the model, counted on ``meta``."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return sum(p.numel() for p in model.parameters() if p.is_floating_point()), int(config.hidden_size)
+
+
+class TextEmbedder:
+    """Embeds passages and queries with a sentence-embedding model."""
+
+    def __init__(
+        self,
+        model_name: str = DEFAULT_TEXT_MODEL,
+        device: DeviceHint = None,
+        *,
+        cache_dir: str | Path | None = None,
+        device_manager: DeviceManager | None = None,
+        model_manager: ModelManager | None = None,
+        policy: MemoryPolicy | None = None,
+        oom_handler: OOMHandler | None = None,
+        prefetch: bool | None = None,
+    ) -> None:
+        quiet_transformers()
+        from transformers import AutoTokenizer
+
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.source: TextModelSource = resolve_text_model(model_name, self.cache_dir)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
+        except Exception as exc:
+            raise ModelError(f"Loading the tokenizer of text model {model_name!r} failed: {exc}") from exc
+        params, hidden = _count_on_meta(self.source.folder)
+
+        def size(device: DeviceInfo, dtype: str) -> int:
+            return int(params * torch.empty((), dtype=torch_dtype(dtype)).element_size())
+
+        self.job = ManagedBatchJob(
+            f"text:{self.source.folder}", self._load, size, device=device, device_manager=device_manager,
+            model_manager=model_manager, policy=policy, oom_handler=oom_handler, prefetch=prefetch,
+        )
+        element = torch.empty((), dtype=torch_dtype(self.job.dtype)).element_size()
+        self.job.prior_bytes_per_load = 1.5 * element * 10 * hidden  # activations per token, refitted on measurement
+        self.job.work_bytes = int(self.job.prior_bytes_per_load * self.source.max_tokens)
+        self.last_report: EmbeddingReport | None = None
+
+    @property
+    def name(self) -> str:
+        """What the index records for this model."""
+        return self.source.name
+
+    @property
+    def dim(self) -> int:
+        """Vector width."""
+        return self.source.dim
+
+    @property
+    def device(self) -> DeviceInfo:
+        """Where the model runs (latest placement); never loads it."""
+        return self.job.device
+
+    def _load(self, device: DeviceInfo, dtype: str) -> torch.nn.Module:
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(self.source.folder, dtype=torch_dtype(dtype))
+        except Exception as exc:
+            raise ModelError(f"Loading text model {self.source.name!r} failed: {exc}") from exc
+        return model.to(device.torch_device).eval()  # type: ignore[no-any-return]
+
+    # -- text ---------------------------------------------------------------
+
+    def passages(self, text: str | None) -> list[Passage]:
+        """A page's text as passages that fit the model."""
+        return split_passages(self.tokenizer, text or "", self.source.max_tokens)
+
+    def embed_passages(self, passages: Sequence[Passage],
+                       on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """One vector per passage, (passages, dim) float32, in input order."""
+        return self._embed([list(p.ids) for p in passages], PASSAGES, on_batch)
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """One vector per query, (queries, dim) float32 (cut to the model's length)."""
+        limit = self.source.max_tokens - 2
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:limit] for t in texts]
+        return self._embed(ids, TEXT_QUERIES, None)
+
+    def _embed(self, ids: list[list[int]], work: str, on_batch: Callable[[int], None] | None) -> np.ndarray:
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        stages: Stages[Any, np.ndarray] = Stages(prepare=lambda idx: self._batch([ids[i] for i in idx]),
+                                                 compute=self._forward)
+        results, stats = self.job.run([len(x) + 2 for x in ids], stages, work=work, on_batch=on_batch)
+        self.last_report = self._report(stats)
+        vectors = [r for r in results if not isinstance(r, ItemFailure)]
+        return np.stack(vectors).astype(np.float32)  # (items, dim)
+
+    @cached_property
+    def _special(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a text ([CLS], [SEP], ...)."""
+        plain = self.tokenizer("x", add_special_tokens=False)["input_ids"]
+        full = self.tokenizer("x")["input_ids"]
+        at = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)
+        return list(full[:at]), list(full[at + len(plain):])
+
+    def _batch(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        before, after = self._special
+        encoded = [before + x + after for x in ids]
+        padded = self.tokenizer.pad({"input_ids": encoded}, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+
+    def _forward(self, inputs: dict[str, torch.Tensor], device: DeviceInfo) -> list[np.ndarray]:
+        model = self.job.model_for(device)
+        batch = {k: v.to(device.torch_device) for k, v in inputs.items()}
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state.float()  # (batch, tokens, hidden)
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # (batch, tokens, 1)
+        if self.source.pooling == "cls":
+            pooled = hidden[:, 0]  # (batch, hidden)
+        elif self.source.pooling == "max":
+            pooled = hidden.masked_fill(mask == 0, float("-inf")).amax(dim=1)  # (batch, hidden)
+        else:
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # (batch, hidden)
+        if self.source.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return list(pooled.cpu().numpy())  # each (hidden,)
+
+    def _report(self, stats: RunStats) -> EmbeddingReport:
+        device = self.device
+        return EmbeddingReport.from_stats(stats, model=self.source.name, dtype=self.job.dtype_on(device),
+                                          device_total_bytes=device.total_memory, placement=self.job.placement,
+                                          model_bytes=self.job.size_on(device))
+
+    def close(self) -> None:
+        """Release the model if this embedder owns its model manager."""
+        self.job.close()
+
+    def __enter__(self) -> TextEmbedder:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
