@@ -53,7 +53,8 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     files["not_a_document"] = folder / "notes.txt"
     files["not_a_document"].write_text("just text")
     files["truncated_pdf"] = folder / "truncated.pdf"
-    files["truncated_pdf"].write_bytes((EXAMPLES / "annual-report.pdf").read_bytes()[:20_000])
+    whole = (EXAMPLES / "annual-report.pdf").read_bytes()
+    files["truncated_pdf"].write_bytes(whole[: len(whole) // 2])
     files["fake_pdf"] = folder / "fake.pdf"
     files["fake_pdf"].write_bytes(b"this is not a pdf")
     files["empty_pdf"] = folder / "empty.pdf"

@@ -49,10 +49,11 @@ def serial_hits(index: Path, embedder: ColPaliEmbedder, query: str, k: int) -> l
 
 def test_search_answers_like_an_in_process_search(client: TestClient, sample_index: Path,
                                                   reference: ColPaliEmbedder) -> None:
-    response = client.post("/search", json={"query": "quarterly revenue", "k": 4})
+    response = client.post("/search", json={"query": "quarterly revenue", "k": 4, "mode": "vision"})
     assert response.status_code == 200
     body = response.json()
     assert body["model"] == "tiny-colpali" and body["device"] == "cpu" and body["pages_searched"] == 6
+    assert body["mode"] == "vision" and all(h["signals"] == {"vision": h["rank"]} for h in body["hits"])
     assert body["ms"] > 0 and body["model_load_ms"] is None  # kept loaded
     got = [(h["doc_hash"], h["page"], h["score"]) for h in body["hits"]]
     want = serial_hits(sample_index, reference, "quarterly revenue", 4)
@@ -68,6 +69,28 @@ def test_several_queries_in_one_request(client: TestClient) -> None:
     assert [r["query"] for r in body["results"]] == ["lemon tart", "rent deposit"]
     assert all(len(r["hits"]) == 2 for r in body["results"]) and body["batch_queries"] >= 2
     assert "hits" not in body  # only a single 'query' gets the shortcut
+
+
+@pytest.mark.parametrize(("mode", "query", "top"), [
+    ("text", "how much money did the firm bring in each quarter", "annual-report.pdf"),
+    ("keyword", "lemons", "recipe-card.pdf"),
+    ("hybrid", "cancelling the tenancy agreement", "rental-contract.pdf"),
+])
+def test_every_mode_with_the_signals_that_found_each_page(client: TestClient, mode: str, query: str,
+                                                          top: str) -> None:
+    body = client.post("/search", json={"query": query, "k": 3, "mode": mode}).json()
+    assert body["mode"] == mode and body["hits"][0]["path"].endswith(top)
+    if mode == "hybrid":
+        assert set(body["hits"][0]["signals"]) >= {"vision", "text"}
+        assert body["hits"][0]["score"] >= body["hits"][1]["score"]
+    else:
+        assert all(set(h["signals"]) == {mode} for h in body["hits"])
+
+
+def test_default_mode_is_hybrid_where_the_index_has_text(client: TestClient) -> None:
+    assert client.post("/search", json={"query": "tart"}).json()["mode"] == "hybrid"
+    bad = client.post("/search", json={"query": "tart", "mode": "telepathy"})
+    assert bad.status_code == 400 and "Unknown mode" in bad.json()["error"]
 
 
 def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path) -> None:
@@ -156,7 +179,7 @@ def test_the_web_page_is_self_contained(client: TestClient) -> None:
 
 
 def test_heatmap_for_a_colpali_page(client: TestClient) -> None:
-    hit = client.post("/search", json={"query": "quarterly revenue", "k": 1}).json()["hits"][0]
+    hit = client.post("/search", json={"query": "quarterly revenue", "k": 1, "mode": "vision"}).json()["hits"][0]
     response = client.post("/heatmap", json={"doc_hash": hit["doc_hash"], "page": hit["page"],
                                              "query": "quarterly revenue"})
     assert response.status_code == 200

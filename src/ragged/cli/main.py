@@ -78,11 +78,14 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--dpi", type=click.IntRange(36, 600), envvar="RAGGED_DPI", show_envvar=True,
               default=lambda: setting("dpi", 150), help="PDF rendering resolution.")
 @click.option("--prune", is_flag=True, help="Also remove stored documents whose files are gone under PATHS.")
+@click.option("--text-model", envvar="RAGGED_TEXT_MODEL", show_envvar=True, default=None,
+              help="Sentence-embedding model for page text (sentence-transformers id or folder), or 'none'. "
+                   "Default: the index's, else the config's, else all-MiniLM-L6-v2.")
 @memory_target_option
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
-           memory_target: float, index_dir: Path, as_json: bool) -> None:
+           text_model: str | None, memory_target: float, index_dir: Path, as_json: bool) -> None:
     """Embed PDFs and images (files or folders) into the index.
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
@@ -98,8 +101,13 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     chosen = model or (meta.model if meta else None) or setting("model") or DEFAULT_MODEL
     default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
     resolve_model(chosen, cache_dir())
+    from ragged.text.model import DEFAULT_TEXT_MODEL
+
+    named_text = text_model or setting("text_model")
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
-                            cache_dir=cache_dir(), prune=prune, policy=policy(memory_target))
+                            cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),
+                            text_model=named_text or (meta.text_model if meta else None) or DEFAULT_TEXT_MODEL,
+                            text_model_explicit=named_text is not None)
     with IngestProgress(err, enabled=not as_json) as progress:
         report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
     for problem in report.problems:
@@ -125,9 +133,12 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
                                              "index's own server if one runs, else in this process.")
 @click.option("--token", envvar="RAGGED_TOKEN", show_envvar=True, default=None, help="The server's token.")
 @click.option("--local", is_flag=True, help="Search in this process even if a server runs.")
+@click.option("--mode", type=click.Choice(["auto", "vision", "text", "keyword", "hybrid"]), default="auto",
+              help="Rank by page images, page text, keywords, or all three fused; auto: hybrid where the index "
+                   "has text, else vision.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
-           server: str | None, token: str | None, local: bool, as_json: bool) -> None:
+           server: str | None, token: str | None, local: bool, mode: str, as_json: bool) -> None:
     """Find the pages that best answer QUERY (exact MaxSim)."""
     from rich.table import Table
 
@@ -137,41 +148,48 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     text = check_query(query)
     url = server or (None if local else find_server(index_dir, token))
     if url is not None:
-        result = _remote_search(url, text, k, token, model)
+        result = _remote_search(url, text, k, token, model, mode)
     else:
         from ragged.gpu import default_device_manager
         from ragged.index.query import search as run_search
 
         default_device_manager().get_optimal_device(device)
         result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
-                            policy=policy(memory_target))
+                            policy=policy(memory_target), mode=mode)
     for notice in result.notices:
         err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
     table = Table(title=plain(f"{result.query!r}: {len(result.hits)} of {result.pages_searched} pages "
-                              f"({result.model}, {result.device}, {result.seconds:.2f} s)"))
+                              f"({result.mode}; {result.model}, {result.device}, {result.seconds:.2f} s)"))
+    fused = result.mode == "hybrid"
     for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    if fused:
+        table.add_column("found by (rank)")
     for n, hit in enumerate(result.hits, 1):
-        table.add_row(str(n), f"{hit.score:.3f}", plain(hit.path), str(hit.page))
+        row: list[Any] = [str(n), f"{hit.score:.4f}" if fused else f"{hit.score:.3f}", plain(hit.path), str(hit.page)]
+        if fused:
+            row.append(", ".join(f"{name} {rank}" for name, rank in hit.signals.items()))
+        table.add_row(*row)
     out.print(table)
 
 
-def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None) -> Any:
+def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
     from ragged.errors import ModelMismatchError
     from ragged.index.results import SearchHit, SearchResult
     from ragged.serve.client import remote_search
 
-    data = remote_search(url, query, k, token)
+    data = remote_search(url, query, k, token, mode=mode)
     if model is not None and stored_name(model) != data["model"]:
         raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
-    hits = [SearchHit(h["path"], int(h["page"]), float(h["score"]), h["doc_hash"]) for h in data["hits"]]
+    hits = [SearchHit(h["path"], int(h["page"]), float(h["score"]), h["doc_hash"], dict(h.get("signals", {})))
+            for h in data["hits"]]
     return SearchResult(data["query"], hits, data["model"], f"{data['device']} via {url}", int(data["pages_searched"]),
-                        float(data["ms"]) / 1000, list(data.get("notices", [])))
+                        float(data["ms"]) / 1000, list(data.get("notices", [])), str(data.get("mode", "vision")))
 
 
 @cli.command("list")

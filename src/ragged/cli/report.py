@@ -69,6 +69,11 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
         speed += (f"; waiting for preprocessing {100 * report.prepare_seconds / report.embed_seconds:.0f}%, "
                   f"in the model {100 * report.compute_seconds / report.embed_seconds:.0f}%")
     table.add_row("speed", speed + ")")
+    if report.text_model:
+        text = f"{safe(report.text_model)}: {report.passages} passage(s) in {report.text_seconds:.1f} s"
+        if report.documents_text_added:
+            text += f"; {report.documents_text_added} older document(s) given their text"
+        table.add_row("text", text)
     if report.pages_without_text:
-        table.add_row("text", f"{report.pages_without_text} page(s) have no text layer (searchable by image only)")
+        table.add_row("", f"{report.pages_without_text} page(s) have no text layer (searchable by image only)")
     console.print(table)

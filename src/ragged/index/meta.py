@@ -16,6 +16,7 @@ from pathlib import Path
 from ragged.embeddings.names import is_storable
 from ragged.errors import IndexStoreError
 from ragged.index.files import atomic_write, refuse_link, storage_error
+from ragged.text.model import DEFAULT_TEXT_MODEL
 
 FORMAT = 2
 META = "ragged-index.json"
@@ -75,7 +76,8 @@ def read_meta(folder: Path) -> IndexMeta | None:
     if not isinstance(dim, int) or isinstance(dim, bool) or not 0 < dim <= 65536:
         raise _damaged(path, f"vector width {dim!r}")
     text_model, text_dim = data.get("text_model"), data.get("text_dim")
-    if text_model is not None and (not is_storable(text_model) or not isinstance(text_dim, int)):
+    text_ok = text_model == DEFAULT_TEXT_MODEL or (isinstance(text_model, str) and is_storable(text_model))
+    if text_model is not None and (not text_ok or not isinstance(text_dim, int) or text_dim <= 0):
         raise _damaged(path, f"text model {text_model!r}")
     return IndexMeta(model=model, dim=dim, format=fmt, text_model=text_model, text_dim=text_dim)
 

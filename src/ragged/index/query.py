@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
 from ragged.embeddings.names import stored_name
 from ragged.errors import ModelMismatchError
-from ragged.gpu.device_manager import DeviceHint
+from ragged.gpu.device_manager import DeviceHint, default_device_manager
+from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.policy import MemoryPolicy
+from ragged.index.engine import QueryEngine
 from ragged.index.results import SearchResult, check_query
-from ragged.index.search import MaxSimSearcher
+from ragged.index.retrieval import Mode, parse_mode
+from ragged.index.search import SegmentSource
 from ragged.index.store import IndexStore
+from ragged.text.embedder import TextEmbedder
 
 
 def check_model(store: IndexStore, model: str | None) -> None:
@@ -25,21 +31,64 @@ def check_model(store: IndexStore, model: str | None) -> None:
         )
 
 
+class _Lazy:
+    """Models made on first use, closed together."""
+
+    def __init__(self, store: IndexStore, device: DeviceHint, cache_dir: Path | None, policy: MemoryPolicy | None,
+                 models: ModelManager, handler: OOMHandler) -> None:
+        assert store.meta is not None
+        self.meta, self.device, self.cache_dir, self.policy = store.meta, device, cache_dir, policy
+        self.models, self.handler = models, handler
+        self.made: dict[str, Any] = {}
+
+    def vision(self) -> ColPaliEmbedder:
+        if "vision" not in self.made:
+            self.made["vision"] = ColPaliEmbedder(self.meta.model, device=self.device, cache_dir=self.cache_dir,
+                                                  model_manager=self.models, policy=self.policy,
+                                                  oom_handler=self.handler)
+        return self.made["vision"]  # type: ignore[no-any-return]
+
+    def text(self) -> TextEmbedder:
+        if "text" not in self.made:
+            assert self.meta.text_model is not None
+            self.made["text"] = TextEmbedder(self.meta.text_model, self.device, cache_dir=self.cache_dir,
+                                             device_manager=self.models.manager, model_manager=self.models,
+                                             policy=self.policy, oom_handler=self.handler)
+        return self.made["text"]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        for model in self.made.values():
+            model.close()
+        self.models.close()
+
+
 def search(query: str, index_dir: Path, *, k: int = 10, device: DeviceHint = None, model: str | None = None,
-           cache_dir: Path | None = None, policy: MemoryPolicy | None = None) -> SearchResult:
-    """The ``k`` best pages for ``query`` by exact MaxSim, with the index's model."""
+           cache_dir: Path | None = None, policy: MemoryPolicy | None = None,
+           mode: str | Mode | None = None) -> SearchResult:
+    """The ``k`` best pages for ``query``: exact MaxSim, text, keyword or
+    hybrid (the default where the index has text), with the index's models."""
     text = check_query(query)
     started = time.perf_counter()
     store = IndexStore.open(index_dir)
     check_model(store, model)
     assert store.meta is not None
-    with ColPaliEmbedder(store.meta.model, device=device, cache_dir=cache_dir, policy=policy) as embedder:
-        queries = embedder.embed_queries([text])
-        searcher = MaxSimSearcher(store, embedder.device, embedder.device_manager, policy=policy,
-                                  oom_handler=embedder.oom_handler)
-        hits = searcher.search(queries, k)[0]
-        return SearchResult(text, hits, store.meta.model, embedder.device.label, len(searcher.catalog.pages),
-                            time.perf_counter() - started, list(embedder.last_query_notices))
+    chosen = parse_mode(mode, store.meta.text_model is not None)
+    manager = default_device_manager()
+    handler = OOMHandler(manager)
+    lazy = _Lazy(store, device, cache_dir, policy, ModelManager(manager, idle_timeout_s=None, policy=policy),
+                 handler)
+    try:
+        source = SegmentSource(store)
+        engine = QueryEngine(store, source, lazy.vision, lazy.text if store.meta.text_model else None, manager,
+                             policy or MemoryPolicy(), handler)
+        hits = engine.answer([text], k, chosen)[0]
+        used = lazy.made.get("vision") or lazy.made.get("text")
+        vision = lazy.made.get("vision")
+        notices = list(vision.last_query_notices) if vision is not None else []
+        return SearchResult(text, hits, store.meta.model, used.device.label if used else "index only",
+                            len(source.catalog.pages), time.perf_counter() - started, notices, chosen.value)
+    finally:
+        lazy.close()
 
 
 __all__ = ["SearchResult", "check_model", "check_query", "search"]

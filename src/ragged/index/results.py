@@ -10,12 +10,14 @@ from ragged.errors import EmptyQueryError
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One result: a page and its MaxSim score."""
+    """One result: a page, its score in the mode searched (MaxSim, cosine,
+    BM25, or the fused score), and the rank each signal gave it."""
 
     path: str
     page: int
     score: float
     doc_hash: str
+    signals: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,16 @@ class SearchResult:
     pages_searched: int
     seconds: float
     notices: list[str] = field(default_factory=list)
+    mode: str = "vision"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {
-            "query": self.query, "model": self.model, "device": self.device,
+            "query": self.query, "model": self.model, "device": self.device, "mode": self.mode,
             "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
             "notices": list(self.notices),
-            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash}
-                     for n, h in enumerate(self.hits, 1)],
+            "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
+                      "signals": dict(h.signals)} for n, h in enumerate(self.hits, 1)],
         }
 
 

@@ -122,6 +122,7 @@ class IndexStore:
         self._table: Any = None
         self._lock_fd: int | None = None
         self._catalog: Catalog | None = None  # the writer's copy, kept current at each commit
+        self._pending_text: tuple[str, int] | None = None  # a text model named before the first document
 
     # -- opening ----------------------------------------------------------
 
@@ -346,7 +347,8 @@ class IndexStore:
         self._require_writer()
         assert self.writer_model is not None
         if self.meta is None:
-            self.meta = IndexMeta(model=self.writer_model, dim=dim)
+            text_model, text_dim = self._pending_text or (None, None)
+            self.meta = IndexMeta(model=self.writer_model, dim=dim, text_model=text_model, text_dim=text_dim)
         elif dim != self.meta.dim:
             raise IndexStoreError(f"Vectors of size {dim} do not match the index's {self.meta.dim}.")
         halves = [np.asarray(p.vectors, dtype=np.float16) for p in items]  # each (tokens, dim)
@@ -399,7 +401,9 @@ class IndexStore:
     def set_text_model(self, name: str, dim: int) -> None:
         """Record the text model (the first time text vectors are stored)."""
         self._require_writer()
-        assert self.meta is not None
+        if self.meta is None:  # a new index: recorded with its first document
+            self._pending_text = (name, dim)
+            return
         if self.meta.text_model not in (None, name):
             raise ModelMismatchError(
                 f"The index at {self.folder} holds text vectors of {self.meta.text_model!r}, not {name!r}; "

@@ -63,10 +63,10 @@ class Document:
 
 @dataclass(frozen=True)
 class RenderedPage:
-    """One page as the model will see it, and its text layer (None: none)."""
+    """One page as the model will see it, and its text layer ("": none)."""
 
     image: Image.Image
-    text: str | None = None
+    text: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -266,14 +266,26 @@ def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[Re
         pdf.close()  # type: ignore[attr-defined]
 
 
-def _page_text(page: object) -> str | None:
-    """The page's text layer, or None when it has none (a scan, a picture)."""
+def _page_text(page: object) -> str:
+    """The page's text layer ("" when it has none: a scan, a picture)."""
     textpage = page.get_textpage()  # type: ignore[attr-defined]
     try:
-        text = str(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n").strip()
+        return str(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n").strip()
     finally:
         textpage.close()
-    return text or None
+
+
+def page_texts(doc: Document) -> list[str]:
+    """Every page's text layer, without rendering anything ("" for images)."""
+    if doc.kind is DocumentKind.IMAGE:
+        return [""] * doc.pages
+    pdf = _open_pdf(doc.path)
+    try:
+        return [_page_text(pdf[i]) for i in range(len(pdf))]  # type: ignore[arg-type, index]
+    except Exception as exc:
+        raise CorruptDocumentError(f"{doc.path}: its text cannot be read ({exc}); repair the PDF.") from exc
+    finally:
+        pdf.close()  # type: ignore[attr-defined]
 
 
 def _image_pages(path: Path, fit: Fit | None) -> Iterator[RenderedPage]:

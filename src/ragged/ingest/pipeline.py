@@ -22,12 +22,15 @@ from ragged.embeddings.colpali_embedder import ColPaliEmbedder, PageVectors
 from ragged.errors import InputError
 from ragged.gpu.batch_runner import ItemFailure
 from ragged.gpu.device_manager import DeviceHint
+from ragged.gpu.model_manager import ModelEvent, ModelManager
 from ragged.gpu.policy import MemoryPolicy
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
 from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
+from ragged.ingest.text_side import TextSide
+from ragged.text.model import DEFAULT_TEXT_MODEL, NO_TEXT_MODEL
 
 BUFFER_PAGES = 64  # rendered pages held before embedding: twice the default largest batch
 MIN_BUFFER_BYTES = 32 * 1024**2
@@ -56,6 +59,8 @@ class IngestOptions:
     cache_dir: Path | None = None
     prune: bool = False
     policy: MemoryPolicy = field(default_factory=MemoryPolicy)
+    text_model: str | None = DEFAULT_TEXT_MODEL  # None or "none": images only
+    text_model_explicit: bool = False  # named by the user: it must load
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
@@ -85,13 +90,45 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             report.documents_removed += len(gone)
             report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
             report.problems = [p for p in report.problems if not _pruned(p, gone)]
-        if plan.embed:
-            progress.start(sum(d.pages for d in plan.embed))
-            with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
-                                 cache_dir=options.cache_dir, policy=options.policy) as embedder:
-                _Stream(embedder, store, report, progress, options.dpi, plan.replaces).run(plan.embed)
+        lacking = store.documents_without_text() if options.text_model not in (None, NO_TEXT_MODEL) else set()
+        if plan.embed or lacking:
+            _embed(store, plan.embed, plan.replaces, options, report, progress)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _embed(store: IndexStore, docs: list[Document], replaces: set[str], options: IngestOptions,
+           report: IngestReport, progress: Progress) -> None:
+    """Embed ``docs`` (images and text) and give older documents their text side,
+    with one model manager and one OOM engine for both models."""
+    from ragged.gpu import OOMHandler, default_device_manager
+
+    manager = default_device_manager()
+    handler = OOMHandler(manager)
+    with ModelManager(manager, idle_timeout_s=None, policy=options.policy) as models:
+        text = TextSide.start(options.text_model, device=options.device, cache_dir=options.cache_dir,
+                              models=models, policy=options.policy, oom_handler=handler,
+                              explicit=options.text_model_explicit)
+        if text.embedder is not None:
+            report.text_model = text.embedder.name
+        elif text.reason:
+            report.notes.append(text.reason)
+        try:
+            text.upgrade(store, store.documents(), report)
+            if docs:
+                progress.start(sum(d.pages for d in docs))
+                with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
+                                     cache_dir=options.cache_dir, policy=options.policy, model_manager=models,
+                                     oom_handler=handler) as embedder:
+                    _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
+            if text.on:
+                store.finish()
+        finally:
+            text.close()
+        evicted = models.counts[ModelEvent.EVICT]
+        if evicted:
+            report.notes.append(f"the device could not hold both models at once: a model was unloaded {evicted} "
+                                "time(s) to make room for the other (slower, nothing lost)")
 
 
 def _pruned(problem: InputProblem, gone: list[DocumentRecord]) -> bool:
@@ -133,9 +170,9 @@ class _Stream:
     """Renders, embeds and commits documents through a bounded page buffer."""
 
     def __init__(self, embedder: ColPaliEmbedder, store: IndexStore, report: IngestReport, progress: Progress,
-                 dpi: int, replaces: set[str]) -> None:
+                 dpi: int, replaces: set[str], text: TextSide) -> None:
         self.embedder, self.store, self.report, self.progress, self.dpi = embedder, store, report, progress, dpi
-        self.replaces = replaces
+        self.replaces, self.text = replaces, text
         self.max_bytes = host_buffer_bytes(embedder)
         self.pending: list[_Pending] = []
         self.held: list[_Held] = []
@@ -193,12 +230,12 @@ class _Stream:
             if not entry.complete:
                 still.append(entry)
                 continue
-            pages = [p for p in entry.pages if p is not None]
+            pages = self.text.attach(self.store, [p for p in entry.pages if p is not None], self.report)
             self.store.add_document(entry.doc.sha256, str(entry.doc.path), pages)
             if absolute(entry.doc.path) in self.replaces:
                 self.report.documents_replaced += 1
             else:
                 self.report.documents_added += 1
             self.report.pages_added += len(pages)
-            self.report.pages_without_text += sum(p.text is None for p in pages)
+            self.report.pages_without_text += sum(not p.text for p in pages)
         self.pending = still

@@ -41,7 +41,11 @@ class IngestReport:
     pages_added: int = 0
     pages_without_text: int = 0
     documents_skipped: int = 0
+    documents_text_added: int = 0  # stored before the text side, given it now
     duplicates: int = 0
+    text_model: str | None = None
+    passages: int = 0
+    text_seconds: float = 0.0
     problems: list[InputProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -75,7 +79,7 @@ class IngestReport:
     def failed(self) -> bool:
         """True when inputs were given and none of them could be used."""
         done = (self.documents_added + self.documents_skipped + self.documents_moved + self.duplicates
-                + self.documents_removed)
+                + self.documents_removed + self.documents_text_added)
         return bool(self.problems) and done == 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,7 +113,11 @@ class IngestReport:
             "pages_added": self.pages_added,
             "pages_without_text": self.pages_without_text,
             "documents_skipped": self.documents_skipped,
+            "documents_text_added": self.documents_text_added,
             "duplicates": self.duplicates,
+            "text_model": self.text_model,
+            "passages": self.passages,
+            "text_seconds": round(self.text_seconds, 3),
             "notes": list(self.notes),
             "errors": [{"path": p.path, "error": p.message} for p in self.problems],
         }

@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ragged.errors import RaggedError
+from ragged.errors import ConfigurationError, RaggedError
+from ragged.index.retrieval import Mode, parse_mode
 from ragged.serve.metrics import CONTENT_TYPE, ServiceMetrics
 from ragged.serve.pages import PageUnavailable
 from ragged.serve.service import SearchService, ServiceUnavailable
@@ -87,8 +88,8 @@ async def _json_body(request: Request, limit: int) -> dict[str, Any]:
     return data
 
 
-def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], int, bool]:
-    """(queries, k, single) from a /search body, checked against the limits."""
+def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], int, bool, Mode]:
+    """(queries, k, single, mode) from a /search body, checked against the limits."""
     config = service.config
     if ("query" in data) == ("queries" in data):
         raise ClientError("Give either 'query' (a string) or 'queries' (a list of strings).")
@@ -104,7 +105,12 @@ def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], i
     k = data.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= config.max_k:
         raise ClientError(f"'k' must be an integer from 1 to {config.max_k}.")
-    return [q.strip() for q in queries], k, single
+    mode = data.get("mode", "auto")
+    try:
+        chosen = parse_mode(mode if isinstance(mode, str) else repr(mode), service.has_text)
+    except ConfigurationError as exc:
+        raise ClientError(str(exc)) from None
+    return [q.strip() for q in queries], k, single, chosen
 
 
 def create_app(service: SearchService, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
@@ -132,25 +138,26 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
 
     async def ready(request: Request) -> Response:
         ok, reason = service.readiness()
-        return JSONResponse({"ready": ok, "reason": reason, "pages": service.pages, "model": service.model_name},
-                            status_code=200 if ok else 503)
+        return JSONResponse({"ready": ok, "reason": reason, "pages": service.pages, "model": service.model_name,
+                             "text": service.has_text}, status_code=200 if ok else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     async def search(request: Request) -> Response:
         started = time.perf_counter()
-        queries, k, single = _queries(await _json_body(request, max_body_bytes), service)
-        answer = await asyncio.wrap_future(service.search(queries, k))
+        queries, k, single, mode = _queries(await _json_body(request, max_body_bytes), service)
+        answer = await asyncio.wrap_future(service.search(queries, k, mode))
         results = [{"query": q, "hits": [
             {"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
-             "image": f"/pages/{h.doc_hash}/{h.page}.png"} for n, h in enumerate(hits, 1)]}
+             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png"}
+            for n, h in enumerate(hits, 1)]}
             for q, hits in zip(queries, answer.hits, strict=True)]
         seconds = time.perf_counter() - started
         metrics.queries.inc(len(queries))
         metrics.latency.observe(seconds)
         body: dict[str, Any] = {
-            "model": answer.model, "device": answer.device, "ms": round(seconds * 1000, 2),
+            "model": answer.model, "device": answer.device, "mode": answer.mode, "ms": round(seconds * 1000, 2),
             "compute_ms": round(answer.compute_ms, 2), "batch_queries": answer.batch_queries,
             "model_load_ms": None if answer.model_load_ms is None else round(answer.model_load_ms, 1),
             "pages_searched": service.pages, "notices": answer.notices, "results": results,

@@ -54,7 +54,8 @@ def find_server(index_dir: Path, token: str | None = None) -> str | None:
     return record.url
 
 
-def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600) -> dict[str, Any]:
+def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600,
+                  mode: str = "auto") -> dict[str, Any]:
     """The server's answer to one query (its JSON body)."""
-    return _request(url.rstrip("/") + "/search", {"query": query, "k": k}, token or os.environ.get("RAGGED_TOKEN"),
-                    timeout)
+    return _request(url.rstrip("/") + "/search", {"query": query, "k": k, "mode": mode},
+                    token or os.environ.get("RAGGED_TOKEN"), timeout)

