@@ -40,6 +40,7 @@ def test_ingest_search_and_reingest(ragged: Ragged) -> None:
     repeat = json.loads(ragged("search", "quarterly revenue", "-k", "4", "--json").stdout)["hits"]
     assert repeat == hits  # deterministic
 
+    ragged.env["COLUMNS"] = "300"  # whole paths, one row per hit
     table = ragged("search", "quarterly revenue", "-k", "4")
     assert table.exit_code == 0
     rows = [line for line in table.stdout.splitlines() if ".pdf" in line]

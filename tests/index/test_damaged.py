@@ -119,7 +119,8 @@ def test_document_ids_never_become_paths(index: Path, tmp_path: Path) -> None:
     table.add(pa.table({"doc_hash": ["../../x"], "path": ["/evil.pdf"], "page": pa.array([1], pa.int32()),
                         "n_vectors": pa.array([5], pa.int32()), "model": [MODEL], "vectors": vectors,
                         "grid_start": pa.array([None], pa.int32()), "grid_rows": pa.array([None], pa.int32()),
-                        "grid_cols": pa.array([None], pa.int32()), "text": pa.array([None], pa.string())},
+                        "grid_cols": pa.array([None], pa.int32()), "text": pa.array([None], pa.string()),
+                        "text_vectors": pa.array([None], pa.list_(pa.float32()))},
                        schema=_schema(DIM)))
     with pytest.raises(IndexStoreError, match=r"'\.\./\.\./x' is not a document id"):
         scores(index)

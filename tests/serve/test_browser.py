@@ -39,12 +39,12 @@ def test_search_see_pages_open_one_and_show_its_heatmap(browser, server: Server,
     shots = Path(os.environ.get("RAGGED_SCREENSHOT_DIR") or tmp_path)
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     page.goto(server.url, wait_until="domcontentloaded")
-    page.wait_for_function("document.getElementById('status').textContent.includes('pages')", timeout=30_000)
+    page.wait_for_function("document.getElementById('status').textContent.includes('pages')", timeout=60_000)
     page.fill("#query", "quarterly revenue")
     page.press("#query", "Enter")
-    page.wait_for_selector(".hit", timeout=30_000)
+    page.wait_for_selector(".hit", timeout=60_000)
     page.wait_for_function(
-        "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)", timeout=30_000)
+        "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
     hits = page.locator(".hit")
     assert hits.count() == 6  # every page of the sample index, best first
     assert "of 6 pages in" in page.inner_text("#summary")
@@ -54,9 +54,9 @@ def test_search_see_pages_open_one_and_show_its_heatmap(browser, server: Server,
     hits.first.click()
     page.wait_for_selector("#viewer.open", timeout=10_000)
     page.wait_for_function("document.getElementById('large').complete && "
-                           "document.getElementById('large').naturalWidth >= 1280", timeout=30_000)
+                           "document.getElementById('large').naturalWidth >= 1280", timeout=60_000)
     page.check("#heat")
-    page.wait_for_function("document.getElementById('legend').textContent.includes('patches')", timeout=30_000)
+    page.wait_for_function("document.getElementById('legend').textContent.includes('patches')", timeout=60_000)
     painted = page.evaluate("""() => {
         const c = document.getElementById('overlay');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

@@ -51,7 +51,7 @@ def test_32_concurrent_clients_each_get_their_own_hits(server: Server, sample_in
 
     def ask(query: str) -> tuple[str, dict[str, object]]:
         start.wait(timeout=30)
-        status, body = http(server.url + "/search", {"query": query, "k": 4})
+        status, body = http(server.url + "/search", {"query": query, "k": 4, "mode": "vision"})
         assert status == 200, body
         return query, body
 

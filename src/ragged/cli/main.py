@@ -81,11 +81,15 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--text-model", envvar="RAGGED_TEXT_MODEL", show_envvar=True, default=None,
               help="Sentence-embedding model for page text (sentence-transformers id or folder), or 'none'. "
                    "Default: the index's, else the config's, else all-MiniLM-L6-v2.")
+@click.option("--workers", default=None, metavar="N|auto",
+              help="Embed on Ray workers: N of them, or auto (one per GPU; one on a CPU-only machine).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
 @memory_target_option
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
-           text_model: str | None, memory_target: float, index_dir: Path, as_json: bool) -> None:
+           text_model: str | None, workers: str | None, ray_address: str | None, memory_target: float,
+           index_dir: Path, as_json: bool) -> None:
     """Embed PDFs and images (files or folders) into the index.
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
@@ -103,11 +107,12 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     resolve_model(chosen, cache_dir())
     from ragged.text.model import DEFAULT_TEXT_MODEL
 
+    scale = _scale(workers, ray_address)
     named_text = text_model or setting("text_model")
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
                             cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),
                             text_model=named_text or (meta.text_model if meta else None) or DEFAULT_TEXT_MODEL,
-                            text_model_explicit=named_text is not None)
+                            text_model_explicit=named_text is not None, scale=scale)
     with IngestProgress(err, enabled=not as_json) as progress:
         report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
     for problem in report.problems:
@@ -120,6 +125,22 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
         print_ingest_report(out, report)
     if report.failed:
         sys.exit(1)
+
+
+def _scale(workers: str | None, address: str | None) -> Any:
+    """The distributed settings of --workers and --ray-address (None: this process)."""
+    if workers is None and address is None:
+        return None
+    from ragged.errors import ConfigurationError
+    from ragged.ingest.distributed import ScaleOptions, require_ray
+
+    count: int | None = None
+    if workers not in (None, "auto"):
+        if not str(workers).isdigit() or int(str(workers)) < 1:
+            raise ConfigurationError(f"--workers takes a whole number of at least 1, or auto (got {workers!r}).")
+        count = int(str(workers))
+    require_ray()
+    return ScaleOptions(workers=count, address=address)
 
 
 @cli.command()

@@ -51,7 +51,8 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
             ooms += f"; {report.failed_pages} page(s) could not be embedded"
     else:
         ooms = "none"
-    device = f"{report.device} ({gib(report.device_total_bytes)}), {report.dtype}"
+    device = (safe(report.device) if report.workers
+              else f"{report.device} ({gib(report.device_total_bytes)}), {report.dtype}")
     if report.placement_note:
         device += f" [yellow]instead of the requested device[/]: {safe(report.placement_note)}"
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -60,12 +61,13 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
     table.add_row("model", plain(report.model))
     table.add_row("device", device)
     table.add_row("batches", f"{len(report.batch_sizes)}, sizes {size_text}")
-    table.add_row("memory", _memory(report))
+    table.add_row("memory", _memory(report) if not report.workers
+                  else f"{gib(report.peak_bytes)} per batch at most, above the model (each worker: below)")
     if report.budget_warning:
         table.add_row("", f"[yellow]{safe(report.budget_warning)}[/]")
     table.add_row("out of memory", ooms)
     speed = f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all"
-    if report.embed_seconds:
+    if report.embed_seconds and not report.workers:
         speed += (f"; waiting for preprocessing {100 * report.prepare_seconds / report.embed_seconds:.0f}%, "
                   f"in the model {100 * report.compute_seconds / report.embed_seconds:.0f}%")
     table.add_row("speed", speed + ")")
@@ -77,3 +79,13 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
     if report.pages_without_text:
         table.add_row("", f"{report.pages_without_text} page(s) have no text layer (searchable by image only)")
     console.print(table)
+    if report.workers:
+        workers = Table(title="workers", show_edge=False)
+        for column in ("worker", "device", "pages", "pages/s", "batch sizes", "peak memory", "out of memory"):
+            workers.add_column(column)
+        for w in report.workers:
+            sizes = sorted(set(w.batch_sizes))
+            workers.add_row(w.worker, safe(w.device), str(w.pages), f"{w.pages_per_second:.1f}",
+                            f"{sizes[0]}-{sizes[-1]}" if sizes else "-", gib(w.peak_bytes),
+                            str(w.ooms) if w.ooms else "none")
+        console.print(workers)

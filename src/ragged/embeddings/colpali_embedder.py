@@ -21,7 +21,7 @@ import torch
 from loguru import logger
 from PIL import Image
 
-from ragged.embeddings.cost import page_view_size, prompt_overhead, text_tokens, visual_tokens
+from ragged.embeddings.cost import PageView, prompt_overhead, text_tokens, visual_tokens
 from ragged.embeddings.loading import (
     estimate_model_bytes,
     load_model,
@@ -244,7 +244,12 @@ class ColPaliEmbedder:
     def page_view_size(self, width: int, height: int) -> tuple[int, int]:
         """The largest size a page of ``width x height`` pixels needs to be for
         this model (pages are rendered or scaled to it before being held)."""
-        return page_view_size(self.processor, width, height)
+        return self.page_view.fit(width, height)
+
+    @property
+    def page_view(self) -> PageView:
+        """This model's page-size rule, as plain data."""
+        return PageView.of(self.processor)
 
     def _embed_pages(self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None,
                      keep_going: bool) -> list[PageVectors | ItemFailure]:

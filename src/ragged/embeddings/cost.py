@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -59,27 +60,50 @@ def prompt_overhead(processor: Any) -> int:
     return max(0, total - visual_tokens(processor, [blank])[0])
 
 
-def page_view_size(processor: Any, width: int, height: int, margin: float = 1.25) -> tuple[int, int]:
-    """The largest size a page needs to be for the model to see all it will
-    see, at most (width, height): pages are rendered or scaled to this
-    before they are held, so a poster-sized page never sits in memory.
+@dataclass(frozen=True)
+class PageView:
+    """What a model's image processor does with a page's size, as plain data
+    (it travels to render workers): a pixel budget (Qwen2-VL), a fixed size
+    (SigLIP, ColPali: aspect ignored), or a longest edge (Idefics3)."""
 
-    ``margin`` keeps some resolution above the processor's own target, so
-    its resize (and rounding to patch multiples) gives the same geometry.
-    """
-    images = getattr(processor, "image_processor", processor)
-    size = getattr(images, "size", None)
+    max_pixels: int | None = None
+    fixed: tuple[int, int] | None = None  # (width, height)
+    longest_edge: int | None = None
+    margin: float = 1.25  # resolution kept above the processor's target, so its own resize sees the same
 
-    def get(key: str) -> Any:
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    @classmethod
+    def of(cls, processor: Any) -> PageView:
+        """The rule of ``processor``."""
+        images = getattr(processor, "image_processor", processor)
+        size = getattr(images, "size", None)
 
-    scale = 1.0
-    max_pixels = getattr(images, "max_pixels", None) or (get("longest_edge") if get("shortest_edge") else None)
-    fixed_h, fixed_w = get("height"), get("width")
-    if isinstance(max_pixels, int) and get("shortest_edge"):  # Qwen2-VL: a pixel budget
-        scale = min(1.0, math.sqrt(margin * max_pixels / max(1, width * height)))
-    elif fixed_h and fixed_w:  # SigLIP (ColPali): a fixed square, aspect ignored
-        scale = min(1.0, margin * max(fixed_w / width, fixed_h / height))
-    elif get("longest_edge"):  # Idefics3 (ColModernVBert): the longest edge, then tiles
-        scale = min(1.0, margin * float(get("longest_edge")) / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
+        def get(key: str) -> Any:
+            return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+        max_pixels = getattr(images, "max_pixels", None) or (get("longest_edge") if get("shortest_edge") else None)
+        if isinstance(max_pixels, int) and get("shortest_edge"):
+            return cls(max_pixels=max_pixels)
+        if get("height") and get("width"):
+            return cls(fixed=(int(get("width")), int(get("height"))))
+        if get("longest_edge"):
+            return cls(longest_edge=int(get("longest_edge")))
+        return cls()
+
+    def fit(self, width: int, height: int) -> tuple[int, int]:
+        """The largest size a page of ``width x height`` needs to be for the
+        model to see all it will see (never larger than it is)."""
+        scale = 1.0
+        if self.max_pixels:
+            scale = min(1.0, math.sqrt(self.margin * self.max_pixels / max(1, width * height)))
+        elif self.fixed:
+            scale = min(1.0, self.margin * max(self.fixed[0] / width, self.fixed[1] / height))
+        elif self.longest_edge:
+            scale = min(1.0, self.margin * self.longest_edge / max(width, height))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def page_view_size(processor: Any, width: int, height: int) -> tuple[int, int]:
+    """The largest size a page needs to be for ``processor``'s model (see
+    :class:`PageView`): pages are rendered or scaled to this before they are
+    held, so a poster-sized page never sits in memory."""
+    return PageView.of(processor).fit(width, height)

@@ -27,6 +27,8 @@ from ragged.gpu.policy import MemoryPolicy
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
 from ragged.ingest.changes import missing_under, plan_changes
+from ragged.ingest.commit import Committer, Pending
+from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
 from ragged.ingest.text_side import TextSide
@@ -61,6 +63,7 @@ class IngestOptions:
     policy: MemoryPolicy = field(default_factory=MemoryPolicy)
     text_model: str | None = DEFAULT_TEXT_MODEL  # None or "none": images only
     text_model_explicit: bool = False  # named by the user: it must load
+    scale: ScaleOptions | None = None  # embed on Ray workers (--workers) instead of in this process
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
@@ -115,13 +118,18 @@ def _embed(store: IndexStore, docs: list[Document], replaces: set[str], options:
             report.notes.append(text.reason)
         try:
             text.upgrade(store, store.documents(), report)
-            if docs:
+            if docs and options.scale is not None:
+                from ragged.ingest.distributed import run_distributed
+
+                progress.start(sum(d.pages for d in docs))
+                run_distributed(store, docs, replaces, options, options.scale, report, progress.advance)
+            elif docs:
                 progress.start(sum(d.pages for d in docs))
                 with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
                                      cache_dir=options.cache_dir, policy=options.policy, model_manager=models,
                                      oom_handler=handler) as embedder:
                     _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
-            if text.on:
+            if text.on or report.text_model:
                 store.finish()
         finally:
             text.close()
@@ -148,20 +156,8 @@ def host_buffer_bytes(embedder: ColPaliEmbedder) -> int:
 
 
 @dataclass
-class _Pending:
-    doc: Document
-    pages: list[StoredPage | None]
-    sent: int = 0  # pages handed to the embedder (each counted in progress by it)
-    failed: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return all(p is not None for p in self.pages)
-
-
-@dataclass
 class _Held:
-    entry: _Pending
+    entry: Pending
     number: int
     page: RenderedPage
 
@@ -172,16 +168,14 @@ class _Stream:
     def __init__(self, embedder: ColPaliEmbedder, store: IndexStore, report: IngestReport, progress: Progress,
                  dpi: int, replaces: set[str], text: TextSide) -> None:
         self.embedder, self.store, self.report, self.progress, self.dpi = embedder, store, report, progress, dpi
-        self.replaces, self.text = replaces, text
+        self.committer = Committer(store, report, progress.advance, replaces, text)
         self.max_bytes = host_buffer_bytes(embedder)
-        self.pending: list[_Pending] = []
         self.held: list[_Held] = []
         self.held_bytes = 0
 
     def run(self, docs: list[Document]) -> None:
         for doc in docs:
-            entry = _Pending(doc, [None] * doc.pages)
-            self.pending.append(entry)
+            entry = self.committer.open(doc)
             try:
                 for number, page in enumerate(render_pages(doc, self.dpi, fit=self.embedder.page_view_size)):
                     if entry.failed:  # a page of it failed in an earlier flush
@@ -196,14 +190,10 @@ class _Stream:
                 self._fail(entry, str(exc))
         self._flush()
 
-    def _fail(self, entry: _Pending, message: str) -> None:
-        if entry.failed:
-            return
-        entry.failed = True
-        self.report.problems.append(InputProblem(str(entry.doc.path), message))
+    def _fail(self, entry: Pending, message: str) -> None:
         self.held = [h for h in self.held if h.entry is not entry]
         self.held_bytes = sum(h.page.nbytes for h in self.held)
-        self.progress.advance(entry.doc.pages - entry.sent)  # never embedded: counted done here, once
+        self.committer.fail(entry, message)
 
     def _flush(self) -> None:
         if self.held:
@@ -218,24 +208,6 @@ class _Stream:
                     self._fail(h.entry, f"{h.entry.doc.path}: page {h.number + 1} could not be embedded: "
                                         f"{result.reason}")
                 elif isinstance(result, PageVectors):
-                    h.entry.pages[h.number] = StoredPage(result.vectors.astype(np.float16), result.grid,
-                                                         h.page.text)
-        self._commit_ready()
-
-    def _commit_ready(self) -> None:
-        still: list[_Pending] = []
-        for entry in self.pending:
-            if entry.failed:
-                continue
-            if not entry.complete:
-                still.append(entry)
-                continue
-            pages = self.text.attach(self.store, [p for p in entry.pages if p is not None], self.report)
-            self.store.add_document(entry.doc.sha256, str(entry.doc.path), pages)
-            if absolute(entry.doc.path) in self.replaces:
-                self.report.documents_replaced += 1
-            else:
-                self.report.documents_added += 1
-            self.report.pages_added += len(pages)
-            self.report.pages_without_text += sum(not p.text for p in pages)
-        self.pending = still
+                    self.committer.page(h.entry, h.number, StoredPage(result.vectors.astype(np.float16),
+                                                                      result.grid, h.page.text))
+        self.committer.commit_ready()

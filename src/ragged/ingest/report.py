@@ -8,6 +8,7 @@ from typing import Any
 
 from ragged.embeddings.report import EmbeddingReport
 from ragged.ingest.documents import InputProblem
+from ragged.ingest.worker import WorkerReport
 
 
 @dataclass
@@ -48,6 +49,7 @@ class IngestReport:
     text_seconds: float = 0.0
     problems: list[InputProblem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    workers: list[WorkerReport] = field(default_factory=list)  # a distributed run, one per worker
 
     @property
     def pages_per_second(self) -> float:
@@ -74,6 +76,17 @@ class IngestReport:
         self.recoveries.update(part.recoveries)
         self.cpu_fallback_pages += part.cpu_fallback_items
         self.failed_pages += part.failed_items
+
+    def absorb_worker(self, part: WorkerReport) -> None:
+        """Add one distributed worker's figures."""
+        self.batch_sizes.extend(part.batch_sizes)
+        if part.peak_bytes is not None:
+            self.peak_bytes = max(self.peak_bytes or 0, part.peak_bytes)
+        self.ooms += part.ooms
+        self.recoveries.update(part.recoveries)
+        self.cpu_fallback_pages += part.cpu_fallback_pages
+        self.failed_pages += part.failed_pages
+        self.passages += part.passages
 
     @property
     def failed(self) -> bool:
@@ -119,5 +132,10 @@ class IngestReport:
             "passages": self.passages,
             "text_seconds": round(self.text_seconds, 3),
             "notes": list(self.notes),
+            "workers": [{"worker": w.worker, "device": w.device, "pages": w.pages,
+                         "pages_per_second": round(w.pages_per_second, 3), "batch_sizes": sorted(set(w.batch_sizes)),
+                         "peak_bytes": w.peak_bytes, "ooms": w.ooms, "recoveries": w.recoveries,
+                         "cpu_fallback_pages": w.cpu_fallback_pages, "failed_pages": w.failed_pages}
+                        for w in self.workers],
             "errors": [{"path": p.path, "error": p.message} for p in self.problems],
         }

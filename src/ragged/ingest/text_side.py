@@ -82,12 +82,19 @@ class TextSide:
         return out
 
     def attach(self, store: IndexStore, pages: list[StoredPage], report: IngestReport) -> list[StoredPage]:
-        """``pages`` with their text vectors (unchanged when the text side is off)."""
+        """``pages`` with their text vectors (unchanged when the text side is
+        off, or when a worker already made them)."""
         if not self.on:
             return pages
         self._record_model(store)
-        vectors = self.vectors([p.text or "" for p in pages], report)
-        return [replace(page, text=page.text or "", text_vectors=v) for page, v in zip(pages, vectors, strict=True)]
+        missing = [n for n, p in enumerate(pages) if p.text_vectors is None]
+        if not missing:
+            return pages
+        vectors = self.vectors([pages[n].text or "" for n in missing], report)
+        out = list(pages)
+        for n, v in zip(missing, vectors, strict=True):
+            out[n] = replace(pages[n], text=pages[n].text or "", text_vectors=v)
+        return out
 
     def _record_model(self, store: IndexStore) -> None:
         embedder = self.embedder

@@ -1,0 +1,320 @@
+"""Ingest on every GPU of a machine and across machines, on Ray.
+
+The driver (this process) lists the documents and skips those already
+stored, exactly as a single-process ingest does. Pages are rendered in Ray
+tasks on CPUs, no larger than the model will see them. Embedding runs in
+Ray actors, one per device (:class:`~ragged.ingest.worker.EmbedWorker`):
+each holds its own embedder with ragged's adaptive batching and OOM
+recovery on its device. Work goes to whichever worker is free, so a fast
+card does more. Results stream back to the driver, the single writer, which
+commits each document whole (:class:`~ragged.ingest.commit.Committer`).
+
+Why Ray core rather than Ray Data's ``map_batches``: the driver must know
+which worker and device produced what, so that a worker that dies has its
+pages embedded again elsewhere (and stored once), a device that keeps
+failing is dropped while the run goes on, and a batch that fails on two
+devices is blamed on its pages, not on the devices. Ray Data retries
+blindly and hides placement.
+
+Guarantees kept: a document is wholly present or absent whatever dies; a
+rerun after a crash of the driver or of a worker resumes; every page is
+stored exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from ragged.embeddings.cost import PageView
+from ragged.errors import ConfigurationError, InputError
+from ragged.index.store import IndexStore
+from ragged.ingest.commit import Committer, Pending
+from ragged.ingest.documents import Document, RenderedPage, render_pages
+from ragged.ingest.report import IngestReport
+from ragged.ingest.text_side import TextSide
+from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig, WorkerReport
+
+BATCH_PAGES = 16  # pages sent to a worker at a time; it sub-batches them by its own memory
+MAX_WORKER_FAILURES = 3  # a worker (its device) that fails this often is dropped
+MAX_BATCH_ATTEMPTS = 2  # a batch that fails on this many workers is blamed on its pages
+WAIT_S = 30.0
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or a clear error saying how to get it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigurationError("--workers runs on Ray, which is not installed: pip install 'ragged[ray]'.") from None
+    return ray
+
+
+@dataclass
+class ScaleOptions:
+    """How to spread the work: ``workers`` (None: one per GPU, one on a CPU-only
+    cluster) on a local cluster or the one at ``address``."""
+
+    workers: int | None = None
+    address: str | None = None
+    worker_cls: type = EmbedWorker  # what each actor runs (tests subclass it to inject faults)
+    batch_pages: int = BATCH_PAGES
+    events: Callable[[str, Any], None] | None = None  # ("workers", [(name, pid)]), ("batch", name), ...
+
+
+@dataclass
+class _Worker:
+    name: str
+    handle: Any
+    failures: int = 0
+
+
+@dataclass
+class _Batch:
+    jobs: list[PageJob]
+    tried: list[str] = field(default_factory=list)  # workers it failed on
+
+
+def render_document(doc: Document, dpi: int, view: PageView) -> tuple[list[RenderedPage], str | None]:
+    """A Ray task: the document's pages, or the one-line reason they cannot be had."""
+    try:
+        pages = list(render_pages(doc, dpi, fit=view.fit))
+    except InputError as exc:
+        return [], str(exc)
+    if len(pages) != doc.pages:
+        return [], f"{doc.path}: {len(pages)} pages rendered, {doc.pages} expected; repair or re-export it."
+    return pages, None
+
+
+def connect(ray: Any, address: str | None) -> bool:
+    """Join the cluster at ``address`` or start a local one; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
+              "configure_logging": False}
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(**common)
+    return True
+
+
+def worker_count(ray: Any, requested: int | None) -> tuple[int, int]:
+    """(workers, GPUs each): auto is one per GPU in the cluster, else one."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count = requested or max(1, gpus)
+    if gpus and count > gpus:
+        raise ConfigurationError(f"{count} workers asked for, but the cluster has {gpus} GPU(s): use --workers "
+                                 f"{gpus} or auto.")
+    return count, 1 if gpus else 0
+
+
+class Driver:
+    """Runs one distributed ingest: rendering tasks, workers, commits."""
+
+    def __init__(self, ray: Any, store: IndexStore, committer: Committer, report: IngestReport, advance: Any,
+                 scale: ScaleOptions, dpi: int, view: PageView, cpus: int) -> None:
+        self.ray, self.store, self.committer, self.report = ray, store, committer, report
+        self.advance, self.scale, self.dpi, self.view = advance, scale, dpi, view
+        self.render = ray.remote(num_cpus=1, max_retries=2)(render_document)
+        self.render_slots = max(1, cpus)
+        self.queue: deque[_Batch | PageJob] = deque()
+        self.renders: dict[Any, Pending] = {}
+        self.flight: dict[Any, tuple[_Worker, _Batch]] = {}
+
+    def run(self, docs: list[Document], workers: list[_Worker]) -> list[_Worker]:
+        """Embed and commit ``docs``; the workers still standing at the end."""
+        todo = deque(docs)
+        idle = deque(workers)
+        limit = self.scale.batch_pages * len(workers) * 4  # pages waiting: bounded
+        while todo or self.renders or self.queue or self.flight:
+            while todo and len(self.renders) < self.render_slots and self._waiting() < limit:
+                doc = todo.popleft()
+                self.renders[self.render.remote(doc, self.dpi, self.view)] = self.committer.open(doc)
+            self._dispatch(idle, flush=not todo and not self.renders)
+            if not idle and not self.flight and (self.queue or todo):
+                raise ConfigurationError("Every worker failed and was dropped; see the warnings above.")
+            refs = list(self.renders) + list(self.flight)
+            if not refs:
+                continue
+            ready, _ = self.ray.wait(refs, num_returns=1, timeout=WAIT_S)
+            for ref in ready:
+                if ref in self.renders:
+                    self._rendered(ref)
+                else:
+                    self._embedded(ref, idle)
+        return list(idle)
+
+    def _waiting(self) -> int:
+        return sum(len(b.jobs) if isinstance(b, _Batch) else 1 for b in self.queue)
+
+    def _dispatch(self, idle: deque[_Worker], flush: bool) -> None:
+        while idle and self.queue:
+            if isinstance(self.queue[0], _Batch):  # a batch coming back from a lost worker
+                batch = self.queue.popleft()
+                assert isinstance(batch, _Batch)
+                untried = next((w for w in idle if w.name not in batch.tried), None)
+                if untried is None:
+                    self.queue.appendleft(batch)
+                    return
+                idle.remove(untried)
+                self._send(untried, batch)
+                continue
+            if self._waiting() < self.scale.batch_pages and not flush:
+                return
+            jobs: list[PageJob] = []
+            while self.queue and isinstance(self.queue[0], PageJob) and len(jobs) < self.scale.batch_pages:
+                job = self.queue.popleft()
+                assert isinstance(job, PageJob)
+                entry = self.committer.get(job.doc_hash)
+                if entry is not None and not entry.failed:
+                    jobs.append(job)
+            if jobs:
+                self._send(idle.popleft(), _Batch(jobs))
+
+    def _send(self, worker: _Worker, batch: _Batch) -> None:
+        self.flight[worker.handle.embed.remote(batch.jobs)] = (worker, batch)
+        if self.scale.events is not None:
+            self.scale.events("batch", worker.name)
+
+
+    def _rendered(self, ref: Any) -> None:
+        entry = self.renders.pop(ref)
+        try:
+            pages, error = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            pages, error = [], f"{entry.doc.path}: rendering failed ({type(exc).__name__})."
+        if error is not None:
+            self.committer.fail(entry, error)
+            return
+        self.queue.extend(PageJob(entry.doc.sha256, n, page) for n, page in enumerate(pages))
+
+    def _embedded(self, ref: Any, idle: deque[_Worker]) -> None:
+        worker, batch = self.flight.pop(ref)
+        try:
+            results: list[PageResult] = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            self._lost(worker, batch, exc, idle)
+            return
+        worker.failures = 0
+        idle.append(worker)
+        for result in results:
+            entry = self.committer.get(result.doc_hash)
+            if entry is None or entry.failed or entry.pages[result.number] is not None:
+                continue  # its document failed or was committed meanwhile, or this page came back twice
+            entry.sent += 1
+            self.advance(1)
+            if result.page is None:
+                self.committer.fail(entry, f"{entry.doc.path}: page {result.number + 1} could not be embedded: "
+                                           f"{result.error}")
+            else:
+                self.committer.page(entry, result.number, result.page)
+        self.committer.commit_ready()
+
+    def _lost(self, worker: _Worker, batch: _Batch, exc: BaseException, idle: deque[_Worker]) -> None:
+        """A worker died or its device failed during ``batch``: the pages go to
+        another worker; the worker is dropped if it keeps failing."""
+        worker.failures += 1
+        batch.tried.append(worker.name)
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        logger.warning("Worker {} failed on a batch of {} page(s) ({}); the pages go to another worker",
+                       worker.name, len(batch.jobs), reason)
+        if len(batch.tried) >= MAX_BATCH_ATTEMPTS:  # failed on two devices: it is the pages
+            for job in batch.jobs:
+                entry = self.committer.get(job.doc_hash)
+                if entry is not None:
+                    self.committer.fail(entry, f"{entry.doc.path}: page {job.number + 1} failed on "
+                                               f"{len(batch.tried)} workers: {reason}")
+        else:
+            self.queue.appendleft(batch)
+        if worker.failures >= MAX_WORKER_FAILURES:
+            self.report.notes.append(f"worker {worker.name} failed {worker.failures} times in a row and was "
+                                     "dropped; the run went on without it")
+            logger.warning("Dropping worker {}: it failed {} times in a row", worker.name, worker.failures)
+            self.ray.kill(worker.handle, no_restart=True)
+            return
+        idle.append(worker)  # Ray restarts a dead actor (max_restarts); a live one is used again
+
+
+def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str], options: Any,
+                    scale: ScaleOptions, report: IngestReport, advance: Any) -> None:
+    """Embed ``docs`` on Ray workers and commit them through ``store``."""
+    ray = require_ray()
+    started = connect(ray, scale.address)
+    handles: list[Any] = []
+    try:
+        count, gpus = worker_count(ray, scale.workers)
+        cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        text_model = _text_model(store, options, report)
+        config = WorkerConfig(options.model, text_model, options.cache_dir, options.policy, options.batch_size,
+                              threads=None if gpus else max(1, cpus // count))
+        actor = ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=MAX_WORKER_FAILURES)(scale.worker_cls)
+        workers = []
+        for n in range(count):
+            handle = actor.remote(config, f"w{n}")
+            handles.append(handle)
+            workers.append(_Worker(f"w{n}", handle))
+        pids = ray.get([w.handle.pid.remote() for w in workers])
+        if scale.events is not None:
+            scale.events("workers", [(w.name, pid) for w, pid in zip(workers, pids, strict=True)])
+        committer = Committer(store, report, advance, replaces, TextSide(None))
+        view = _page_view(options)
+        began = time.perf_counter()
+        standing = Driver(ray, store, committer, report, advance, scale, options.dpi, view, cpus).run(docs, workers)
+        for part in ray.get([w.handle.finish.remote() for w in standing]):
+            report.workers.append(part)
+            report.absorb_worker(part)
+        report.embed_seconds = time.perf_counter() - began  # wall time over every worker: the overall speed
+        devices = [p.device for p in report.workers]
+        report.device = f"{len(devices)} worker(s) on " + ", ".join(f"{devices.count(d)} x {d}"
+                                                                     for d in sorted(set(devices)))
+    finally:
+        for handle in handles:
+            with suppress(Exception):  # already gone
+                ray.kill(handle, no_restart=True)
+        if started:
+            ray.shutdown()
+
+
+def _text_model(store: IndexStore, options: Any, report: IngestReport) -> str | None:
+    """The text model the workers run (recorded in the index now), or None."""
+    from ragged.errors import ModelError
+    from ragged.text.model import NO_TEXT_MODEL, resolve_text_model
+
+    name = options.text_model
+    if not name or name == NO_TEXT_MODEL:
+        return None
+    try:
+        source = resolve_text_model(name, options.cache_dir or _default_cache())
+    except ModelError as exc:
+        if options.text_model_explicit:
+            raise
+        report.notes.append(f"pages are searchable by image only: {exc}")
+        return None
+    store.set_text_model(source.name, source.dim)
+    report.text_model = source.name
+    return source.name
+
+
+def _page_view(options: Any) -> PageView:
+    from ragged.embeddings.loading import load_processor, resolve_model
+
+    cache = options.cache_dir or _default_cache()
+    return PageView.of(load_processor(resolve_model(options.model, cache), cache))
+
+
+def _default_cache() -> Any:
+    from ragged.paths import cache_dir
+
+    return cache_dir()
+
+
+__all__ = ["ScaleOptions", "WorkerReport", "require_ray", "run_distributed"]

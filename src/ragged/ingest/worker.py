@@ -1,0 +1,167 @@
+"""An embedding worker of a distributed ingest: one device, one embedder.
+
+Each worker (a Ray actor) holds a :class:`ColPaliEmbedder` on its own
+device, with ragged's adaptive batching and OOM recovery there (cards of
+different sizes each find their own batch size), and the text model beside
+it when the index has a text side. Workers never write the index: they send
+page results back to the driver, the single writer. Plain Python: the
+driver makes it a Ray actor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragged.gpu.batch_runner import ItemFailure
+from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.policy import MemoryPolicy
+from ragged.index.catalog import PatchGrid
+from ragged.index.store import StoredPage
+from ragged.ingest.documents import RenderedPage
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs to start."""
+
+    model: str
+    text_model: str | None
+    cache_dir: Path | None
+    policy: MemoryPolicy
+    batch_size: int | None = None
+    threads: int | None = None  # torch threads (CPU workers share the cores)
+
+
+@dataclass(frozen=True)
+class PageJob:
+    """One page to embed: which document and page, and the page itself."""
+
+    doc_hash: str
+    number: int  # 0-based
+    page: RenderedPage
+
+
+@dataclass(frozen=True)
+class PageResult:
+    """A page embedded (``page``), or why it could not be (``error``)."""
+
+    doc_hash: str
+    number: int
+    page: StoredPage | None
+    error: str | None = None
+
+
+@dataclass
+class WorkerReport:
+    """What one worker did (memory in bytes)."""
+
+    worker: str
+    device: str = ""
+    pages: int = 0
+    seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+    peak_bytes: int | None = None
+    ooms: int = 0
+    recoveries: dict[str, int] = field(default_factory=dict)
+    cpu_fallback_pages: int = 0
+    failed_pages: int = 0
+    passages: int = 0
+
+    @property
+    def pages_per_second(self) -> float:
+        """This worker's own throughput."""
+        return self.pages / self.seconds if self.seconds > 0 else 0.0
+
+
+class EmbedWorker:
+    """Embeds batches of pages on this process's device."""
+
+    def __init__(self, config: WorkerConfig, name: str) -> None:
+        import torch
+
+        from ragged.embeddings.colpali_embedder import ColPaliEmbedder
+        from ragged.gpu import default_device_manager
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        manager = default_device_manager()
+        device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+        self.models = ModelManager(manager, idle_timeout_s=None, policy=config.policy)
+        handler = OOMHandler(manager)
+        self.embedder = ColPaliEmbedder(config.model, device=device, batch_size=config.batch_size,
+                                        cache_dir=config.cache_dir, policy=config.policy, model_manager=self.models,
+                                        oom_handler=handler)
+        self.text: Any = None
+        if config.text_model:
+            from ragged.text.embedder import TextEmbedder
+
+            self.text = TextEmbedder(config.text_model, device, cache_dir=config.cache_dir,
+                                     device_manager=manager, model_manager=self.models, policy=config.policy,
+                                     oom_handler=handler)
+        self.report = WorkerReport(name, self.embedder.device.label)
+
+    def pid(self) -> int:
+        """This worker's process id."""
+        return os.getpid()
+
+    def embed(self, jobs: list[PageJob]) -> list[PageResult]:
+        """Embed the pages (and their text); one result per job, in order."""
+        from ragged.embeddings.colpali_embedder import PageVectors
+
+        results = self.embedder.embed_pages([job.page.image for job in jobs])
+        self._absorb(self.embedder.last_report)
+        texts = [job.page.text for job in jobs]
+        vectors = self._text_vectors(texts)
+        out = []
+        for job, result, text_vectors in zip(jobs, results, vectors, strict=True):
+            if isinstance(result, ItemFailure) or not isinstance(result, PageVectors):
+                reason = result.reason if isinstance(result, ItemFailure) else "no result"
+                out.append(PageResult(job.doc_hash, job.number, None, reason))
+                continue
+            grid = PatchGrid(result.grid.start, result.grid.rows, result.grid.cols) if result.grid else None
+            out.append(PageResult(job.doc_hash, job.number, StoredPage(result.vectors.astype(np.float16), grid,
+                                                                          job.page.text, text_vectors)))
+        return out
+
+    def _text_vectors(self, texts: list[str]) -> list[np.ndarray | None]:
+        if self.text is None:
+            return [None] * len(texts)
+        per_text = [self.text.passages(t) for t in texts]
+        flat = [p for passages in per_text for p in passages]
+        vectors = self.text.embed_passages(flat)  # (passages, dim)
+        self.report.passages += len(flat)
+        out: list[np.ndarray | None] = []
+        at = 0
+        for passages in per_text:
+            out.append(vectors[at : at + len(passages)])
+            at += len(passages)
+        return out
+
+    def _absorb(self, part: Any) -> None:
+        if part is None:
+            return
+        report = self.report
+        report.pages += part.items - part.failed_items
+        report.seconds += part.seconds
+        report.batch_sizes.extend(part.batch_sizes)
+        if part.peak_bytes is not None:
+            report.peak_bytes = max(report.peak_bytes or 0, part.peak_bytes)
+        report.ooms += part.ooms
+        for name, count in part.recoveries.items():
+            report.recoveries[name] = report.recoveries.get(name, 0) + count
+        report.cpu_fallback_pages += part.cpu_fallback_items
+        report.failed_pages += part.failed_items
+
+    def finish(self) -> WorkerReport:
+        """This worker's report; its models are released."""
+        self.embedder.close()
+        if self.text is not None:
+            self.text.close()
+        self.models.close()
+        return self.report
