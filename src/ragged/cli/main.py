@@ -101,13 +101,13 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     from ragged.ingest.pipeline import IngestOptions
     from ragged.ingest.pipeline import ingest as run_ingest
 
+    scale = _scale(workers, ray_address)  # Ray missing: say so before any work
     meta = IndexStore.read_meta(index_dir)
     chosen = model or (meta.model if meta else None) or setting("model") or DEFAULT_MODEL
     default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
     resolve_model(chosen, cache_dir())
     from ragged.text.model import DEFAULT_TEXT_MODEL
 
-    scale = _scale(workers, ray_address)
     named_text = text_model or setting("text_model")
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
                             cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),

@@ -129,6 +129,7 @@ class Driver:
         self.queue: deque[_Batch | PageJob] = deque()
         self.renders: dict[Any, Pending] = {}
         self.flight: dict[Any, tuple[_Worker, _Batch]] = {}
+        self.probes: dict[Any, _Worker] = {}  # workers Ray is restarting: back once their probe answers
 
     def run(self, docs: list[Document], workers: list[_Worker]) -> list[_Worker]:
         """Embed and commit ``docs``; the workers still standing at the end."""
@@ -140,17 +141,23 @@ class Driver:
                 doc = todo.popleft()
                 self.renders[self.render.remote(doc, self.dpi, self.view)] = self.committer.open(doc)
             self._dispatch(idle, flush=not todo and not self.renders)
-            if not idle and not self.flight and (self.queue or todo):
+            if not idle and not self.flight and not self.probes and (self.queue or todo):
                 raise ConfigurationError("Every worker failed and was dropped; see the warnings above.")
-            refs = list(self.renders) + list(self.flight)
+            refs = list(self.renders) + list(self.flight) + list(self.probes)
             if not refs:
                 continue
             ready, _ = self.ray.wait(refs, num_returns=1, timeout=WAIT_S)
             for ref in ready:
                 if ref in self.renders:
                     self._rendered(ref)
+                elif ref in self.probes:
+                    self._probed(ref, idle)
                 else:
                     self._embedded(ref, idle)
+        for ref, worker in list(self.probes.items()):  # still restarting at the end: wait for them, briefly
+            with suppress(self.ray.exceptions.RayError):
+                self.ray.get(ref, timeout=WAIT_S)
+                idle.append(worker)
         return list(idle)
 
     def _waiting(self) -> int:
@@ -236,12 +243,25 @@ class Driver:
         else:
             self.queue.appendleft(batch)
         if worker.failures >= MAX_WORKER_FAILURES:
-            self.report.notes.append(f"worker {worker.name} failed {worker.failures} times in a row and was "
-                                     "dropped; the run went on without it")
-            logger.warning("Dropping worker {}: it failed {} times in a row", worker.name, worker.failures)
-            self.ray.kill(worker.handle, no_restart=True)
+            self._drop(worker, f"it failed {worker.failures} times in a row")
             return
-        idle.append(worker)  # Ray restarts a dead actor (max_restarts); a live one is used again
+        # Ray restarts a dead actor (max_restarts); it takes work again once it answers.
+        self.probes[worker.handle.pid.options(max_task_retries=-1).remote()] = worker
+
+    def _probed(self, ref: Any, idle: deque[_Worker]) -> None:
+        worker = self.probes.pop(ref)
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayError:
+            self._drop(worker, "it could not be restarted")
+            return
+        idle.append(worker)
+
+    def _drop(self, worker: _Worker, why: str) -> None:
+        self.report.notes.append(f"worker {worker.name} was dropped ({why}); the run went on without it")
+        logger.warning("Dropping worker {}: {}", worker.name, why)
+        with suppress(Exception):
+            self.ray.kill(worker.handle, no_restart=True)
 
 
 def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str], options: Any,
@@ -269,7 +289,12 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
         view = _page_view(options)
         began = time.perf_counter()
         standing = Driver(ray, store, committer, report, advance, scale, options.dpi, view, cpus).run(docs, workers)
-        for part in ray.get([w.handle.finish.remote() for w in standing]):
+        for worker in standing:
+            try:
+                part = ray.get(worker.handle.finish.remote(), timeout=WAIT_S)
+            except ray.exceptions.RayError:  # lost at the very end: its pages are stored, its figures are not
+                report.notes.append(f"worker {worker.name}'s figures were lost with it")
+                continue
             report.workers.append(part)
             report.absorb_worker(part)
         report.embed_seconds = time.perf_counter() - began  # wall time over every worker: the overall speed
