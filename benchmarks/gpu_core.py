@@ -65,9 +65,8 @@ def oom_recovery_overhead(manager: DeviceManager, device: DeviceInfo) -> float:
 def prefetch_ratio() -> tuple[float, str]:
     """Items prepared per item used, with preparation ahead while sizes grow
     (a fake 80 GiB card; compute costs a fixed 20 ms a batch plus 1 ms an item)."""
-    from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
-
     from ragged.gpu import AdaptiveBatchSizer, BatchRunner, BatchSizeConfig, Stages
+    from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
 
     manager = DeviceManager([FakeBackend(cards=[FakeCard(total=80 * GiB)]), fake_cpu()])
     device = manager.get_optimal_device("cuda:0")

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tests.inputs import blank_pdf
 
 from benchmarks._table import print_table
 from ragged.index.store import IndexStore, StoredPage
 from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.pipeline import IngestOptions, ingest
+from tests.inputs import blank_pdf
 
 COLQWEN2_PAGES_PER_S_H100 = 30.0  # "tens of pages per second on one H100" (an estimate, not measured here)
 

@@ -36,11 +36,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tests.inputs import blank_pdf
-from tests.serve.conftest import free_port, http
 
 from benchmarks._table import print_table
 from benchmarks.synthetic import build_index
+from tests.inputs import blank_pdf
+from tests.serve.conftest import free_port, http
 
 WORDS = ["revenue", "tart", "lemon", "rent", "deposit", "quarter", "growth", "butter", "tenant", "sugar", "annual",
          "profit", "landlord", "oven", "margin", "lease", "invoice", "summary", "table", "figure"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from benchmarks.gpu_check.cuda_tests import counts, cuda_test_files
 from benchmarks.gpu_check.orchestrate import Options, Orchestrator, Outcome, RecordReader, plan_seconds
 from benchmarks.gpu_check.sections import SECTIONS, Section

@@ -62,33 +62,59 @@ class _Lazy:
         self.models.close()
 
 
+class Searcher:
+    """An index opened once, its models loaded on first use and kept: many
+    queries without a model load each (what a notebook or a script wants;
+    the server is the same thing behind HTTP). Close it, or use ``with``."""
+
+    def __init__(self, index_dir: Path, *, device: DeviceHint = None, model: str | None = None,
+                 cache_dir: Path | None = None, policy: MemoryPolicy | None = None) -> None:
+        self.store = IndexStore.open(index_dir)
+        check_model(self.store, model)
+        assert self.store.meta is not None
+        manager = default_device_manager()
+        handler = OOMHandler(manager)
+        self._lazy = _Lazy(self.store, device, cache_dir, policy,
+                           ModelManager(manager, idle_timeout_s=None, policy=policy), handler)
+        self.source = SegmentSource(self.store)
+        self.engine = QueryEngine(self.store, self.source, self._lazy.vision,
+                                  self._lazy.text if self.store.meta.text_model else None, manager,
+                                  policy or MemoryPolicy(), handler)
+
+    def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None) -> SearchResult:
+        """The ``k`` best pages for ``query``: exact MaxSim, text, keyword or
+        hybrid (the default where the index has text)."""
+        text = check_query(query)
+        started = time.perf_counter()
+        assert self.store.meta is not None
+        chosen = parse_mode(mode, self.store.meta.text_model is not None)
+        hits = self.engine.answer([text], k, chosen)[0]
+        made = self._lazy.made
+        used = made.get("vision") or made.get("text")
+        vision = made.get("vision")
+        notices = list(vision.last_query_notices) if vision is not None else []
+        return SearchResult(text, hits, self.store.meta.model, used.device.label if used else "index only",
+                            len(self.source.catalog.pages), time.perf_counter() - started, notices, chosen.value)
+
+    def close(self) -> None:
+        """Release the models."""
+        self._lazy.close()
+
+    def __enter__(self) -> Searcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def search(query: str, index_dir: Path, *, k: int = 10, device: DeviceHint = None, model: str | None = None,
            cache_dir: Path | None = None, policy: MemoryPolicy | None = None,
            mode: str | Mode | None = None) -> SearchResult:
-    """The ``k`` best pages for ``query``: exact MaxSim, text, keyword or
-    hybrid (the default where the index has text), with the index's models."""
-    text = check_query(query)
-    started = time.perf_counter()
-    store = IndexStore.open(index_dir)
-    check_model(store, model)
-    assert store.meta is not None
-    chosen = parse_mode(mode, store.meta.text_model is not None)
-    manager = default_device_manager()
-    handler = OOMHandler(manager)
-    lazy = _Lazy(store, device, cache_dir, policy, ModelManager(manager, idle_timeout_s=None, policy=policy),
-                 handler)
-    try:
-        source = SegmentSource(store)
-        engine = QueryEngine(store, source, lazy.vision, lazy.text if store.meta.text_model else None, manager,
-                             policy or MemoryPolicy(), handler)
-        hits = engine.answer([text], k, chosen)[0]
-        used = lazy.made.get("vision") or lazy.made.get("text")
-        vision = lazy.made.get("vision")
-        notices = list(vision.last_query_notices) if vision is not None else []
-        return SearchResult(text, hits, store.meta.model, used.device.label if used else "index only",
-                            len(source.catalog.pages), time.perf_counter() - started, notices, chosen.value)
-    finally:
-        lazy.close()
+    """The ``k`` best pages for ``query`` in one call (the index opened and
+    its models loaded for this query alone; see :class:`Searcher` for many)."""
+    check_query(query)  # before opening anything
+    with Searcher(index_dir, device=device, model=model, cache_dir=cache_dir, policy=policy) as searcher:
+        return searcher.search(query, k=k, mode=mode)
 
 
-__all__ = ["SearchResult", "check_model", "check_query", "search"]
+__all__ = ["SearchResult", "Searcher", "check_model", "check_query", "search"]
