@@ -34,6 +34,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("build", "Full-size models with random weights", "benchmarks.gpu_check.build:run",
             slot_s=60.0, cap_s=120.0),
     Section("oom", "Real OOM recovery on capped cards", "benchmarks.gpu_check.oom:run", slot_s=90.0, cap_s=150.0),
+    Section("workers", "Ingest on Ray, one worker per card", "benchmarks.gpu_check.workers:run",
+            slot_s=30.0, cap_s=90.0),
     Section("sweep", "Adaptive batching against fixed batch sizes", "benchmarks.gpu_check.sweep:run",
             slot_s=150.0, cap_s=None),
 )

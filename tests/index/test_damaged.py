@@ -89,6 +89,24 @@ def test_table_folder_deleted(index: Path) -> None:
         IndexStore.open(index).catalog()
 
 
+def test_a_reader_during_the_first_commit_sees_an_empty_index(tmp_path: Path) -> None:
+    """While the first document's table is being created (its folder there,
+    no version yet), a reader (a search, the server) sees nothing, not damage."""
+    import shutil
+
+    index = tmp_path / "index"
+    build(index, docs=1)
+    shutil.rmtree(index / "lancedb" / "pages.lance" / "_versions")  # the state just before LanceDB's first manifest
+    (index / "catalog.json").unlink()  # written only after a commit
+    reader = IndexStore.open(index)
+    assert reader.catalog().pages == [] and reader.keyword("anything", 5) == []
+    assert scores(index).shape == (0, 1)
+    writer = IndexStore.open_for_writing(index, MODEL)  # the next writer creates the table over the leftovers
+    writer.add_document(doc(9), "/docs/9.pdf", [np.ones((4, DIM), dtype=np.float32)])
+    writer.close()
+    assert [p.doc_hash for p in IndexStore.open(index).catalog().pages] == [doc(9)]
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("[1, 2, 3]", "a JSON list, not an object"),
     ("null", "a JSON NoneType, not an object"),

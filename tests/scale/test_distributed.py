@@ -179,3 +179,14 @@ def test_without_ray_the_cli_says_what_to_install(model_cache: Path, tmp_path: P
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "RAGGED_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 1 and "pip install 'ragged[ray]'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_ray_client_address_is_refused_before_anything_is_written(model_cache: Path, tmp_path: Path) -> None:
+    """The driver must see the files and the index: Ray Client (ray://) would run it elsewhere."""
+    out = subprocess.run([sys.executable, "-m", "ragged", "ingest", str(EXAMPLES), "--workers", "2",
+                          "--ray-address", "ray://head:10001", "--model", "tiny-colpali",
+                          "--index", str(tmp_path / "index")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAGGED_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 1 and "ray start --address" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "index" / "catalog.json").exists()

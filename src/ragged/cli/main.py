@@ -9,6 +9,8 @@ commands that need them, so ``ragged --help`` starts at once.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +52,9 @@ def _setup_logging(verbose: bool) -> None:
     logger.remove()
     logger.add(lambda m: err.print(printable(m.rstrip("\n")), markup=False), level="DEBUG" if verbose else "WARNING",
                format="{level}: {message}", colorize=False)
+    if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
 
 
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -160,7 +165,7 @@ def _scale(workers: str | None, address: str | None) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
            server: str | None, token: str | None, local: bool, mode: str, as_json: bool) -> None:
-    """Find the pages that best answer QUERY (exact MaxSim)."""
+    """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
     from rich.table import Table
 
     from ragged.index.results import check_query

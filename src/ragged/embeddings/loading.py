@@ -59,12 +59,28 @@ def _local_source(name: str, folder: Path) -> ModelSource:
 
 def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSource:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         config_path = hf_hub_download(
             name, "config.json", cache_dir=str(cache_dir / "hub"), local_files_only=local_files_only
         )
+    except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not downloaded before
+        raise ModelError(
+            f"Model {name!r} is not in the cache ({cache_dir}) and the Hugging Face hub cannot be reached "
+            f"(offline{', HF_HUB_OFFLINE is set' if _offline() else ''}). Connect once to download it, pass a "
+            f"local folder, or use a preset ({', '.join(PRESETS)})."
+        ) from exc
+    except GatedRepoError as exc:
+        raise ModelError(
+            f"Model {name!r} is gated on the Hugging Face hub: accept its licence on its page, then log in "
+            "('hf auth login') and run the command again."
+        ) from exc
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise UnknownModelError(
             f"Unknown model {name!r}: the hub has no such model. Check the name, or use a preset "
@@ -78,6 +94,12 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
         ) from exc
     config = json.loads(Path(config_path).read_text())
     return ModelSource(name, name, family_for_config(config), config, is_local=False)
+
+
+def _offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def torch_dtype(name: str) -> torch.dtype:

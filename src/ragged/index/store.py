@@ -230,9 +230,16 @@ class IndexStore:
                 "or ingest into a new --index folder."
             ) from exc
 
+    def _table_committed(self) -> bool:
+        """True once the table's first commit is on disk. A table folder with no
+        version yet is being created by a writer right now: nothing to read."""
+        if not self.table_folder.exists():
+            return False
+        return table_version(self.table_folder) is not None or self._table_missing_but_used()
+
     def _table_or_none(self) -> Any:
         if self._table is None:
-            if not self.table_folder.exists():
+            if not self._table_committed():
                 return None
             refuse_link(self.folder / "lancedb")
             with self._guard("opening the pages table"):
@@ -253,6 +260,8 @@ class IndexStore:
                     "Restore it from a backup, or ingest into a new --index folder."
                 )
             return Catalog([], [])
+        if not self._table_committed():
+            return Catalog([], [])  # the first commit is under way
         cached = read_catalog_file(self.folder, table_version(self.table_folder))
         if cached is not None:
             return cached  # current: LanceDB is not even imported

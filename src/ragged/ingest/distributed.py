@@ -100,6 +100,11 @@ def render_document(doc: Document, dpi: int, view: PageView) -> tuple[list[Any],
 
 def connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at ``address`` or start a local one; True if this call started it."""
+    if address and address.startswith("ray://"):
+        raise ConfigurationError(
+            "ragged's driver reads the documents and writes the index, so it must run on a node of the cluster: "
+            "run 'ray start --address=HEAD:6379' on this machine, then use --ray-address auto."
+        )
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -129,7 +134,11 @@ class Driver:
                  scale: ScaleOptions, dpi: int, view: PageView, cpus: int) -> None:
         self.ray, self.store, self.committer, self.report = ray, store, committer, report
         self.advance, self.scale, self.dpi, self.view = advance, scale, dpi, view
-        self.render = ray.remote(num_cpus=1, max_retries=2)(render_document)
+        # Render where the files are: on this node (other hosts of a cluster need not see them).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.render = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy=here)(render_document)
         self.render_slots = max(1, cpus)
         self.queue: deque[_Batch | PageJob] = deque()
         self.renders: dict[Any, Pending] = {}
@@ -282,6 +291,7 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
     try:
         count, gpus = worker_count(ray, scale.workers)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        local_cpus = _node_cpus(ray) or cpus  # render slots: renders run on this node
         text_model = _text_model(store, options, report)
         config = WorkerConfig(options.model, text_model, options.cache_dir, options.policy, options.batch_size,
                               threads=None if gpus else max(1, cpus // count))
@@ -297,7 +307,8 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
         committer = Committer(store, report, advance, replaces, TextSide(None))
         view = _page_view(options)
         began = time.perf_counter()
-        standing = Driver(ray, store, committer, report, advance, scale, options.dpi, view, cpus).run(docs, workers)
+        standing = Driver(ray, store, committer, report, advance, scale, options.dpi, view,
+                          local_cpus).run(docs, workers)
         for worker in standing:
             try:
                 part = ray.get(worker.handle.finish.remote(), timeout=WAIT_S)
@@ -316,6 +327,15 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
                 ray.kill(handle, no_restart=True)
         if started:
             ray.shutdown()
+
+
+def _node_cpus(ray: Any) -> int | None:
+    """CPUs of the node this driver runs on, as Ray counts them."""
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here and node.get("Alive"):
+            return int(node.get("Resources", {}).get("CPU", 0)) or None
+    return None
 
 
 def _text_model(store: IndexStore, options: Any, report: IngestReport) -> str | None:
