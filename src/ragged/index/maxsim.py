@@ -13,7 +13,9 @@ Two layouts of a block, one kernel:
   matrix product (45-55 GFLOP/s a core here, against 30-38 for the tall
   narrow product of the row layout), and the per-page maxima run along
   contiguous memory (NumPy's ``maximum.reduceat``, 8 times faster than
-  across rows);
+  across rows). A resident index keeps true columns; fp16 segments streamed
+  from disk are converted to f32 rows and read through their transpose (BLAS
+  takes it without a copy; a transposing copy cost twice the product);
 - on an accelerator, vectors in rows, (n, dim), with torch.
 """
 
@@ -96,9 +98,12 @@ def segment_max(sims: torch.Tensor, lengths: Lengths) -> torch.Tensor:
 
 
 def as_columns(vectors: np.ndarray) -> np.ndarray:
-    """(n, dim) vectors of any float dtype as (dim, n) float32 columns."""
-    rows = torch.from_numpy(np.asarray(vectors))  # (n, dim)
-    return rows.t().to(torch.float32).contiguous().numpy()  # (dim, n); torch converts fp16 fastest
+    """(n, dim) vectors of any float dtype as (dim, n) float32 columns: the
+    transpose of contiguous f32 rows, a view. BLAS reads a transposed operand
+    without copying it, so this costs only the conversion (torch converts
+    fp16 fastest); copying into true columns would cost twice the product."""
+    rows = torch.from_numpy(np.asarray(vectors)).to(torch.float32)  # (n, dim), contiguous
+    return rows.numpy().T  # (dim, n) view
 
 
 def maxsim_scores(queries: Sequence[np.ndarray], pages: Sequence[np.ndarray],

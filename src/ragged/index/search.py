@@ -192,7 +192,7 @@ class MaxSimSearcher:
             vectors = part.vectors
             if isinstance(vectors, torch.Tensor):
                 vectors = vectors.cpu().numpy()
-            columns = vectors if part.columns else as_columns(vectors)  # (dim, n) f32
+            columns = vectors if part.columns else as_columns(vectors)  # (dim, n) f32, a view of rows
             out[part.first : part.first + len(part.lengths)] = block.score_columns(columns, part.lengths)
 
         with single_threaded_kernels(), ThreadPoolExecutor(self.workers, "ragged-maxsim") as pool:
