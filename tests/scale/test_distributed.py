@@ -83,7 +83,7 @@ def test_two_workers_build_the_same_index_as_one_process(cluster: None, corpus: 
     assert (report.documents_added, report.pages_added) == (8, 26)
     assert sorted(w.worker for w in report.workers) == ["w0", "w1"]
     assert all(w.pages > 0 for w in report.workers) and sum(w.pages for w in report.workers) == 26  # both worked
-    assert report.passages > 0 and report.text_model == "all-MiniLM-L6-v2"
+    assert report.passages > 0 and report.text_seconds > 0 and report.text_model == "all-MiniLM-L6-v2"
     ours, theirs = vectors(index), vectors(single)
     assert ours.keys() == theirs.keys()
     for key, value in ours.items():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
@@ -110,10 +111,14 @@ def connect(ray: Any, address: str | None) -> bool:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
               "configure_logging": False}
-    if address:
-        ray.init(address=address, **common)
-    else:
-        ray.init(**common)
+    with warnings.catch_warnings():
+        # Ray starts its processes with fork + exec: nothing of LanceDB's runtime survives the exec, so
+        # LanceDB's warning about forking after it was loaded (an index already opened) does not apply.
+        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
+        if address:
+            ray.init(address=address, **common)
+        else:
+            ray.init(**common)
     return True
 
 

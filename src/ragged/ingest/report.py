@@ -87,6 +87,7 @@ class IngestReport:
         self.cpu_fallback_pages += part.cpu_fallback_pages
         self.failed_pages += part.failed_pages
         self.passages += part.passages
+        self.text_seconds += part.text_seconds
 
     @property
     def failed(self) -> bool:

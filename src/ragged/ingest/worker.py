@@ -73,6 +73,7 @@ class WorkerReport:
     cpu_fallback_pages: int = 0
     failed_pages: int = 0
     passages: int = 0
+    text_seconds: float = 0.0
 
     @property
     def pages_per_second(self) -> float:
@@ -142,6 +143,8 @@ class EmbedWorker:
         flat = [p for passages in per_text for p in passages]
         vectors = self.text.embed_passages(flat)  # (passages, dim)
         self.report.passages += len(flat)
+        if flat and self.text.last_report is not None:
+            self.report.text_seconds += self.text.last_report.seconds
         out: list[np.ndarray | None] = []
         at = 0
         for passages in per_text:
