@@ -149,7 +149,7 @@ QUERIES: list[Query] = [
     _q("paraphrase", "common reactions once vaccinated", "vaccination-leaflet.pdf", 2),
     _q("paraphrase", "night mode and quicker launch", "software-release-notes.pdf", 1),
     _q("paraphrase", "what should I copy somewhere safe before updating", "software-release-notes.pdf", 2),
-    _q("paraphrase", "when to start vegetable seeds", "garden-calendar.pdf", 1),
+    _q("paraphrase", "when to begin growing vegetables from seed", "garden-calendar.pdf", 1),
     _q("paraphrase", "trimming orchard branches in the cold months", "garden-calendar.pdf", 2),
     _q("paraphrase", "admission prices and hours", "museum-guide.pdf", 1),
     _q("paraphrase", "ancient empire artefacts on display", "museum-guide.pdf", 2),

@@ -57,6 +57,7 @@ class FakeBackend:
     bf16: bool = True
     on_clear: Callable[[int], None] | None = None
     readable: bool = True  # False: memory readings fail, as a broken driver's would
+    costly_peak: bool = False  # True: peaks are measured on a sample of batches, as on the real CPU
 
     def is_available(self) -> bool:
         return self.available

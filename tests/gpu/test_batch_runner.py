@@ -275,3 +275,36 @@ def test_no_prefetch_on_the_cpu(gpu_manager: DeviceManager) -> None:
     runner: BatchRunner[int] = BatchRunner(gpu_manager.cpu(), None, OOMHandler(gpu_manager), fixed_batch_size=2)
     assert runner.run([1] * 4, Stages(log.prepare, log.compute))[0] == [1, 11, 21, 31]
     assert all(t == "MainThread" for _, t in log.prepared)
+
+
+def test_where_peaks_cost_time_only_a_sample_of_batches_is_measured(clock: FakeClock) -> None:
+    """On the CPU a peak window hands freed heap back and the next batch faults
+    it in again (about a fifth of a tiny model's speed): the runner measures
+    while the fit calibrates and at new sizes, then one batch in 16."""
+    card = FakeCard(total=10 * GiB, allocated=1 * GiB, reserved=1 * GiB)
+    backend, _, device, sizer, monitor, handler = setup(card, BatchSizeConfig(max_batch_size=4))
+    backend.costly_peak = True
+    resets = 0
+    real_reset = backend.reset_peak
+
+    def counting_reset(index: int) -> None:
+        nonlocal resets
+        resets += 1
+        real_reset(index)
+
+    backend.reset_peak = counting_reset  # type: ignore[method-assign]
+    work = Workload(backend, base=10 * MiB, per_item=50 * MiB, seconds_per_batch=0.1, seconds_per_item=0.01,
+                    clock=clock)
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
+    results, stats = runner.run([1] * 200, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(200)]
+    measured = [p for p in stats.batch_peaks if p is not None]
+    assert resets == len(measured) and 4 <= len(measured) < len(stats.batch_sizes) // 4
+    first = stats.batch_peaks[:4]
+    assert all(p is not None for p in first)  # calibration: every early batch
+    assert sizer.fit() is not None and stats.peak_bytes == 10 * MiB + 4 * 50 * MiB
+
+    backend.costly_peak = False  # a cheap reading (a GPU): every batch is measured
+    resets = 0
+    _, again = runner.run([1] * 40, lambda idx, dev: work(idx, dev.label))
+    assert resets == len(again.batch_sizes) and None not in again.batch_peaks

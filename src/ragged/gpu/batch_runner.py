@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 
 from ragged.errors import RaggedError
-from ragged.gpu.batch_sizer import AdaptiveBatchSizer, measured_peak
+from ragged.gpu.batch_sizer import MEASURE_EVERY, AdaptiveBatchSizer, measured_peak
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.oom_detection import is_oom_error
 from ragged.gpu.oom_handler import OOMHandler, OOMStats, Recovery, RecoveryStrategy, summarise_oom
@@ -198,6 +198,7 @@ class BatchRunner(Generic[R]):
         self.fixed_batch_size = fixed_batch_size
         self.manager = oom_handler.manager
         self.work = work or (sizer.work if sizer is not None else "batch")
+        self._unmeasured = 0  # batches since a measured one, without a sizer where measuring is costly
         self.prepare_fallback = prepare_fallback  # readies the CPU for a fallback step (loads a copy)
 
     def run(
@@ -332,6 +333,17 @@ class BatchRunner(Generic[R]):
             return None
         return min(latest.total, latest.free + max(0, latest.reserved - latest.allocated))
 
+    def _measure(self, device: DeviceInfo, size: int) -> bool:
+        """Whether to measure this batch's peak: always where it is cheap; where
+        it costs time (the CPU), on the sample the sizer asks for (without a
+        sizer: the first batch, then one in ``MEASURE_EVERY``)."""
+        if not self.manager.peak_is_costly(device):
+            return True
+        if self.sizer is not None and device.same_device(self.sizer.device):
+            return self.sizer.wants_measurement(size)
+        self._unmeasured = (self._unmeasured + 1) % MEASURE_EVERY
+        return self._unmeasured == 1
+
     def _attempt(
         self,
         batch: list[int],
@@ -344,8 +356,10 @@ class BatchRunner(Generic[R]):
         prepare_next: Callable[[], None] | None,
         full: bool = True,
     ) -> list[R] | _Failure:
+        measure = self._measure(device, len(batch))
         before = self.manager.counters(device)
-        self.manager.reset_peak(device)
+        if measure:
+            self.manager.reset_peak(device)
         began = time.perf_counter()
         try:
             prepared = ready.result() if ready is not None else prefetcher.prepare(batch)
@@ -358,7 +372,7 @@ class BatchRunner(Generic[R]):
                 raise
             return _Failure(summarise_oom(exc), before.allocated)
         done = time.perf_counter()
-        peak = measured_peak(before, self.manager.counters(device))
+        peak = measured_peak(before, self.manager.counters(device)) if measure else None
         stats.prepare_seconds += prepared_at - began
         stats.compute_seconds += done - prepared_at
         stats.batch_sizes.append(len(batch))

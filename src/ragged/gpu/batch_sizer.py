@@ -28,6 +28,8 @@ from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
+MIN_MEASURED = 4  # peaks the fit gets before sampling starts, where measuring is costly
+MEASURE_EVERY = 16  # then one batch in this many is measured
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class AdaptiveBatchSizer:
         self.work = work
         self.prior_bytes_per_load = prior_bytes_per_load
         self._measurements: deque[BatchMeasurement] = deque(maxlen=history_size)
+        self._since_measured = 0  # batches since the last measured peak (where measuring is costly)
         self._throughput: dict[int, float] = {}  # batch size -> load per second
         self._oom_slope = 0.0
         self._growth_stopped = False
@@ -325,6 +328,18 @@ class AdaptiveBatchSizer:
         fastest = max(self._throughput.values())
         floor = fastest / (1 + self.config.min_throughput_gain)
         return min(size for size, rate in self._throughput.items() if rate >= floor)
+
+    def wants_measurement(self, batch_size: int) -> bool:
+        """Whether a batch of ``batch_size`` should have its peak measured where
+        measuring costs time: while the fit has fewer than
+        ``MIN_MEASURED`` peaks, for a size larger than any measured, and then
+        one batch in ``MEASURE_EVERY`` (to follow drift)."""
+        self._since_measured += 1
+        peaks = [m.batch_size for m in self._measurements if m.peak_bytes is not None]
+        if len(peaks) < MIN_MEASURED or batch_size > max(peaks) or self._since_measured >= MEASURE_EVERY:
+            self._since_measured = 0
+            return True
+        return False
 
     def record_batch(self, batch_size: int, load: int, peak_bytes: int | None, seconds: float,
                      *, full: bool = True) -> None:

@@ -235,6 +235,10 @@ class DeviceManager:
         """This process's allocator counters on ``device`` (no device sync)."""
         return self.backend_for(device).counters(device.index)
 
+    def peak_is_costly(self, device: DeviceInfo) -> bool:
+        """True where starting a peak window costs real time (see the backends)."""
+        return bool(getattr(self.backend_for(device), "costly_peak", False))
+
     def reset_peak(self, device: DeviceInfo) -> None:
         """Start a new peak-memory window on ``device``."""
         self.backend_for(device).reset_peak(device.index)

@@ -56,6 +56,11 @@ class DeviceBackend(Protocol):
         """Start a new peak-memory window."""
         ...
 
+    # True where a peak window costs real time (the CPU hands freed heap back
+    # first, and the next batch faults it in again): peaks are then measured
+    # on a sample of batches, not on every one.
+    costly_peak: bool
+
     def clear_cache(self, index: int) -> None:
         """Return cached, unused blocks to the driver (may sync)."""
         ...

@@ -54,6 +54,7 @@ class CPUBackend:
     """
 
     kind = DeviceType.CPU
+    costly_peak = True
 
     def __init__(self) -> None:
         self._process = psutil.Process(os.getpid())

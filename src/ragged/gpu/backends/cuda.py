@@ -88,6 +88,7 @@ class CUDABackend:
     """Answers device questions for NVIDIA GPUs through torch and NVML."""
 
     kind = DeviceType.CUDA
+    costly_peak = False
 
     def __init__(self) -> None:
         self._nvml = _NVML()

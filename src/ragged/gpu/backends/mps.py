@@ -29,6 +29,7 @@ class MPSBackend:
     """Answers device questions for the Apple GPU through Metal (MPS)."""
 
     kind = DeviceType.MPS
+    costly_peak = False
 
     def is_available(self) -> bool:
         return bool(torch.backends.mps.is_available())

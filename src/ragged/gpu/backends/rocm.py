@@ -26,6 +26,7 @@ class ROCmBackend:
     """Answers device questions for AMD GPUs through a ROCm build of torch."""
 
     kind = DeviceType.CUDA
+    costly_peak = False
 
     def is_available(self) -> bool:
         return torch.version.hip is not None and bool(torch.cuda.is_available())

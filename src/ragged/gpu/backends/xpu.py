@@ -16,6 +16,7 @@ class XPUBackend:
     """Answers device questions for Intel GPUs (Arc, Data Center GPU Max)."""
 
     kind = DeviceType.XPU
+    costly_peak = False
 
     def is_available(self) -> bool:
         xpu = _xpu()
