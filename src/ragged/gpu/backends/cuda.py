@@ -84,7 +84,26 @@ def _process_name(pid: int) -> str:
         return "?"
 
 
-class CUDABackend:
+class TorchCudaAllocator:
+    """torch's caching allocator behind ``torch.cuda``: the same for NVIDIA
+    and ROCm builds (HIP answers to ``torch.cuda``)."""
+
+    def counters(self, index: int) -> AllocatorCounters:
+        return AllocatorCounters(
+            allocated=int(torch.cuda.memory_allocated(index)),
+            reserved=int(torch.cuda.memory_reserved(index)),
+            peak_allocated=int(torch.cuda.max_memory_allocated(index)),
+        )
+
+    def reset_peak(self, index: int) -> None:
+        torch.cuda.reset_peak_memory_stats(index)
+
+    def clear_cache(self, index: int) -> None:
+        with torch.cuda.device(index):
+            torch.cuda.empty_cache()
+
+
+class CUDABackend(TorchCudaAllocator):
     """Answers device questions for NVIDIA GPUs through torch and NVML."""
 
     kind = DeviceType.CUDA
@@ -149,20 +168,6 @@ class CUDABackend:
         except (AttributeError, RuntimeError):
             return None
         return int(total * fraction) if fraction < 1.0 else None
-
-    def counters(self, index: int) -> AllocatorCounters:
-        return AllocatorCounters(
-            allocated=int(torch.cuda.memory_allocated(index)),
-            reserved=int(torch.cuda.memory_reserved(index)),
-            peak_allocated=int(torch.cuda.max_memory_allocated(index)),
-        )
-
-    def reset_peak(self, index: int) -> None:
-        torch.cuda.reset_peak_memory_stats(index)
-
-    def clear_cache(self, index: int) -> None:
-        with torch.cuda.device(index):
-            torch.cuda.empty_cache()
 
     def supports_bf16(self, index: int) -> bool:
         major, _ = self.properties(index).compute_capability or (0, 0)

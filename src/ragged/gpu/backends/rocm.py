@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from ragged.gpu.backends.base import DeviceProperties
-from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
+from ragged.gpu.backends.cuda import TorchCudaAllocator
+from ragged.gpu.types import DeviceType, MemoryInfo, ProcessMemory
 
 # gfx targets with fast bf16 matrix units: CDNA2/3/4 (MI200, MI300, MI350) and RDNA3/4.
 _BF16_PREFIXES = ("gfx90a", "gfx94", "gfx95", "gfx11", "gfx12")
@@ -22,7 +23,7 @@ def gfx_target(arch_name: str) -> str:
     return arch_name.split(":", 1)[0].strip()
 
 
-class ROCmBackend:
+class ROCmBackend(TorchCudaAllocator):
     """Answers device questions for AMD GPUs through a ROCm build of torch."""
 
     kind = DeviceType.CUDA
@@ -50,20 +51,6 @@ class ROCmBackend:
             allocated=int(torch.cuda.memory_allocated(index)),
             reserved=int(torch.cuda.memory_reserved(index)),
         )
-
-    def counters(self, index: int) -> AllocatorCounters:
-        return AllocatorCounters(
-            allocated=int(torch.cuda.memory_allocated(index)),
-            reserved=int(torch.cuda.memory_reserved(index)),
-            peak_allocated=int(torch.cuda.max_memory_allocated(index)),
-        )
-
-    def reset_peak(self, index: int) -> None:
-        torch.cuda.reset_peak_memory_stats(index)
-
-    def clear_cache(self, index: int) -> None:
-        with torch.cuda.device(index):
-            torch.cuda.empty_cache()
 
     def supports_bf16(self, index: int) -> bool:
         arch = self.properties(index).arch or ""
