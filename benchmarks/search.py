@@ -24,20 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._table import print_table
+from benchmarks.synthetic import DIM, DOC_PAGES
+from benchmarks.synthetic import pages as synthetic_pages
 from ragged.gpu import DeviceManager
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore, _lancedb
-
-DIM = 128
-DOC_PAGES = 100
-
-
-def synthetic(rng: np.random.Generator, pages: int) -> list[np.ndarray]:
-    out = []
-    for n in rng.integers(600, 801, pages):
-        v = rng.standard_normal((int(n), DIM)).astype(np.float32)  # (n, dim)
-        out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
-    return out
 
 
 def build(folder: Path, pages: int, seed: int) -> tuple[list[int], object]:
@@ -50,7 +41,7 @@ def build(folder: Path, pages: int, seed: int) -> tuple[list[int], object]:
     table = None
     ids: list[int] = []
     for start in range(0, pages, DOC_PAGES):
-        batch = synthetic(rng, min(DOC_PAGES, pages - start))
+        batch = synthetic_pages(rng, min(DOC_PAGES, pages - start))
         store.add_document(f"{start:064x}", f"doc{start // DOC_PAGES}.pdf", batch)
         flat = pa.array(np.concatenate(batch).reshape(-1), type=pa.float32())
         inner = pa.FixedSizeListArray.from_arrays(flat, DIM)
