@@ -333,14 +333,14 @@ class BatchRunner(Generic[R]):
             return None
         return min(latest.total, latest.free + max(0, latest.reserved - latest.allocated))
 
-    def _measure(self, device: DeviceInfo, size: int) -> bool:
+    def _measure(self, device: DeviceInfo, load: int) -> bool:
         """Whether to measure this batch's peak: always where it is cheap; where
         it costs time (the CPU), on the sample the sizer asks for (without a
         sizer: the first batch, then one in ``MEASURE_EVERY``)."""
         if not self.manager.peak_is_costly(device):
             return True
         if self.sizer is not None and device.same_device(self.sizer.device):
-            return self.sizer.wants_measurement(size)
+            return self.sizer.wants_measurement(load)
         self._unmeasured = (self._unmeasured + 1) % MEASURE_EVERY
         return self._unmeasured == 1
 
@@ -356,7 +356,7 @@ class BatchRunner(Generic[R]):
         prepare_next: Callable[[], None] | None,
         full: bool = True,
     ) -> list[R] | _Failure:
-        measure = self._measure(device, len(batch))
+        measure = self._measure(device, len(batch) * longest)
         before = self.manager.counters(device)
         if measure:
             self.manager.reset_peak(device)

@@ -329,14 +329,14 @@ class AdaptiveBatchSizer:
         floor = fastest / (1 + self.config.min_throughput_gain)
         return min(size for size, rate in self._throughput.items() if rate >= floor)
 
-    def wants_measurement(self, batch_size: int) -> bool:
-        """Whether a batch of ``batch_size`` should have its peak measured where
-        measuring costs time: while the fit has fewer than
-        ``MIN_MEASURED`` peaks, for a size larger than any measured, and then
-        one batch in ``MEASURE_EVERY`` (to follow drift)."""
+    def wants_measurement(self, load: int) -> bool:
+        """Whether a batch of ``load`` should have its peak measured where
+        measuring costs time: while the fit has fewer than ``MIN_MEASURED``
+        peaks, for a load larger than any measured (the fit would
+        extrapolate), and then one batch in ``MEASURE_EVERY`` (to follow drift)."""
         self._since_measured += 1
-        peaks = [m.batch_size for m in self._measurements if m.peak_bytes is not None]
-        if len(peaks) < MIN_MEASURED or batch_size > max(peaks) or self._since_measured >= MEASURE_EVERY:
+        loads = [m.load for m in self._measurements if m.peak_bytes is not None]
+        if len(loads) < MIN_MEASURED or load > max(loads) or self._since_measured >= MEASURE_EVERY:
             self._since_measured = 0
             return True
         return False
