@@ -154,6 +154,29 @@ def test_idle_models_are_unloaded_and_their_memory_returned(rig) -> None:  # typ
     assert models.counts[ModelEvent.IDLE_UNLOAD] == 1
 
 
+def test_a_model_used_again_while_the_reaper_runs_is_kept(rig) -> None:  # type: ignore[no-untyped-def]
+    """The reaper picks idle models, then unloads them one by one; a request
+    that uses (and pins) one of them meanwhile must keep it."""
+    backend, manager, clock, models = rig
+    card = manager.get_optimal_device("cuda:0")
+    models.load("a", Loads(backend, GiB), GiB, card)
+    b = models.load("b", Loads(backend, GiB), GiB, card)
+    pinned = models.using("b")
+
+    def request_arrives(_index: int) -> None:  # while "a" is being unloaded
+        if not backend.on_clear_fired:
+            backend.on_clear_fired = True
+            assert models.get("b") is b
+            pinned.__enter__()
+
+    backend.on_clear_fired = False  # type: ignore[attr-defined]
+    backend.on_clear = request_arrives
+    clock.now = 61
+    assert models.unload_idle() == ["a"]
+    assert "b" in models.loaded and all(p.device.type != "meta" for p in b.parameters())
+    pinned.__exit__(None, None, None)
+
+
 def test_pinned_models_are_never_idle(rig) -> None:  # type: ignore[no-untyped-def]
     backend, manager, clock, models = rig
     models.load("a", Loads(backend, GiB), GiB, manager.get_optimal_device("cuda:0"))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.gpu import DeviceManager, DeviceType
@@ -156,3 +157,23 @@ def test_search_recovers_from_oom_by_smaller_chunks(store: IndexStore, monkeypat
     tried.clear()
     np.testing.assert_allclose(searcher.score_all(queries), expected, rtol=1e-6)
     assert max(tried) <= 1024 and searcher.oom_handler.stats.ooms == 2  # the next search starts at what worked
+
+
+def test_device_search_with_a_budget_smaller_than_a_page(store: IndexStore,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a nearly full card the chunk shrinks to its minimum (1,024 vectors),
+    below a ColPali page (1,030): the page is a block of its own and still fits
+    the buffers. (A fake card whose tensors live on the CPU.)"""
+    from ragged.gpu import DeviceInfo
+    from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
+
+    rng = np.random.default_rng(9)
+    pages = [rng.standard_normal((1030, DIM)).astype(np.float32) for _ in range(3)]
+    store.add_document("f" * 64, "/d/long.pdf", pages)
+    expected = MaxSimSearcher(store, DeviceManager().cpu()).score_all([pages[1][:5]])
+    card = FakeCard(total=10 * GiB, allocated=int(6.6 * GiB), reserved=int(6.6 * GiB))  # above the 65% line
+    manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
+    monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
+    searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), manager)
+    assert searcher._chunk_vectors(DIM, 5) == search_module.MIN_CHUNK_VECTORS < 1030
+    np.testing.assert_allclose(searcher.score_all([pages[1][:5]]), expected, rtol=1e-5)

@@ -121,3 +121,23 @@ def test_every_frame_of_a_multipage_image(tmp_path: Path, model_cache: Path) -> 
     assert pages_stored(tmp_path / "index") == Counter({("scan.tiff", 1): 1, ("scan.tiff", 2): 1,
                                                         ("scan.tiff", 3): 1, ("anim.gif", 1): 1,
                                                         ("anim.gif", 2): 1})
+
+
+def test_a_document_that_renders_fewer_pages_than_counted_is_reported(tmp_path: Path, model_cache: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file was cut short between planning and rendering: its document is
+    reported as failed, not silently left out, and the others are stored."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, count in (("short.pdf", 3), ("fine.pdf", 2)):
+        (docs / name).write_bytes(blank_pdf(count, 300, 400, text=name))
+    real = pipeline.render_pages
+
+    def cut_short(doc, dpi, fit=None):  # type: ignore[no-untyped-def]
+        pages = real(doc, dpi, fit=fit)
+        return (p for n, p in enumerate(pages) if doc.path.name != "short.pdf" or n == 0)
+
+    monkeypatch.setattr(pipeline, "render_pages", cut_short)
+    report = ingest([docs], options(tmp_path, model_cache))
+    assert [p for p in report.problems if "short.pdf" in str(p) and "1 pages rendered, 3 expected" in str(p)]
+    assert set(pages_stored(tmp_path / "index")) == {("fine.pdf", 1), ("fine.pdf", 2)}

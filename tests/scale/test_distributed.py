@@ -93,8 +93,9 @@ def test_two_workers_build_the_same_index_as_one_process(cluster: None, corpus: 
         np.testing.assert_allclose(value, text_by_page(single)[key], atol=1e-3)
 
 
+@pytest.mark.parametrize("workers", [2, 1])  # one: the lost batch goes back to the same worker, restarted
 def test_a_worker_killed_mid_run_loses_nothing(cluster: None, corpus: Path, model_cache: Path,
-                                               tmp_path: Path) -> None:
+                                               tmp_path: Path, workers: int) -> None:
     pids: dict[str, int] = {}
     sent: list[str] = []
 
@@ -107,7 +108,8 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster: None, corpus: Path, mode
                 os.kill(pids[str(data)], signal.SIGKILL)
 
     index = tmp_path / "killed"
-    report = ingest([corpus], options(index, model_cache, ScaleOptions(workers=2, batch_pages=2, events=events)))
+    report = ingest([corpus], options(index, model_cache, ScaleOptions(workers=workers, batch_pages=2,
+                                                                       events=events)))
     assert len(sent) > 13  # the lost batch was sent again
     pages = stored(index)
     assert len(pages) == 26 and all(n == 1 for n in pages.values())

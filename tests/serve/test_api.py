@@ -229,5 +229,7 @@ def test_readiness_tells_the_truth_when_the_model_cannot_load(tmp_path: Path, mo
             assert ready.status_code == 503 and "the model failed to load" in ready.json()["reason"]  # ...not ready
             failed = test_client.post("/search", json={"query": "tart"})
             assert failed.status_code == 503 and "could not be loaded" in failed.json()["error"]
+            keyword = test_client.post("/search", json={"query": "tart", "mode": "keyword"})  # needs no model
+            assert keyword.status_code == 200 and keyword.json()["hits"]
     finally:
         broken.close()

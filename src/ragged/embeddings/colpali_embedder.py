@@ -281,8 +281,10 @@ class ColPaliEmbedder:
         """One (tokens, dim) float32 array per query, in input order.
 
         A query longer than ``max_query_tokens`` is cut there, with a notice
-        in :attr:`last_query_notices` and the log."""
-        queries = [self._bounded(t) for t in texts]
+        in :attr:`last_query_notices` (this call's notices) and the log."""
+        bounded = [self._bounded(t) for t in texts]
+        queries = [text for text, _ in bounded]
+        self.last_query_notices = [notice for _, notice in bounded if notice is not None]  # this call's only
         if not queries:
             return []
         costs = text_tokens(self.processor, queries)
@@ -300,20 +302,20 @@ class ColPaliEmbedder:
     def query_tokens(self, text: str) -> tuple[list[str], set[str]]:
         """The tokens whose vectors :meth:`embed_queries` gives for ``text``, in
         order, and which of them are special (prompt, padding, markers)."""
-        inputs = self.processor.process_queries([self._bounded(text)])
+        inputs = self.processor.process_queries([self._bounded(text)[0]])
         ids = inputs["input_ids"][0][inputs["attention_mask"][0].bool()].tolist()
         tokenizer = self.processor.tokenizer
         return list(tokenizer.convert_ids_to_tokens(ids)), set(tokenizer.all_special_tokens)
 
-    def _bounded(self, text: str) -> str:
+    def _bounded(self, text: str) -> tuple[str, str | None]:
+        """``text`` cut to what the model takes, and the notice saying so (None: whole)."""
         tokenizer = self.processor.tokenizer
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_query_tokens:
-            return text
+            return text, None
         notice = f"Query cut to its first {self.max_query_tokens} tokens (it had {len(ids):,})."
-        self.last_query_notices.append(notice)
         logger.warning("{}", notice)
-        return str(tokenizer.decode(ids[: self.max_query_tokens]))
+        return str(tokenizer.decode(ids[: self.max_query_tokens])), notice
 
     def _report(self, stats: RunStats) -> EmbeddingReport:
         device = self.device

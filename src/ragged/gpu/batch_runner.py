@@ -186,6 +186,7 @@ class BatchRunner(Generic[R]):
         prefetch: bool | None = None,
         work: str | None = None,
         prepare_fallback: Callable[[DeviceInfo], object] | None = None,
+        cpu_fallback: bool = True,
     ) -> None:
         if sizer is None and fixed_batch_size is None:
             raise ValueError("BatchRunner needs a sizer or a fixed batch size.")
@@ -200,6 +201,9 @@ class BatchRunner(Generic[R]):
         self.work = work or (sizer.work if sizer is not None else "batch")
         self._unmeasured = 0  # batches since a measured one, without a sizer where measuring is costly
         self.prepare_fallback = prepare_fallback  # readies the CPU for a fallback step (loads a copy)
+        # False for work whose batch function cannot move to the CPU (it places its own parts, each of
+        # which has its own recovery): its recovery splits and clears the cache, then gives up.
+        self.cpu_fallback = cpu_fallback
 
     def run(
         self,
@@ -281,7 +285,8 @@ class BatchRunner(Generic[R]):
             else:
                 self.handler.learn_oom(device, size, self.work, available)
             if unit is None:
-                unit = _Unit(self.handler.recovery(device, size), end=pos + size, device=device, size=size)
+                unit = _Unit(self.handler.recovery(device, size, cpu_fallback=self.cpu_fallback), end=pos + size,
+                             device=device, size=size)
             step = unit.recovery.next_step()
             reason = outcome.reason
             if step is not None and step.strategy is RecoveryStrategy.CPU_FALLBACK and self.prepare_fallback:

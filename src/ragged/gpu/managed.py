@@ -117,10 +117,24 @@ class ManagedBatchJob:
 
     @contextmanager
     def session(self) -> Iterator[ManagedModel]:
-        """The model loaded and pinned for a block of work; placement resolved once."""
-        held = self._acquire()
-        with self.model_manager.using(self.key):
-            yield held
+        """The model loaded and pinned for a block of work; placement resolved once.
+
+        Another thread may unload the model between loading and pinning (to make
+        room for its own): then it is loaded again, a bounded number of times."""
+        for attempt in range(3):
+            held = self._acquire()
+            try:
+                pin = self.model_manager.using(self.key)
+                pin.__enter__()
+            except KeyError:
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                yield held
+            finally:
+                pin.__exit__(None, None, None)
+            return
 
     def model_for(self, device: DeviceInfo) -> Any:
         """The model to compute on ``device``: the main one, or for the OOM

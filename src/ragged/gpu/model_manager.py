@@ -281,8 +281,14 @@ class ModelManager:
         """Free the model under ``key``; False when it was not held."""
         return self._unload(key, ModelEvent.UNLOAD)
 
-    def _unload(self, key: str, event: ModelEvent) -> bool:
+    def _unload(self, key: str, event: ModelEvent, idle_since: float | None = None) -> bool:
+        """Free ``key``. With ``idle_since``, only if it is still unpinned and was
+        not used after that moment (checked under the lock: another thread may
+        have loaded it again and pinned it since it was chosen)."""
         with self._lock:
+            held = self._models.get(key)
+            if held is not None and idle_since is not None and (held.pins or held.last_used > idle_since):
+                return False
             held = self._models.pop(key, None)
         if held is None:
             return False
@@ -297,14 +303,15 @@ class ModelManager:
         if self.idle_timeout_s is None:
             return []
         now = self._clock() if now is None else now
+        cutoff = now - self.idle_timeout_s
         with self._lock:
-            idle = [
-                m.key for m in self._models.values() if not m.pins and now - m.last_used > self.idle_timeout_s
-            ]
+            idle = [m.key for m in self._models.values() if not m.pins and m.last_used < cutoff]
+        unloaded = []
         for key in idle:
-            logger.info("Unloading idle model {}", key)
-            self._unload(key, ModelEvent.IDLE_UNLOAD)
-        return idle
+            if self._unload(key, ModelEvent.IDLE_UNLOAD, idle_since=cutoff):
+                logger.info("Unloaded idle model {}", key)
+                unloaded.append(key)
+        return unloaded
 
     def start_reaper(self, interval_s: float = 30.0) -> None:
         """Check for idle models every ``interval_s`` in a daemon thread."""

@@ -74,7 +74,17 @@ def is_cudnn_workspace_oom(exc: BaseException) -> bool:
     )
 
 
+def is_unrecovered_oom(exc: BaseException) -> bool:
+    """ragged's own give-up after an OOM: to an enclosing unit of work (a batch
+    of requests around a batch of queries) it is an OOM it may still recover
+    from by doing less at once."""
+    from ragged.errors import OutOfMemoryRecoveryError
+
+    return isinstance(exc, OutOfMemoryRecoveryError)
+
+
 _PREDICATES = (
+    is_unrecovered_oom,
     is_torch_oom_type,
     is_gpu_allocator_oom,
     is_driver_oom,

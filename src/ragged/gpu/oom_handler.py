@@ -128,8 +128,9 @@ class Recovery:
     """Where one failing unit of work stands in the recovery sequence."""
 
     def __init__(self, handler: OOMHandler, device: DeviceInfo, batch_size: int,
-                 min_batch_size: int | None = None) -> None:
+                 min_batch_size: int | None = None, cpu_fallback: bool = True) -> None:
         self._handler = handler
+        self._cpu_fallback = cpu_fallback  # False: the work cannot move (it runs its own parts elsewhere)
         self.device = device
         self.batch_size = batch_size
         self.min_batch_size = min_batch_size or handler.min_batch_size
@@ -148,7 +149,7 @@ class Recovery:
         elif h.enable_cache_clearing and not self._cleared:
             self._cleared = True
             step = RecoveryStep(RecoveryStrategy.CLEAR_CACHE, self.device, self.batch_size)
-        elif h.enable_cpu_fallback and self.device.is_accelerator and not self._moved:
+        elif h.enable_cpu_fallback and self._cpu_fallback and self.device.is_accelerator and not self._moved:
             self._moved = True
             self._cleared = False  # the CPU gets its own cache-clearing retry
             step = RecoveryStep(RecoveryStrategy.CPU_FALLBACK, h.manager.cpu(), self.batch_size)
@@ -262,9 +263,10 @@ class OOMHandler:
 
     # -- one failing unit ---------------------------------------------------
 
-    def recovery(self, device: DeviceInfo, batch_size: int, min_batch_size: int | None = None) -> Recovery:
+    def recovery(self, device: DeviceInfo, batch_size: int, min_batch_size: int | None = None,
+                 cpu_fallback: bool = True) -> Recovery:
         """A fresh recovery sequence for a unit that failed on (device, batch_size)."""
-        return Recovery(self, device, batch_size, min_batch_size)
+        return Recovery(self, device, batch_size, min_batch_size, cpu_fallback)
 
     def plan(self, device: DeviceInfo, batch_size: int, min_batch_size: int | None = None) -> list[RecoveryStep]:
         """Every step the sequence would take if each retry failed too."""

@@ -45,9 +45,8 @@ class QueryBlock:
         one_hot[np.arange(self.tokens), owner] = 1.0
         self.tokens_np = np.ascontiguousarray(tokens)  # (qt, dim)
         self.to_query_np = one_hot  # (qt, queries)
-        if device.type != "cpu":
-            self.qt = torch.from_numpy(tokens).t().contiguous().to(device)  # (dim, qt)
-            self.to_query = torch.from_numpy(one_hot).to(device)  # (qt, queries)
+        self.qt = torch.from_numpy(tokens).t().contiguous().to(device)  # (dim, qt), for the row layout
+        self.to_query = torch.from_numpy(one_hot).to(device)  # (qt, queries)
 
     def score_columns(self, block: np.ndarray, lengths: Lengths) -> np.ndarray:
         """MaxSim of consecutive pages of ``lengths`` vectors stored as the

@@ -92,7 +92,8 @@ class Searcher:
         made = self._lazy.made
         used = made.get("vision") or made.get("text")
         vision = made.get("vision")
-        notices = list(vision.last_query_notices) if vision is not None else []
+        uses_vision = chosen in (Mode.VISION, Mode.HYBRID)
+        notices = list(vision.last_query_notices) if vision is not None and uses_vision else []
         return SearchResult(text, hits, self.store.meta.model, used.device.label if used else "index only",
                             len(self.source.catalog.pages), time.perf_counter() - started, notices, chosen.value)
 

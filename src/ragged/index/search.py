@@ -203,8 +203,9 @@ class MaxSimSearcher:
                          out: np.ndarray) -> None:
         dev = device.torch_device
         block = QueryBlock(queries, dev)
-        buffer = torch.empty((chunk, block.dim), dtype=torch.float32, device=dev)  # reused across chunks
-        sims = torch.empty((chunk, block.tokens), dtype=torch.float32, device=dev)
+        rows = max(chunk, max(p.n_vectors for p in self.catalog.pages))  # a page longer than a chunk is one block
+        buffer = torch.empty((rows, block.dim), dtype=torch.float32, device=dev)  # reused across chunks
+        sims = torch.empty((rows, block.tokens), dtype=torch.float32, device=dev)
         for part in self.source.blocks(chunk):
             n = int(part.lengths.sum())
             source = part.vectors if isinstance(part.vectors, torch.Tensor) else torch.from_numpy(part.vectors)

@@ -84,19 +84,20 @@ class _Batch:
     tried: list[str] = field(default_factory=list)  # workers it failed on
 
 
-def render_document(doc: Document, dpi: int, view: PageView) -> tuple[list[Any], str | None]:
-    """A Ray task: references to the document's pages in Ray's object store
-    (the driver passes them on to a worker without ever fetching an image),
-    or the one-line reason they cannot be had."""
-    import ray
-
+def render_document(doc: Document, dpi: int, view: PageView) -> tuple[Any, ...]:
+    """A Ray task with ``doc.pages + 1`` return values: the one-line reason the
+    pages cannot be had (None when they can), then each page. As the task's
+    own returns, the pages are owned by the driver (whatever becomes of the
+    process that rendered them), which passes their references on to a worker
+    without ever fetching an image."""
     try:
         pages = list(render_pages(doc, dpi, fit=view.fit))
     except InputError as exc:
-        return [], str(exc)
+        return (str(exc), *([None] * doc.pages))
     if len(pages) != doc.pages:
-        return [], f"{doc.path}: {len(pages)} pages rendered, {doc.pages} expected; repair or re-export it."
-    return [ray.put(page) for page in pages], None
+        return (f"{doc.path}: {len(pages)} pages rendered, {doc.pages} expected; repair or re-export it.",
+                *([None] * doc.pages))
+    return (None, *pages)
 
 
 def connect(ray: Any, address: str | None) -> bool:
@@ -146,24 +147,31 @@ class Driver:
         self.render = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy=here)(render_document)
         self.render_slots = max(1, cpus)
         self.queue: deque[_Batch | PageJob] = deque()
-        self.renders: dict[Any, Pending] = {}
+        self.renders: dict[Any, tuple[Pending, list[Any]]] = {}  # status ref -> document, its page refs
         self.flight: dict[Any, tuple[_Worker, _Batch]] = {}
         self.probes: dict[Any, _Worker] = {}  # workers Ray is restarting: back once their probe answers
+        self.workers: list[_Worker] = []
+        self.dropped: set[str] = set()
 
     def run(self, docs: list[Document], workers: list[_Worker]) -> list[_Worker]:
         """Embed and commit ``docs``; the workers still standing at the end."""
+        self.workers = list(workers)
         todo = deque(docs)
         idle = deque(w for _ in range(SLOTS) for w in workers)  # interleaved: every worker gets work first
         limit = self.scale.batch_pages * len(workers) * 4  # pages waiting: bounded
         while todo or self.renders or self.queue or self.flight:
             while todo and len(self.renders) < self.render_slots and self._waiting() < limit:
                 doc = todo.popleft()
-                self.renders[self.render.remote(doc, self.dpi, self.view)] = self.committer.open(doc)
+                status, *pages = self.render.options(num_returns=doc.pages + 1).remote(doc, self.dpi, self.view)
+                self.renders[status] = (self.committer.open(doc), pages)
             self._dispatch(idle, flush=not todo and not self.renders)
             if not idle and not self.flight and not self.probes and (self.queue or todo):
                 raise ConfigurationError("Every worker failed and was dropped; see the warnings above.")
             refs = list(self.renders) + list(self.flight) + list(self.probes)
             if not refs:
+                if self.queue and not todo:  # nothing will ever take it: say so rather than spin
+                    raise ConfigurationError("No worker is left to take the remaining pages; see the warnings "
+                                             "above. Everything committed so far is kept: run ingest again.")
                 continue
             ready, _ = self.ray.wait(refs, num_returns=1, timeout=WAIT_S)
             for ref in ready:
@@ -187,12 +195,14 @@ class Driver:
             if isinstance(self.queue[0], _Batch):  # a batch coming back from a lost worker
                 batch = self.queue.popleft()
                 assert isinstance(batch, _Batch)
-                untried = next((w for w in idle if w.name not in batch.tried), None)
-                if untried is None:
-                    self.queue.appendleft(batch)
-                    return
-                idle.remove(untried)
-                self._send(untried, batch)
+                worker = next((w for w in idle if w.name not in batch.tried), None)
+                if worker is None:
+                    if any(w.name not in batch.tried for w in self._standing()):
+                        self.queue.appendleft(batch)  # an untried worker is busy or restarting: it will come
+                        return
+                    worker = idle[0]  # every worker left has tried it (one worker): once more on the same one
+                idle.remove(worker)
+                self._send(worker, batch)
                 continue
             if self._waiting() < self.scale.batch_pages and not flush:
                 return
@@ -213,11 +223,11 @@ class Driver:
 
 
     def _rendered(self, ref: Any) -> None:
-        entry = self.renders.pop(ref)
+        entry, pages = self.renders.pop(ref)
         try:
-            pages, error = self.ray.get(ref)
+            error = self.ray.get(ref)
         except self.ray.exceptions.RayError as exc:
-            pages, error = [], f"{entry.doc.path}: rendering failed ({type(exc).__name__})."
+            error = f"{entry.doc.path}: rendering failed ({type(exc).__name__})."
         if error is not None:
             self.committer.fail(entry, error)
             return
@@ -252,7 +262,7 @@ class Driver:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         logger.warning("Worker {} failed on a batch of {} page(s) ({}); the pages go to another worker",
                        worker.name, len(batch.jobs), reason)
-        if len(batch.tried) >= MAX_BATCH_ATTEMPTS:  # failed on two devices: it is the pages
+        if len(batch.tried) >= MAX_BATCH_ATTEMPTS:  # failed twice (on two devices where there are two): the pages
             for job in batch.jobs:
                 entry = self.committer.get(job.doc_hash)
                 if entry is not None:
@@ -278,9 +288,15 @@ class Driver:
         except self.ray.exceptions.RayError:
             self._drop(worker, "it could not be restarted")
             return
-        idle.extend([worker] * SLOTS)
+        busy = sum(1 for w, _ in self.flight.values() if w is worker) + idle.count(worker)
+        idle.extend([worker] * max(0, SLOTS - busy))  # its free slots, no more
+
+    def _standing(self) -> list[_Worker]:
+        """Workers not dropped (idle, busy or restarting)."""
+        return [w for w in self.workers if w.name not in self.dropped]
 
     def _drop(self, worker: _Worker, why: str) -> None:
+        self.dropped.add(worker.name)
         self.report.notes.append(f"worker {worker.name} was dropped ({why}); the run went on without it")
         logger.warning("Dropping worker {}: {}", worker.name, why)
         with suppress(Exception):

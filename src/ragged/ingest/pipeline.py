@@ -176,16 +176,21 @@ class _Stream:
     def run(self, docs: list[Document]) -> None:
         for doc in docs:
             entry = self.committer.open(doc)
+            rendered = 0
             try:
                 for number, page in enumerate(render_pages(doc, self.dpi, fit=self.embedder.page_view_size)):
                     if entry.failed:  # a page of it failed in an earlier flush
                         break
                     if number >= doc.pages:
                         raise InputError(f"{doc.path}: more pages than it said; repair or re-export it.")
+                    rendered = number + 1
                     self.held.append(_Held(entry, number, page))
                     self.held_bytes += page.nbytes
                     if len(self.held) >= BUFFER_PAGES or self.held_bytes >= self.max_bytes:
                         self._flush()
+                if rendered < doc.pages and not entry.failed:  # the file changed, or lied about its pages
+                    raise InputError(f"{doc.path}: {rendered} pages rendered, {doc.pages} expected; "
+                                     "repair or re-export it, then ingest again.")
             except InputError as exc:
                 self._fail(entry, str(exc))
         self._flush()

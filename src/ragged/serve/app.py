@@ -181,8 +181,9 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
     async def heatmap(request: Request) -> Response:
         data = await _json_body(request, max_body_bytes)
         doc_hash, page, query = data.get("doc_hash"), data.get("page"), data.get("query")
-        if not isinstance(doc_hash, str) or not isinstance(page, int) or not isinstance(query, str) or not query:
-            raise ClientError("Give 'doc_hash' (string), 'page' (integer) and 'query' (string).")
+        if (not isinstance(doc_hash, str) or not isinstance(page, int) or isinstance(page, bool)
+                or not isinstance(query, str) or not query.strip()):
+            raise ClientError("Give 'doc_hash' (string), 'page' (integer) and 'query' (a non-empty string).")
         if len(query) > service.config.max_query_chars:
             raise ClientError(f"The query is longer than {service.config.max_query_chars:,} characters.", 413)
         return JSONResponse(await asyncio.wrap_future(service.heatmap(doc_hash, page, query.strip())))

@@ -34,6 +34,7 @@ from ragged.errors import RaggedError
 from ragged.gpu import ItemFailure, ModelManager, OOMHandler
 from ragged.gpu.batch_runner import BatchRunner
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.types import DeviceInfo
 from ragged.index.engine import QueryEngine
 from ragged.index.resident import ResidentIndex
 from ragged.index.results import SearchHit
@@ -45,6 +46,7 @@ from ragged.text.embedder import TextEmbedder
 
 T = TypeVar("T")
 REQUESTS = "requests"  # the kind of work the request batches are, for the OOM engine
+VISION_MODES = (Mode.VISION, Mode.HYBRID)  # the modes that need the vision model
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class SearchService:
         self.embedder: ColPaliEmbedder | None = None
         self.resident: ResidentIndex | None = None
         self.engine: QueryEngine | None = None
+        self.device: DeviceInfo | None = None  # where the vectors are searched (the vision model's device)
+        self.start_error: str | None = None  # why the index could not be loaded
+        self._notices: list[str] = []  # notices of the pass being answered
         self.text_embedder: TextEmbedder | None = None
         self.renderer = PageRenderer(config.index_dir)
         self.model_error: str | None = None
@@ -136,8 +141,15 @@ class SearchService:
             self.models.start_reaper(interval_s=max(0.05, min(5.0, self.config.idle_unload_s / 4)))
         with suppress(ServiceUnavailable):  # not ready, and /ready says why; a later search tries again
             self._load_model()
-        device = self.embedder.device if self.embedder is not None else manager.get_optimal_device(self.config.device)
-        self.resident = ResidentIndex(self.store, device, manager, self.config.policy)
+        try:
+            device = (self.embedder.device if self.embedder is not None
+                      else manager.get_optimal_device(self.config.device))
+            self.resident = ResidentIndex(self.store, device, manager, self.config.policy)
+        except Exception as exc:  # a damaged index: not ready, and /ready and every search say why
+            self.start_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            logger.error("The index could not be loaded: {}", self.start_error)
+            return
+        self.device = device
         self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
                                   self._text if self.has_text else None, manager, self.config.policy,
                                   self.oom_handler)
@@ -223,6 +235,8 @@ class SearchService:
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the index is open, the model loaded or loadable
         (its last load did not fail), and the latest searches did not all fail."""
+        if self.start_error is not None:
+            return False, f"the index could not be loaded: {self.start_error}"
         if self.resident is None:
             return False, "starting: the index is not loaded yet"
         if self.model_error is not None:
@@ -263,15 +277,22 @@ class SearchService:
 
     def _answer(self, group: list[_Request]) -> None:
         started = time.perf_counter()
-        try:
-            load_ms = self._load_model()
-        except ServiceUnavailable as exc:
-            self._fail(group, exc)
+        if self.engine is None or self.device is None or self.oom_handler is None:
+            self._fail(group, ServiceUnavailable(self.readiness()[1]))
             return
-        assert self.embedder is not None and self.oom_handler is not None
-        notices_before = len(self.embedder.last_query_notices)
+        load_ms = None
+        if any(r.mode in VISION_MODES for r in group):  # keyword and text never load the vision model
+            try:
+                load_ms = self._load_model()
+            except ServiceUnavailable as exc:
+                self._fail([r for r in group if r.mode in VISION_MODES], exc)
+                group = [r for r in group if r.mode not in VISION_MODES]
+                if not group:
+                    return
+        self._notices = []
         runner: BatchRunner[list[list[SearchHit]]] = BatchRunner(
-            self.embedder.device, None, self.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
+            self.device, None, self.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
+            cpu_fallback=False,  # a pass places its own parts (query embedding, scoring), each with its own recovery
         )
         costs = [sum(len(q) for q in r.queries) for r in group]
         try:
@@ -283,7 +304,7 @@ class SearchService:
             return
         seconds = time.perf_counter() - started
         queries = sum(len(r.queries) for r in group)
-        notices = self.embedder.last_query_notices[notices_before:]
+        notices = list(dict.fromkeys(self._notices))
         self.batch_sizes.append(queries)
         if self.on_batch is not None:
             self.on_batch(queries, seconds)
@@ -293,7 +314,7 @@ class SearchService:
                 continue
             self.queries_total += len(request.queries)
             self._outcomes.append(True)
-            request.future.set_result(Answer(result, self.model_name, self.embedder.device.label, queries,
+            request.future.set_result(Answer(result, self.model_name, self.device.label, queries,
                                              seconds * 1000, load_ms, list(notices), request.mode.value))
 
     def _pass(self, requests: list[_Request]) -> list[list[list[SearchHit]]]:
@@ -305,6 +326,8 @@ class SearchService:
             group = [(n, r) for n, r in enumerate(requests) if r.mode is mode]
             texts = [q for _, r in group for q in r.queries]
             hits = self.engine.answer(texts, max(r.k for _, r in group), mode)
+            if mode in VISION_MODES and self.embedder is not None:
+                self._notices.extend(self.embedder.last_query_notices)
             at = 0
             for n, request in group:
                 answers[n] = [h[: request.k] for h in hits[at : at + len(request.queries)]]
@@ -323,7 +346,7 @@ class SearchService:
     def page_png(self, doc_hash: str, page: int, width: int) -> bytes:
         """A page image (see :class:`~ragged.serve.pages.PageRenderer`)."""
         if self.resident is None:
-            raise ServiceUnavailable("starting: the index is not loaded yet")
+            raise ServiceUnavailable(self.readiness()[1])
         return self.renderer.png(self.resident.catalog, doc_hash, page, width)
 
     def heatmap(self, doc_hash: str, page: int, query: str) -> Future[dict[str, Any]]:
@@ -331,7 +354,8 @@ class SearchService:
         return self._run(lambda: self._heatmap(doc_hash, page, query))
 
     def _heatmap(self, doc_hash: str, page: int, query: str) -> dict[str, Any]:
-        assert self.resident is not None
+        if self.resident is None:
+            raise ServiceUnavailable(self.readiness()[1])
         record = self.renderer.record(self.resident.catalog, doc_hash, page)
         if record.grid is None:
             raise PageUnavailable("This page has no patch grid (its model has none, or it was ingested "
