@@ -30,11 +30,16 @@ def config_path() -> Path:
 def load_config() -> dict[str, Any]:
     """The config file's settings ({} when there is none)."""
     path = config_path()
-    if not path.is_file():
-        return {}
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        if not path.is_file():
+            return {}
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read config file {path} ({exc.strerror or exc}); fix its permissions, "
+                                 "or set RAGGED_CONFIG to another file.") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"Config file {path} is not valid TOML ({exc}); fix or remove it.") from exc
     unknown = set(data) - KEYS
     if unknown:

@@ -102,6 +102,42 @@ def _index_model_path(tmp: Path, ragged: Ragged) -> list[str]:
     return ["search", "tart"]
 
 
+def _dangling_link_in_folder(tmp: Path, ragged: Ragged) -> list[str]:
+    folder = tmp / "docs"
+    folder.mkdir()
+    recipe(folder, "good.pdf")
+    (folder / "gone.pdf").symlink_to(tmp / "nowhere.pdf")
+    return ["ingest", str(folder), "--model", "tiny-colpali", "--dpi", "72"]
+
+
+def _bad_server_url(tmp: Path, ragged: Ragged) -> list[str]:
+    ingested(ragged, EXAMPLES / "recipe-card.pdf")
+    return ["search", "tart", "--server", "notaurl"]
+
+
+def _not_a_ragged_server(tmp: Path, ragged: Ragged) -> list[str]:
+    """Something answers JSON at that address, but not ragged's."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.dumps({"hits": "not a list"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.handle_request, daemon=True).start()  # one request, then it stops
+    return ["search", "tart", "--server", f"http://127.0.0.1:{server.server_port}"]
+
+
 CASES = [
     Case("markup in a query", _markup_query, 0, says=["[/oops] [bold]x"]),
     Case("a link tag in a query", _link_query, 0, says=["[link=https://evil.example]click[/link]"],
@@ -117,6 +153,10 @@ CASES = [
     Case("a 100,000-character query", _huge_query, 0, says=["cut to its first 512 tokens"]),
     Case("an index naming a model path it never wrote", _index_model_path, 1,
          says=["model '../../etc' is not a name ingest writes"]),
+    Case("a link to nothing in a folder", _dangling_link_in_folder, 1, says=["gone.pdf: a link to nothing",
+                                                                            "1 document(s), 1 page(s) added"]),
+    Case("--server that is not a URL", _bad_server_url, 1, says=["is not a server address"]),
+    Case("--server that is not ragged", _not_a_ragged_server, 1, says=["did not answer as 'ragged serve' does"]),
 ]
 
 

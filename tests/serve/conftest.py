@@ -63,8 +63,8 @@ def http(url: str, body: dict[str, Any] | None = None, token: str | None = None,
 class Server:
     """A real ``ragged serve`` process on a free loopback port."""
 
-    def __init__(self, index: Path, model_cache: Path, *args: str) -> None:
-        self.index, self.port = index, free_port()
+    def __init__(self, index: Path, model_cache: Path, *args: str, port: int | None = None) -> None:
+        self.index, self.port = index, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "RAGGED_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1",
                "RAGGED_CONFIG": "/nonexistent"}
@@ -84,6 +84,11 @@ class Server:
                 pass
             time.sleep(0.2)
         raise AssertionError("the server never became ready")
+
+    def stop_when_exited(self, timeout: float = 60) -> tuple[int, str]:
+        """(exit status, stderr) of a server expected to refuse to start."""
+        _, stderr = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, stderr
 
     def stop(self) -> tuple[int, str]:
         if self.proc.poll() is None:

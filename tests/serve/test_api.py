@@ -124,10 +124,13 @@ def test_a_changed_file_is_not_served(client: TestClient, service: SearchService
     original = Path(record.path).read_bytes()
     cached = renderer.cache_dir / record.doc_hash / f"{record.page}-2000.png"
     assert not cached.exists()
+    assert client.get(f"/pages/{record.doc_hash}/{record.page}.png?width=160").status_code == 200  # now cached
     Path(record.path).write_bytes(original + b"\n% edited\n")
     try:
         response = client.get(f"/pages/{record.doc_hash}/{record.page}.png?width=1999")
         assert response.status_code == 410 and "changed since it was ingested" in response.json()["error"]
+        stale = client.get(f"/pages/{record.doc_hash}/{record.page}.png?width=160")  # its render is cached
+        assert stale.status_code == 410
     finally:
         Path(record.path).write_bytes(original)
 
@@ -233,3 +236,36 @@ def test_readiness_tells_the_truth_when_the_model_cannot_load(tmp_path: Path, mo
             assert keyword.status_code == 200 and keyword.json()["hits"]
     finally:
         broken.close()
+
+
+def test_pages_render_concurrently_without_crashing_the_process(tmp_path: Path) -> None:
+    """PDFium is not thread-safe: page requests run on a thread pool while an
+    ingest may render in another thread; every call into it is serialised."""
+    import threading
+
+    from ragged.ingest.documents import inspect, render_pages
+    from ragged.serve.pages import render
+    from tests.inputs import EXAMPLES
+
+    pdfs = sorted(EXAMPLES.glob("*.pdf"))
+    sizes: list[tuple[int, int]] = []
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for round_ in range(6):
+                path = pdfs[(n + round_) % len(pdfs)]
+                if n % 3 == 0:
+                    sizes.extend(p.image.size for p in render_pages(inspect(path), 72))
+                else:
+                    sizes.append(render(path, 1, 160 + 40 * n).size)
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures and not any(t.is_alive() for t in threads)
+    assert len(sizes) >= 8 * 6 and all(w > 0 and h > 0 for w, h in sizes)

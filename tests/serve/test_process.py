@@ -110,8 +110,23 @@ def test_documents_committed_while_serving_become_searchable(server: Server, sam
     assert sum(h["path"] == str(new) for h in hits) == 2
 
 
-def test_idle_unload_releases_and_reloads(sample_index: Path, model_cache: Path) -> None:
-    idle = Server(sample_index, model_cache, "--idle-unload", "1")
+def test_one_server_per_index_and_a_taken_port_is_one_line(server: Server, sample_index: Path,
+                                                           model_cache: Path) -> None:
+    second = Server(sample_index, model_cache, "--idle-unload", "0")
+    code, stderr = second.stop_when_exited()
+    assert code == 1 and "is already served at " + server.url in stderr and "Traceback" not in stderr
+    other = build_index(sample_index.parent.parent / "other-index", model_cache, paths=[EXAMPLES / "recipe-card.pdf"])
+    clash = Server(other, model_cache, "--idle-unload", "0", port=server.port)
+    code, stderr = clash.stop_when_exited()
+    assert code == 1 and f"port {server.port} is in use" in stderr.lower() and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (other / "serve.json").exists()
+    assert http(server.url + "/ready")[0] == 200  # the running server is untouched
+
+
+def test_idle_unload_releases_and_reloads(tmp_path: Path, model_cache: Path) -> None:
+    index = build_index(tmp_path / "index", model_cache, paths=[EXAMPLES / "recipe-card.pdf"])
+    idle = Server(index, model_cache, "--idle-unload", "1")
     try:
         idle.wait_ready()
         assert http(idle.url + "/search", {"query": "tart"})[0] == 200

@@ -164,6 +164,46 @@ def test_an_older_index_keeps_working_and_ingest_gives_it_text(index: Path, corp
     assert Path(now.hits[0].path).name == "rental-contract.pdf"
 
 
+def test_an_index_built_without_text_gets_it_later_for_every_document(corpus: Path, model_cache: Path,
+                                                                        tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "no-text"
+    first = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache,
+                                           text_model="none"))
+    assert first.passages == 0 and IndexStore.read_meta(index).text_model is None  # type: ignore[union-attr]
+    with pytest.raises(ConfigurationError, match="ingest' again"):
+        search("tenancy", index, cache_dir=model_cache, mode="text")
+
+    def no_images(*args: object, **kwargs: object) -> None:
+        raise AssertionError("page images must not be embedded again")
+
+    monkeypatch.setattr("ragged.ingest.pipeline.ColPaliEmbedder", no_images)
+    later = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert later.documents_text_added == 4 and later.passages >= 6  # every document, not only new ones
+    hit = search("cancelling the tenancy agreement", index, k=1, cache_dir=model_cache, mode="text").hits[0]
+    assert Path(hit.path).name == "rental-contract.pdf"
+
+
+def test_keyword_search_works_after_a_first_run_that_never_finished(corpus: Path, model_cache: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-text index is made with the first commit, so a run killed
+    before its end leaves committed pages findable by keyword; one that lacks
+    it anyway gets it from the next ingest, even with nothing new to embed."""
+    index = tmp_path / "cut"
+    monkeypatch.setattr(IndexStore, "finish", lambda self: None)  # as if killed before the end of the run
+    ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
+    monkeypatch.undo()
+    writer = IndexStore.open_for_writing(index, "tiny-colpali")
+    writer._table_or_none().drop_index("text_idx")  # an index from before ragged made it at once
+    writer.close()
+    assert not search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
+    again = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert again.documents_skipped == 4
+    assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
+
+
 def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Each model fits the card alone, not both: the manager unloads the one

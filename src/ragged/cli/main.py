@@ -73,7 +73,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--model", envvar="RAGGED_MODEL", show_envvar=True, default=None,
               help="Hub id, local folder or tiny preset. Default: the index's model, else the config's, "
                    "else vidore/colpali-v1.3-hf.")
@@ -187,7 +187,8 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
-    table = Table(title=plain(f"{result.query!r}: {len(result.hits)} of {result.pages_searched} pages "
+    shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
+    table = Table(title=plain(f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
                               f"({result.mode}; {result.model}, {result.device}, {result.seconds:.2f} s)"))
     fused = result.mode == "hybrid"
     for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
@@ -207,15 +208,20 @@ def _remote_search(url: str, query: str, k: int, token: str | None, model: str |
     from ragged.embeddings.names import stored_name
     from ragged.errors import ModelMismatchError
     from ragged.index.results import SearchHit, SearchResult
-    from ragged.serve.client import remote_search
+    from ragged.serve.client import ServerError, remote_search
 
     data = remote_search(url, query, k, token, mode=mode)
-    if model is not None and stored_name(model) != data["model"]:
-        raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
-    hits = [SearchHit(h["path"], int(h["page"]), float(h["score"]), h["doc_hash"], dict(h.get("signals", {})))
-            for h in data["hits"]]
-    return SearchResult(data["query"], hits, data["model"], f"{data['device']} via {url}", int(data["pages_searched"]),
-                        float(data["ms"]) / 1000, list(data.get("notices", [])), str(data.get("mode", "vision")))
+    try:
+        if model is not None and stored_name(model) != data["model"]:
+            raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
+        hits = [SearchHit(str(h["path"]), int(h["page"]), float(h["score"]), str(h["doc_hash"]),
+                          {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
+        return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
+                            int(data["pages_searched"]), float(data["ms"]) / 1000,
+                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
+                          f"{exc}); check --server.") from None
 
 
 @cli.command("list")
@@ -256,7 +262,7 @@ def list_documents(index_dir: Path, missing: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:

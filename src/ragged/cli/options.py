@@ -19,7 +19,8 @@ def _expand(ctx: click.Context, param: click.Parameter, value: Path | None) -> P
 
 def index_option(f: Any) -> Any:
     return click.option(
-        "--index", "index_dir", type=click.Path(path_type=Path), envvar="RAGGED_INDEX", show_envvar=True,
+        "--index", "index_dir", type=click.Path(path_type=Path, readable=False), envvar="RAGGED_INDEX",
+        show_envvar=True,
         default=lambda: setting("index") or default_index_dir(), callback=_expand, help="Index folder.",
     )(f)
 

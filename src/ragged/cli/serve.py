@@ -92,7 +92,33 @@ def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str
     if not _loopback(host) and not token:
         fail(f"Listening on {host} would expose your documents to the network: give --token "
              "(or RAGGED_TOKEN), or keep the default --host 127.0.0.1.", code=2)
+    index_dir = index_dir.resolve()  # recorded and reported absolute: clients anywhere find it
     if IndexStore.read_meta(index_dir) is None:
         fail(f"No index at {index_dir}: run 'ragged ingest' first, or pass --index.")
+    from ragged.serve.record import read_record
+
+    running = read_record(index_dir)
+    if running is not None:
+        fail(f"{safe(index_dir)} is already served at {running.url} (process {running.pid}): use that server, "
+             "or stop it first (one server per index).")
+    if port and (problem := _port_problem(host, port)):
+        fail(problem)
     default_device_manager().get_optimal_device(device)
     run_server(index_dir, host, port, idle_unload, device, token, memory_target, cache_dir())
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not an address here), or None."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"Port {port} is in use: stop the other server or pick another --port (0 picks a free one)."
+            return f"Cannot listen on {host}:{port} ({exc.strerror or exc}); check --host and --port."
+    return None

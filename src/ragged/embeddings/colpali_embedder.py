@@ -314,7 +314,7 @@ class ColPaliEmbedder:
         if len(ids) <= self.max_query_tokens:
             return text, None
         notice = f"Query cut to its first {self.max_query_tokens} tokens (it had {len(ids):,})."
-        logger.warning("{}", notice)
+        logger.debug("{}", notice)  # the caller shows it (a note, the server's answer)
         return str(tokenizer.decode(ids[: self.max_query_tokens])), notice
 
     def _report(self, stats: RunStats) -> EmbeddingReport:

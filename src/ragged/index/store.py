@@ -372,6 +372,7 @@ class IndexStore:
             if table is None:
                 self._db = self._db or _lancedb().connect(str(self.folder / "lancedb"))
                 self._table = self._db.create_table(TABLE, data=rows, schema=_schema(dim))
+                self._index_text(self._table)  # at once: keyword search works whatever stops the run later
             elif replaced:
                 (table.merge_insert(["doc_hash", "page"]).when_not_matched_insert_all()
                  .when_not_matched_by_source_delete(f"path = {sql_string(path)}").execute(rows))
@@ -441,15 +442,24 @@ class IndexStore:
         self._committed(self.catalog())
 
     def documents_without_text(self) -> set[str]:
-        """Stored documents whose text was never read (built before the text side)."""
+        """Stored documents without passage vectors: built before the text side,
+        or ingested with the text model off (a page with no text has an empty
+        list, not none)."""
         table = self._table_or_none()
         if table is None:
             return set()
-        if "text" not in table.schema.names:
+        if "text_vectors" not in table.schema.names:
             return set(self.catalog().documents)
         with self._guard("reading page text"):
-            rows = table.search().where("text IS NULL").select(["doc_hash"]).limit(None).to_arrow()
+            rows = (table.search().where("text IS NULL OR text_vectors IS NULL").select(["doc_hash"])
+                    .limit(None).to_arrow())
         return set(rows.column("doc_hash").to_pylist())
+
+    def needs_text_index(self) -> bool:
+        """True when pages have text but the full-text index is missing (a first
+        run that was interrupted before it was built)."""
+        table = self._table_or_none()
+        return table is not None and "text" in table.schema.names and not self._has_fts(table)
 
     def text_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored passage vector and its page's catalog position:
@@ -501,14 +511,20 @@ class IndexStore:
         table = self._table_or_none()
         if table is None or "text" not in table.schema.names:
             return
-        from lancedb.index import FTS
-
         with self._guard("indexing page text"):
             if not self._has_fts(table):
-                table.create_index("text", config=FTS())
+                self._index_text(table)
             else:
                 table.optimize()
         self._committed(self.catalog())
+
+    def _index_text(self, table: Any) -> None:
+        """Create the full-text index over page text (pages added later are
+        searched unindexed until :meth:`finish` folds them in)."""
+        from lancedb.index import FTS
+
+        with self._guard("indexing page text"):
+            table.create_index("text", config=FTS())
 
     def move_document(self, doc_hash: str, new_path: str) -> None:
         """Record that document ``doc_hash`` now lives at ``new_path`` (one commit, nothing re-embedded)."""

@@ -8,8 +8,10 @@ report it and go on with the other inputs.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -33,6 +35,7 @@ _ERR_PASSWORD, _ERR_SECURITY = 4, 5
 # A page tree that counts zero pages and no page object anywhere.
 _ZERO_PAGES = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+0\b|/Count\s+0\b[^>]*?/Type\s*/Pages\b")
 _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?!s)\b")
+PDFIUM_LOCK = threading.RLock()  # PDFium is not thread-safe: every call into it holds this
 MAX_PAGE_PIXELS = 64_000_000  # ~ an A0 poster at 150 dpi; larger is treated as a decompression bomb
 
 
@@ -49,6 +52,7 @@ class InputProblem:
 
     path: str
     message: str
+    empty: bool = False  # a folder with nothing to ingest (not a problem when --prune emptied it)
 
 
 @dataclass(frozen=True)
@@ -98,11 +102,11 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
             problems.append(InputProblem(str(raw), f"{raw}: no such file or folder; check the path."))
             continue
         if path.is_dir():
-            candidates = sorted(
-                p for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES | PDF_SUFFIXES and is_regular_file(p)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            before = len(problems)
+            candidates = _walk(path, problems)
+            if not candidates and len(problems) == before:
+                problems.append(InputProblem(str(raw), f"{raw}: no PDF or image files in this folder; check the "
+                                                        "path (hidden files and folders are skipped).", empty=True))
         elif not is_regular_file(path):
             problems.append(InputProblem(str(raw), f"{raw}: not a regular file (a pipe, device or socket); "
                                                     "give a file or a folder."))
@@ -115,6 +119,36 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
                 seen.add(key)
                 found.append(candidate)
     return found, problems
+
+
+def _walk(folder: Path, problems: list[InputProblem]) -> list[Path]:
+    """PDFs and images under ``folder`` (hidden ones skipped, linked folders
+    followed once), sorted; a folder that cannot be read and a link to
+    nothing are reported, not passed over in silence."""
+    found: list[Path] = []
+    visited: set[str] = set()
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(InputProblem(str(exc.filename), f"{exc.filename}: cannot read this folder "
+                                                        f"({exc.strerror}); check its permissions."))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a link back up the tree: once is enough
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            candidate = Path(root) / name
+            if name.startswith(".") or candidate.suffix.lower() not in IMAGE_SUFFIXES | PDF_SUFFIXES:
+                continue
+            if candidate.is_symlink() and not candidate.exists():
+                problems.append(InputProblem(str(candidate), f"{candidate}: a link to nothing "
+                                                             f"({os.readlink(candidate)}); fix or remove it."))
+            elif is_regular_file(candidate):
+                found.append(candidate)
+    return sorted(found)
 
 
 def file_sha256(path: Path) -> str:
@@ -193,11 +227,12 @@ def inspect(path: Path) -> Document:
     """Check one file and count its pages; raises an InputError subclass."""
     kind = _sniff(path)
     if kind is DocumentKind.PDF:
-        pdf = _open_pdf(path)
-        try:
-            pages = len(pdf)  # type: ignore[arg-type]
-        finally:
-            pdf.close()  # type: ignore[attr-defined]
+        with PDFIUM_LOCK:
+            pdf = _open_pdf(path)
+            try:
+                pages = len(pdf)  # type: ignore[arg-type]
+            finally:
+                pdf.close()  # type: ignore[attr-defined]
         if pages == 0:
             raise EmptyDocumentError(f"{path}: the PDF has no pages; nothing to ingest.")
     else:
@@ -244,26 +279,30 @@ def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[Re
     if doc.kind is DocumentKind.IMAGE:
         yield from _image_pages(doc.path, fit)
         return
-    pdf = _open_pdf(doc.path)
+    with PDFIUM_LOCK:
+        pdf = _open_pdf(doc.path)
+        count = len(pdf)  # type: ignore[arg-type]
     try:
-        for index in range(len(pdf)):  # type: ignore[arg-type]
-            page = pdf[index]  # type: ignore[index]
-            points_w, points_h = page.get_size()
-            full_w, full_h = round(points_w * dpi / 72.0), round(points_h * dpi / 72.0)
-            width, _ = _fitted(max(1, full_w), max(1, full_h), fit)
-            scale = (dpi / 72.0) * (width / max(1, full_w))
-            _check_render_pixels(doc.path, points_w * scale, points_h * scale, index + 1)
-            try:
-                bitmap = page.render(scale=scale)
-                image = bitmap.to_pil().convert("RGB")
-                text = _page_text(page)
-            except Exception as exc:
-                raise CorruptDocumentError(
-                    f"{doc.path}: page {index + 1} cannot be rendered ({exc}); repair the PDF."
-                ) from exc
+        for index in range(count):
+            with PDFIUM_LOCK:  # held per page, never across a yield
+                page = pdf[index]  # type: ignore[index]
+                points_w, points_h = page.get_size()
+                full_w, full_h = round(points_w * dpi / 72.0), round(points_h * dpi / 72.0)
+                width, _ = _fitted(max(1, full_w), max(1, full_h), fit)
+                scale = (dpi / 72.0) * (width / max(1, full_w))
+                _check_render_pixels(doc.path, points_w * scale, points_h * scale, index + 1)
+                try:
+                    bitmap = page.render(scale=scale)
+                    image = bitmap.to_pil().convert("RGB")
+                    text = _page_text(page)
+                except Exception as exc:
+                    raise CorruptDocumentError(
+                        f"{doc.path}: page {index + 1} cannot be rendered ({exc}); repair the PDF."
+                    ) from exc
             yield RenderedPage(image, text)
     finally:
-        pdf.close()  # type: ignore[attr-defined]
+        with PDFIUM_LOCK:
+            pdf.close()  # type: ignore[attr-defined]
 
 
 def _page_text(page: object) -> str:
@@ -279,13 +318,14 @@ def page_texts(doc: Document) -> list[str]:
     """Every page's text layer, without rendering anything ("" for images)."""
     if doc.kind is DocumentKind.IMAGE:
         return [""] * doc.pages
-    pdf = _open_pdf(doc.path)
-    try:
-        return [_page_text(pdf[i]) for i in range(len(pdf))]  # type: ignore[arg-type, index]
-    except Exception as exc:
-        raise CorruptDocumentError(f"{doc.path}: its text cannot be read ({exc}); repair the PDF.") from exc
-    finally:
-        pdf.close()  # type: ignore[attr-defined]
+    with PDFIUM_LOCK:
+        pdf = _open_pdf(doc.path)
+        try:
+            return [_page_text(pdf[i]) for i in range(len(pdf))]  # type: ignore[arg-type, index]
+        except Exception as exc:
+            raise CorruptDocumentError(f"{doc.path}: its text cannot be read ({exc}); repair the PDF.") from exc
+        finally:
+            pdf.close()  # type: ignore[attr-defined]
 
 
 def _image_pages(path: Path, fit: Fit | None) -> Iterator[RenderedPage]:

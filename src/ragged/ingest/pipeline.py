@@ -96,6 +96,8 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
         lacking = store.documents_without_text() if options.text_model not in (None, NO_TEXT_MODEL) else set()
         if plan.embed or lacking:
             _embed(store, plan.embed, plan.replaces, options, report, progress)
+        elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
+            store.finish()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -142,7 +144,7 @@ def _embed(store: IndexStore, docs: list[Document], replaces: set[str], options:
 def _pruned(problem: InputProblem, gone: list[DocumentRecord]) -> bool:
     """A missing input whose stored documents pruning removed: not a problem."""
     target = Path(absolute(problem.path))
-    return not target.exists() and any(Path(d.path).is_relative_to(target) for d in gone)
+    return (problem.empty or not target.exists()) and any(Path(d.path).is_relative_to(target) for d in gone)
 
 
 def host_buffer_bytes(embedder: ColPaliEmbedder) -> int:

@@ -91,10 +91,9 @@ class IngestReport:
 
     @property
     def failed(self) -> bool:
-        """True when inputs were given and none of them could be used."""
-        done = (self.documents_added + self.documents_skipped + self.documents_moved + self.duplicates
-                + self.documents_removed + self.documents_text_added)
-        return bool(self.problems) and done == 0
+        """True when any input could not be used (the others were still
+        processed): the command's exit status says so to scripts."""
+        return bool(self.problems)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""

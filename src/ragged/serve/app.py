@@ -105,7 +105,8 @@ def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], i
     k = data.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= config.max_k:
         raise ClientError(f"'k' must be an integer from 1 to {config.max_k}.")
-    mode = data.get("mode", "auto")
+    mode = data.get("mode")
+    mode = "auto" if mode is None or mode == "" else mode  # absent, null or "": the default
     try:
         chosen = parse_mode(mode if isinstance(mode, str) else repr(mode), service.has_text)
     except ConfigurationError as exc:

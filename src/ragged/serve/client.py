@@ -3,9 +3,11 @@ library only: a search through a server starts in a fraction of a second)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,20 @@ class ServerError(RaggedError):
     """The server answered with an error, or could not be reached."""
 
 
+def check_url(url: str) -> str:
+    """``url`` if it is an http(s) URL of a server, else a clear error."""
+    parts = urllib.parse.urlsplit(url) if "://" in url else None
+    try:
+        port_ok = parts is not None and (parts.port is None or parts.port > 0)
+    except ValueError:
+        port_ok = False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ServerError(f"{url!r} is not a server address: give one like http://127.0.0.1:8000.")
+    return url
+
+
 def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: float) -> dict[str, Any]:
+    check_url(url)
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     request.add_header("Content-Type", "application/json")
@@ -28,15 +43,18 @@ def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: 
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+            answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
+        except (ValueError, AttributeError):
             message = exc.reason
         raise ServerError(f"The server at {url} answered {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise ServerError(f"Cannot reach the server at {url} ({exc}); is 'ragged serve' running?") from None
+    if not isinstance(answer, dict):
+        raise ServerError(f"The server at {url} did not answer as 'ragged serve' does; check --server.")
+    return answer
 
 
 def find_server(index_dir: Path, token: str | None = None) -> str | None:

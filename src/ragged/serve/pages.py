@@ -20,7 +20,7 @@ from PIL import Image
 from ragged.errors import RaggedError
 from ragged.index.catalog import Catalog, PageRecord
 from ragged.index.files import atomic_write, check_doc_id
-from ragged.ingest.documents import DocumentKind, file_sha256, inspect_kind
+from ragged.ingest.documents import PDFIUM_LOCK, DocumentKind, file_sha256, inspect_kind
 
 WIDTHS = (160, 320, 640, 1280, 2000)  # renders are cached at these widths only
 
@@ -75,14 +75,14 @@ class PageRenderer:
         """The page as PNG at the cached width at or above ``width``."""
         record = self.record(catalog, doc_hash, page)
         size = bucket(width)
+        path = Path(record.path)  # checked even for a cached render: a file gone or changed is not served
+        if not path.is_file():
+            raise PageUnavailable(f"{path.name} is no longer where it was ingested from.", 410)
+        if self._current_hash(path) != doc_hash:  # hashed again only when its size or time changed
+            raise PageUnavailable(f"{path.name} changed since it was ingested; run 'ragged ingest' again.", 410)
         cached = self.cache_dir / doc_hash / f"{page}-{size}.png"
         if cached.is_file() and not cached.is_symlink():
             return cached.read_bytes()
-        path = Path(record.path)
-        if not path.is_file():
-            raise PageUnavailable(f"{path.name} is no longer where it was ingested from.", 410)
-        if self._current_hash(path) != doc_hash:
-            raise PageUnavailable(f"{path.name} changed since it was ingested; run 'ragged ingest' again.", 410)
         data = _encode(render(path, page, size))
         if os.access(self.cache_dir.parent.parent, os.W_OK):
             with suppress(RaggedError):  # serving works without the cache
@@ -95,14 +95,15 @@ def render(path: Path, page: int, width: int) -> Image.Image:
     if inspect_kind(path) is DocumentKind.PDF:
         import pypdfium2 as pdfium
 
-        pdf = pdfium.PdfDocument(str(path))
-        try:
-            sheet = pdf[page - 1]
-            points_w, _ = sheet.get_size()
-            image: Image.Image = sheet.render(scale=width / max(1.0, points_w)).to_pil().convert("RGB")
-            return image
-        finally:
-            pdf.close()
+        with PDFIUM_LOCK:  # concurrent requests would otherwise crash the process
+            pdf = pdfium.PdfDocument(str(path))
+            try:
+                sheet = pdf[page - 1]
+                points_w, _ = sheet.get_size()
+                image: Image.Image = sheet.render(scale=width / max(1.0, points_w)).to_pil().convert("RGB")
+                return image
+            finally:
+                pdf.close()
     with Image.open(path) as img:
         img.seek(page - 1)
         frame = img.convert("RGB")
