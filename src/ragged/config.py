@@ -26,17 +26,29 @@ def config_path() -> Path:
     return Path(os.environ.get("RAGGED_CONFIG") or Path(user_config_dir("ragged")) / "config.toml").expanduser()
 
 
-@lru_cache(maxsize=1)
 def load_config() -> dict[str, Any]:
     """The config file's settings ({} when there is none)."""
-    path = config_path()
+    return _read_config(config_path())
+
+
+def forget_config() -> None:
+    """Forget the config files read so far: the next read sees their edits."""
+    _read_config.cache_clear()
+
+
+@lru_cache(maxsize=4)
+def _read_config(path: Path) -> dict[str, Any]:
+    """One config file's settings, read once per process."""
     try:
         if not path.is_file():
             return {}
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"Cannot read config file {path} ({exc.strerror or exc}); fix its permissions, "
                                  "or set RAGGED_CONFIG to another file.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"Config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                 "fix or remove it.") from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

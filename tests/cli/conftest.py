@@ -34,7 +34,7 @@ class Ragged:
 
 @pytest.fixture
 def ragged(model_cache: Path, tmp_path: Path) -> Ragged:
-    from ragged.config import load_config
+    from ragged.config import forget_config
 
-    load_config.cache_clear()
+    forget_config()
     return Ragged(model_cache, tmp_path)

@@ -138,6 +138,13 @@ def _not_a_ragged_server(tmp: Path, ragged: Ragged) -> list[str]:
     return ["search", "tart", "--server", f"http://127.0.0.1:{server.server_port}"]
 
 
+def _config_not_utf8(tmp: Path, ragged: Ragged) -> list[str]:
+    config = tmp / "config.toml"
+    config.write_bytes(b'model = "tiny-colpali"\n# caf\xe9 in Latin-1\n')
+    ragged.env["RAGGED_CONFIG"] = str(config)
+    return ["ingest", str(recipe(tmp, "a.pdf"))]
+
+
 CASES = [
     Case("markup in a query", _markup_query, 0, says=["[/oops] [bold]x"]),
     Case("a link tag in a query", _link_query, 0, says=["[link=https://evil.example]click[/link]"],
@@ -156,6 +163,10 @@ CASES = [
     Case("a link to nothing in a folder", _dangling_link_in_folder, 1, says=["gone.pdf: a link to nothing",
                                                                             "1 document(s), 1 page(s) added"]),
     Case("--server that is not a URL", _bad_server_url, 1, says=["is not a server address"]),
+    Case("--server that urlsplit refuses", lambda tmp, ragged: ["search", "tart", "--server", "http://[::1:8000"], 1,
+         says=["'http://[::1:8000' is not a server address"]),
+    Case("a config file that is not UTF-8", _config_not_utf8, 1, says=["is not UTF-8 text", "fix or remove it"],
+         never=["added"]),
     Case("--server that is not ragged", _not_a_ragged_server, 1, says=["did not answer as 'ragged serve' does"]),
 ]
 
@@ -173,6 +184,28 @@ def test_bad_input(case: Case, ragged: Ragged, tmp_path: Path) -> None:
     for text in case.never:
         assert text not in output
     assert time.monotonic() - started < 60  # bounded: nothing hangs or runs away
+
+
+def test_a_link_into_an_unreadable_folder_is_reported(ragged: Ragged, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root the test cannot lose a permission, so the refusal the OS gives
+    another user (EACCES from stat through the link) is raised where it would be."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    recipe(folder, "good.pdf")
+    (folder / "private.pdf").symlink_to(tmp_path / "locked" / "a.pdf")
+    real_exists = Path.exists
+
+    def exists(self: Path, **kwargs: bool) -> bool:
+        if self.name == "private.pdf":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    result = ragged("ingest", str(folder), "--model", "tiny-colpali", "--dpi", "72")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "private.pdf: cannot read it (Permission denied)" in result.output
+    assert "1 document(s), 1 page(s) added" in result.output
 
 
 def test_tilde_is_expanded_once(ragged: Ragged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

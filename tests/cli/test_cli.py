@@ -147,9 +147,9 @@ def test_settings_from_environment_and_config(ragged: Ragged, tmp_path: Path) ->
     assert json.loads(result.stdout)["model"] == "tiny-colpali"
     assert (tmp_path / "other-index" / "ragged-index.json").is_file()
     config.write_text("colour = 'red'\n")
-    from ragged.config import load_config
+    from ragged.config import forget_config
 
-    load_config.cache_clear()
+    forget_config()
     bad = ragged("ingest", str(EXAMPLES))
     assert bad.exit_code == 1 and "unknown keys" in bad.stderr
 

@@ -20,7 +20,7 @@ from ragged.gpu import DeviceManager
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
 from tests.inputs import EXAMPLES, blank_pdf
-from tests.serve.conftest import Server, build_index, http
+from tests.serve.conftest import Server, build_index, free_port, http
 
 pytestmark = pytest.mark.slow
 
@@ -116,11 +116,12 @@ def test_one_server_per_index_and_a_taken_port_is_one_line(server: Server, sampl
     code, stderr = second.stop_when_exited()
     assert code == 1 and "is already served at " + server.url in stderr and "Traceback" not in stderr
     other = build_index(sample_index.parent.parent / "other-index", model_cache, paths=[EXAMPLES / "recipe-card.pdf"])
-    clash = Server(other, model_cache, "--idle-unload", "0", port=server.port)
+    (other / "serve.json").write_text(json.dumps({"pid": 1, "url": f"http://127.0.0.1:{free_port()}",
+                                                  "token_required": False, "started": 0.0}))
+    clash = Server(other, model_cache, "--idle-unload", "0", port=server.port)  # a live pid, but no server
     code, stderr = clash.stop_when_exited()
     assert code == 1 and f"port {server.port} is in use" in stderr.lower() and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1
-    assert not (other / "serve.json").exists()
+    assert len(stderr.strip().splitlines()) == 1  # the port, not the stale record, stopped it
     assert http(server.url + "/ready")[0] == 200  # the running server is untouched
 
 

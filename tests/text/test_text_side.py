@@ -204,6 +204,47 @@ def test_keyword_search_works_after_a_first_run_that_never_finished(corpus: Path
     assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
 
 
+def test_a_document_without_text_whose_file_is_gone_never_loads_the_text_model(
+        corpus: Path, model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = tmp_path / "docs"
+    shutil.copytree(corpus, docs)
+    index = tmp_path / "index"
+    ingest([docs], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache,
+                                 text_model="none"))
+    for pdf in docs.glob("*.pdf"):
+        pdf.unlink()  # nothing left that a text model could read
+
+    def no_text_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the text model must not be loaded for documents it cannot give text")
+
+    monkeypatch.setattr("ragged.ingest.pipeline.TextSide.start", no_text_model)
+    again = ingest([], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert again.documents_text_added == 0 and again.pages_added == 0
+
+
+def test_a_full_text_index_that_fails_at_the_first_commit_comes_with_the_run_end(
+        corpus: Path, model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pages stay committed and findable; keyword search gets its index
+    when the run ends (or from the next run)."""
+    from ragged.errors import IndexStoreError
+
+    index = tmp_path / "index"
+    real = IndexStore._index_text
+    calls: list[int] = []
+
+    def flaky(self: IndexStore, table: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise IndexStoreError("The index is damaged: indexing page text failed (disk full)")
+        real(self, table)
+
+    monkeypatch.setattr(IndexStore, "_index_text", flaky)
+    report = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
+    assert report.documents_added == 4 and len(calls) == 2  # failed at the first commit, made by finish()
+    assert len(IndexStore.open(index).catalog().documents) == 4
+    assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
+
+
 def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Each model fits the card alone, not both: the manager unloads the one

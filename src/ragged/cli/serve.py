@@ -95,12 +95,12 @@ def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str
     index_dir = index_dir.resolve()  # recorded and reported absolute: clients anywhere find it
     if IndexStore.read_meta(index_dir) is None:
         fail(f"No index at {index_dir}: run 'ragged ingest' first, or pass --index.")
-    from ragged.serve.record import read_record
+    from ragged.serve.client import find_server
 
-    running = read_record(index_dir)
+    running = find_server(index_dir)  # a live server of this index, asked over HTTP: a stale record is ignored
     if running is not None:
-        fail(f"{safe(index_dir)} is already served at {running.url} (process {running.pid}): use that server, "
-             "or stop it first (one server per index).")
+        fail(f"{safe(index_dir)} is already served at {running}: use that server, or stop it first "
+             "(one server per index).")
     if port and (problem := _port_problem(host, port)):
         fail(problem)
     default_device_manager().get_optimal_device(device)

@@ -281,7 +281,8 @@ class ColPaliEmbedder:
         """One (tokens, dim) float32 array per query, in input order.
 
         A query longer than ``max_query_tokens`` is cut there, with a notice
-        in :attr:`last_query_notices` (this call's notices) and the log."""
+        in :attr:`last_query_notices` (this call's notices) for the caller to
+        show (a CLI note, the server's answer)."""
         bounded = [self._bounded(t) for t in texts]
         queries = [text for text, _ in bounded]
         self.last_query_notices = [notice for _, notice in bounded if notice is not None]  # this call's only

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+from loguru import logger
 
 from ragged.embeddings.names import is_storable, stored_name
 from ragged.errors import IndexStoreError, ModelMismatchError
@@ -368,11 +369,11 @@ class IndexStore:
             write_meta(self.folder, self.meta)
         replaced = [d for d in catalog.document_records() if d.path == path and d.doc_hash != doc_hash]
         table = self._table_or_none()
+        first = table is None
         with self._guard("adding a document"):
             if table is None:
                 self._db = self._db or _lancedb().connect(str(self.folder / "lancedb"))
                 self._table = self._db.create_table(TABLE, data=rows, schema=_schema(dim))
-                self._index_text(self._table)  # at once: keyword search works whatever stops the run later
             elif replaced:
                 (table.merge_insert(["doc_hash", "page"]).when_not_matched_insert_all()
                  .when_not_matched_by_source_delete(f"path = {sql_string(path)}").execute(rows))
@@ -384,6 +385,12 @@ class IndexStore:
         self._committed(Catalog([*(p for p in catalog.pages if p.doc_hash not in gone), *records],
                                 [*(d for d in catalog.documents if d not in gone), doc_hash]))
         self._drop_segments(gone)
+        if first:  # at once: keyword search works whatever stops the run later
+            try:
+                self._index_text(self._table)
+                self._committed(self.catalog())  # the index is a new table version: the catalog follows it
+            except IndexStoreError as exc:  # the pages are committed; finish() tries again
+                logger.warning("The full-text index could not be made yet ({}); keyword search waits for it.", exc)
 
     def _rows(self, doc_hash: str, path: str, items: list[StoredPage], halves: list[np.ndarray],
               stacked: np.ndarray, dim: int) -> Any:

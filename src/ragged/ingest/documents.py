@@ -143,9 +143,16 @@ def _walk(folder: Path, problems: list[InputProblem]) -> list[Path]:
             candidate = Path(root) / name
             if name.startswith(".") or candidate.suffix.lower() not in IMAGE_SUFFIXES | PDF_SUFFIXES:
                 continue
-            if candidate.is_symlink() and not candidate.exists():
+            try:
+                dangling = candidate.is_symlink() and not candidate.exists()
+                target = os.readlink(candidate) if dangling else ""
+            except OSError as exc:  # a link into a folder this user cannot read
+                problems.append(InputProblem(str(candidate), f"{candidate}: cannot read it "
+                                                             f"({exc.strerror or exc}); check its permissions."))
+                continue
+            if dangling:
                 problems.append(InputProblem(str(candidate), f"{candidate}: a link to nothing "
-                                                             f"({os.readlink(candidate)}); fix or remove it."))
+                                                             f"({target}); fix or remove it."))
             elif is_regular_file(candidate):
                 found.append(candidate)
     return sorted(found)
@@ -294,6 +301,7 @@ def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[Re
                 try:
                     bitmap = page.render(scale=scale)
                     image = bitmap.to_pil().convert("RGB")
+                    bitmap.close()  # freed here, under the lock, not by a finaliser on any thread
                     text = _page_text(page)
                 except Exception as exc:
                     raise CorruptDocumentError(

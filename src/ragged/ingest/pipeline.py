@@ -31,7 +31,7 @@ from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
-from ragged.ingest.text_side import TextSide
+from ragged.ingest.text_side import TextSide, awaiting_text
 from ragged.text.model import DEFAULT_TEXT_MODEL, NO_TEXT_MODEL
 
 BUFFER_PAGES = 64  # rendered pages held before embedding: twice the default largest batch
@@ -93,8 +93,8 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             report.documents_removed += len(gone)
             report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
             report.problems = [p for p in report.problems if not _pruned(p, gone)]
-        lacking = store.documents_without_text() if options.text_model not in (None, NO_TEXT_MODEL) else set()
-        if plan.embed or lacking:
+        wants_text = options.text_model not in (None, NO_TEXT_MODEL)
+        if plan.embed or (wants_text and awaiting_text(store, store.documents())):
             _embed(store, plan.embed, plan.replaces, options, report, progress)
         elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
             store.finish()

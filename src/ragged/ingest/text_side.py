@@ -106,14 +106,9 @@ class TextSide:
         passage vectors (their images are not embedded again)."""
         if not self.on:
             return
-        lacking = store.documents_without_text()
-        for record in stored:
-            if record.doc_hash not in lacking:
-                continue
+        for record in awaiting_text(store, stored):
             path = Path(record.path)
             try:
-                if not path.is_file() or file_sha256(path) != record.doc_hash:
-                    continue  # gone or changed: the document itself is re-ingested or pruned instead
                 texts = page_texts(inspect(path))
             except InputError as exc:
                 logger.warning("{}", exc)
@@ -128,3 +123,22 @@ class TextSide:
         """Release the text model."""
         if self.embedder is not None:
             self.embedder.close()
+
+
+def awaiting_text(store: IndexStore, stored: list[DocumentRecord]) -> list[DocumentRecord]:
+    """Stored documents without a text side whose file is still there and
+    unchanged: the ones a text model can give their text. A document whose
+    file is gone or changed is re-ingested or pruned instead, so it never
+    makes a run load the text model for nothing."""
+    lacking = store.documents_without_text()
+    ready = []
+    for record in stored:
+        if record.doc_hash not in lacking:
+            continue
+        path = Path(record.path)
+        try:
+            if path.is_file() and file_sha256(path) == record.doc_hash:
+                ready.append(record)
+        except OSError:
+            continue
+    return ready

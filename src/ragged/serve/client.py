@@ -24,18 +24,17 @@ class ServerError(RaggedError):
 
 def check_url(url: str) -> str:
     """``url`` if it is an http(s) URL of a server, else a clear error."""
-    parts = urllib.parse.urlsplit(url) if "://" in url else None
-    try:
+    try:  # urlsplit itself refuses some addresses ("http://[::1:8000")
+        parts = urllib.parse.urlsplit(url) if "://" in url else None
         port_ok = parts is not None and (parts.port is None or parts.port > 0)
     except ValueError:
-        port_ok = False
+        parts, port_ok = None, False
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ServerError(f"{url!r} is not a server address: give one like http://127.0.0.1:8000.")
     return url
 
 
 def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: float) -> dict[str, Any]:
-    check_url(url)
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     request.add_header("Content-Type", "application/json")
@@ -43,15 +42,19 @@ def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: 
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read())
+            raw = response.read()
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", exc.reason)
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             message = exc.reason
         raise ServerError(f"The server at {url} answered {exc.code}: {message}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         raise ServerError(f"Cannot reach the server at {url} ({exc}); is 'ragged serve' running?") from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        answer = None
     if not isinstance(answer, dict):
         raise ServerError(f"The server at {url} did not answer as 'ragged serve' does; check --server.")
     return answer
@@ -63,6 +66,7 @@ def find_server(index_dir: Path, token: str | None = None) -> str | None:
     if record is None:
         return None
     try:
+        check_url(record.url)
         health = _request(record.url.rstrip("/") + "/health", None, token, timeout=1.0)
     except ServerError as exc:
         logger.debug("ignoring the server record: {}", exc)
@@ -75,5 +79,6 @@ def find_server(index_dir: Path, token: str | None = None) -> str | None:
 def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600,
                   mode: str = "auto") -> dict[str, Any]:
     """The server's answer to one query (its JSON body)."""
+    check_url(url)  # the address as given, before a path is added to it
     return _request(url.rstrip("/") + "/search", {"query": query, "k": k, "mode": mode},
                     token or os.environ.get("RAGGED_TOKEN"), timeout)

@@ -100,7 +100,9 @@ def render(path: Path, page: int, width: int) -> Image.Image:
             try:
                 sheet = pdf[page - 1]
                 points_w, _ = sheet.get_size()
-                image: Image.Image = sheet.render(scale=width / max(1.0, points_w)).to_pil().convert("RGB")
+                bitmap = sheet.render(scale=width / max(1.0, points_w))
+                image: Image.Image = bitmap.to_pil().convert("RGB")
+                bitmap.close()
                 return image
             finally:
                 pdf.close()
