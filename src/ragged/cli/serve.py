@@ -93,8 +93,7 @@ def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str
         fail(f"Listening on {host} would expose your documents to the network: give --token "
              "(or RAGGED_TOKEN), or keep the default --host 127.0.0.1.", code=2)
     index_dir = index_dir.resolve()  # recorded and reported absolute: clients anywhere find it
-    if IndexStore.read_meta(index_dir) is None:
-        fail(f"No index at {index_dir}: run 'ragged ingest' first, or pass --index.")
+    IndexStore.open(index_dir)  # no index there (or a file): one line saying what to do
     from ragged.serve.client import find_server
 
     running = find_server(index_dir)  # a live server of this index, asked over HTTP: a stale record is ignored

@@ -8,7 +8,7 @@ goes through each model and through the page vectors once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class QueryEngine:
     policy: MemoryPolicy
     oom_handler: OOMHandler
     _text_vectors: TextVectors | None = None
+    notices: list[str] = field(default_factory=list)  # the last answer's (a query cut to a model's length)
 
     def refresh_text(self) -> None:
         """Read the passage vectors again (after new commits)."""
@@ -63,16 +64,20 @@ class QueryEngine:
         catalog = self.source.catalog
         depth = depth_for(k) if mode is Mode.HYBRID else k
         per_query: list[dict[str, Ranking]] = [{} for _ in queries]
+        self.notices = []
         if mode in (Mode.VISION, Mode.HYBRID):
             embedder = self.vision()
             vectors = embedder.embed_queries(queries)
+            self.notices.extend(embedder.last_query_notices)
             searcher = MaxSimSearcher(self.source, embedder.device, self.device_manager, policy=self.policy,
                                       oom_handler=self.oom_handler)
             scores = searcher.score_all(vectors)  # (pages, queries)
             for i in range(len(queries)):
                 per_query[i][Mode.VISION.value] = vision_ranking(scores[:, i], depth)
         if mode in (Mode.TEXT, Mode.HYBRID) and self.text is not None:
-            text_vectors = self.text().embed_queries(queries)  # (queries, dim)
+            text_model = self.text()
+            text_vectors = text_model.embed_queries(queries)  # (queries, dim)
+            self.notices.extend(text_model.last_query_notices)
             passages = self._passages()
             for i in range(len(queries)):
                 per_query[i][Mode.TEXT.value] = passages.rank(text_vectors[i], depth)

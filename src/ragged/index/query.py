@@ -91,11 +91,9 @@ class Searcher:
         hits = self.engine.answer([text], k, chosen)[0]
         made = self._lazy.made
         used = made.get("vision") or made.get("text")
-        vision = made.get("vision")
-        uses_vision = chosen in (Mode.VISION, Mode.HYBRID)
-        notices = list(vision.last_query_notices) if vision is not None and uses_vision else []
         return SearchResult(text, hits, self.store.meta.model, used.device.label if used else "index only",
-                            len(self.source.catalog.pages), time.perf_counter() - started, notices, chosen.value)
+                            len(self.source.catalog.pages), time.perf_counter() - started,
+                            list(self.engine.notices), chosen.value)
 
     def close(self) -> None:
         """Release the models."""

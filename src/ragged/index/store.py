@@ -131,6 +131,9 @@ class IndexStore:
     def open(cls, folder: Path) -> IndexStore:
         """Open an existing index for search."""
         folder = folder.expanduser()
+        if folder.is_file():
+            raise IndexStoreError(f"{folder} is a file, not an index folder; pass the folder 'ragged ingest' "
+                                  "wrote with --index.")
         meta = read_meta(folder)
         if meta is None:
             raise IndexStoreError(f"No index at {folder}: run 'ragged ingest' first, or pass --index.")

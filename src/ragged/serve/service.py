@@ -326,8 +326,7 @@ class SearchService:
             group = [(n, r) for n, r in enumerate(requests) if r.mode is mode]
             texts = [q for _, r in group for q in r.queries]
             hits = self.engine.answer(texts, max(r.k for _, r in group), mode)
-            if mode in VISION_MODES and self.embedder is not None:
-                self._notices.extend(self.embedder.last_query_notices)
+            self._notices.extend(self.engine.notices)
             at = 0
             for n, request in group:
                 answers[n] = [h[: request.k] for h in hits[at : at + len(request.queries)]]

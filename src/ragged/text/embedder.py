@@ -70,6 +70,7 @@ class TextEmbedder:
         self.source: TextModelSource = resolve_text_model(model_name, self.cache_dir)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.source.folder)
+            self.last_query_notices: list[str] = []  # the last embed_queries call's
         except Exception as exc:
             raise ModelError(f"Loading the tokenizer of text model {model_name!r} failed: {exc}") from exc
         params, hidden = _count_on_meta(self.source.folder)
@@ -122,10 +123,14 @@ class TextEmbedder:
         return self._embed([list(p.ids) for p in passages], PASSAGES, on_batch)
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """One vector per query, (queries, dim) float32 (cut to the model's length)."""
-        limit = self.source.max_tokens - 2
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:limit] for t in texts]
-        return self._embed(ids, TEXT_QUERIES, None)
+        """One vector per query, (queries, dim) float32. A query longer than
+        the model takes is cut to it, with a notice in
+        :attr:`last_query_notices` (this call's) for the caller to show."""
+        limit = self.source.max_tokens - 2  # room for the model's start and end tokens
+        whole = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        self.last_query_notices = [f"Query cut to its first {limit} tokens for the text model (it had {len(i):,})."
+                                   for i in whole if len(i) > limit]
+        return self._embed([i[:limit] for i in whole], TEXT_QUERIES, None)
 
     def _embed(self, ids: list[list[int]], work: str, on_batch: Callable[[int], None] | None) -> np.ndarray:
         if not ids:
