@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from loguru import logger
 
+from benchmarks._process import process_seconds
 from benchmarks._table import print_table
 from ragged.gpu import AdaptiveBatchSizer, DeviceInfo, DeviceManager, MemoryMonitor, OOMHandler
 
@@ -100,21 +101,6 @@ def second_call_ooms() -> tuple[int, int]:
     first = handler.stats.ooms
     work(list(range(100)), device=cpu, batch_size=32)
     return first, handler.stats.ooms - first
-
-
-def process_seconds(args: list[str], repeat: int = 5) -> float:
-    """Median wall time of ``ragged ARGS`` as a fresh process."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    exe = str(Path(sys.executable).parent / "ragged")
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([exe, *args], capture_output=True, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -24,19 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._table import print_table
+from benchmarks.synthetic import write_pdfs
 from ragged.index.store import IndexStore, StoredPage
 from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.pipeline import IngestOptions, ingest
-from tests.inputs import blank_pdf
 
 COLQWEN2_PAGES_PER_S_H100 = 30.0  # "tens of pages per second on one H100" (an estimate, not measured here)
-
-
-def corpus(folder: Path, documents: int, pages: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in range(documents):
-        (folder / f"doc{n:03d}.pdf").write_bytes(blank_pdf(pages, 612, 792, text=f"document {n} quarterly figures"))
-    return folder
 
 
 def run(docs: Path, index: Path, cache: str, scale: ScaleOptions | None) -> tuple[float, float, int]:
@@ -73,7 +66,7 @@ def main() -> None:
     logger.disable("ragged")
     work = Path(tempfile.mkdtemp(prefix="ragged-scale-"))
     cache = os.environ.get("RAGGED_CACHE_DIR") or str(work / "cache")
-    docs = corpus(work / "docs", args.documents, args.pages)
+    docs = write_pdfs(work / "docs", args.documents, args.pages)
     rows = []
     base = None
     for label, scale in (("this process", None), ("1 Ray worker", ScaleOptions(workers=1)),

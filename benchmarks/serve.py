@@ -28,7 +28,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,18 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._process import process_seconds, ragged_command, ragged_env
 from benchmarks._table import print_table
-from benchmarks.synthetic import build_index
-from tests.inputs import blank_pdf
+from benchmarks.synthetic import build_index, write_pdfs
 from tests.serve.conftest import free_port, http
 
 WORDS = ["revenue", "tart", "lemon", "rent", "deposit", "quarter", "growth", "butter", "tenant", "sugar", "annual",
          "profit", "landlord", "oven", "margin", "lease", "invoice", "summary", "table", "figure"]
 MAX_REQUESTS = 2000  # per client: a load loop always ends
-
-
-def ragged(*args: str) -> list[str]:
-    return [str(Path(sys.executable).parent / "ragged"), *args]
 
 
 def in_process_maxsim(index: Path, cache: str, repeats: int = 5) -> tuple[float, int]:
@@ -107,11 +102,8 @@ class Ingesting:
 
     def __init__(self, folder: Path, cache: str) -> None:
         self.folder = folder
-        docs = folder / "docs"
-        docs.mkdir(parents=True, exist_ok=True)
-        for n in range(12):
-            (docs / f"doc{n}.pdf").write_bytes(blank_pdf(6, 612, 792, text=f"document {n} quarterly revenue"))
-        self.env = {**os.environ, "RAGGED_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "RAGGED_CONFIG": "/nonexistent"}
+        write_pdfs(folder / "docs", 12, 6)
+        self.env = ragged_env(cache)
         self.stop = threading.Event()
         self.runs = 0
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -119,7 +111,7 @@ class Ingesting:
     def _loop(self) -> None:
         while not self.stop.is_set():
             shutil.rmtree(self.folder / "index", ignore_errors=True)
-            proc = subprocess.Popen(ragged("ingest", str(self.folder / "docs"), "--model", "tiny-colpali",
+            proc = subprocess.Popen(ragged_command("ingest", str(self.folder / "docs"), "--model", "tiny-colpali",
                                            "--index", str(self.folder / "index"), "--json"),
                                     env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while proc.poll() is None and not self.stop.is_set():
@@ -140,14 +132,8 @@ class Ingesting:
 
 
 def cli_search_seconds(index: Path, cache: str, repeats: int = 3) -> float:
-    env = {**os.environ, "RAGGED_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "RAGGED_CONFIG": "/nonexistent"}
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(ragged("search", "quarterly revenue", "--index", str(index), "--local"), env=env,
-                       capture_output=True, check=True, timeout=600)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return process_seconds(["search", "quarterly revenue", "--index", str(index), "--local"], repeats,
+                           env=ragged_env(cache))
 
 
 def main() -> None:
@@ -167,9 +153,10 @@ def main() -> None:
         maxsim, tokens = in_process_maxsim(index, cache)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "RAGGED_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1", "RAGGED_CONFIG": "/nonexistent"}
+        env = ragged_env(cache)
         started = time.perf_counter()
-        server = subprocess.Popen(ragged("serve", "--index", str(index), "--port", str(port), "--idle-unload", "0"),
+        server = subprocess.Popen(ragged_command("serve", "--index", str(index), "--port", str(port),
+                                                 "--idle-unload", "0"),
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             while time.perf_counter() - started < 600:

@@ -1,4 +1,4 @@
-"""Synthetic indexes for the search and serve benchmarks.
+"""Synthetic indexes and documents for the benchmarks.
 
 Pages of 600-800 unit vectors of 128 dimensions (fixed seed), stored by
 ragged's own index store under the ``tiny-colpali`` preset's name, so a
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragged.index.catalog import CATALOG
 from ragged.index.store import IndexStore
 
 DIM = 128
@@ -29,11 +30,22 @@ def pages(rng: np.random.Generator, count: int) -> list[np.ndarray]:
 
 def build_index(folder: Path, count: int, seed: int = 0) -> Path:
     """An index of ``count`` synthetic pages in documents of 100 (reused if present)."""
-    if (folder / "catalog.json").is_file() and len(IndexStore.open(folder).catalog().pages) == count:
+    if (folder / CATALOG).is_file() and len(IndexStore.open(folder).catalog().pages) == count:
         return folder
     rng = np.random.default_rng(seed)
     with IndexStore.open_for_writing(folder, MODEL) as store:
         for start in range(0, count, DOC_PAGES):
             store.add_document(f"{seed:032x}{start:032x}", f"/synthetic/doc{start // DOC_PAGES}.pdf",
                                pages(rng, min(DOC_PAGES, count - start)))
+    return folder
+
+
+def write_pdfs(folder: Path, documents: int, pages: int, text: str = "document {n} quarterly revenue") -> Path:
+    """``documents`` PDFs of ``pages`` letter pages each, with a text layer
+    (``text``, formatted with the document number ``n``), in ``folder``."""
+    from tests.inputs import blank_pdf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in range(documents):
+        (folder / f"doc{n:03d}.pdf").write_bytes(blank_pdf(pages, 612, 792, text=text.format(n=n)))
     return folder

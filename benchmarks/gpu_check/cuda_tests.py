@@ -15,9 +15,8 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from benchmarks.gpu_check.worker import Context
+from benchmarks.gpu_check.worker import ROOT, Context
 
-ROOT = Path(__file__).resolve().parents[2]
 MARK = re.compile(r"\bmark\.cuda\b")
 SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)")
 

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.gpu_check.sections import DEFAULT_BUDGET_S, PREFLIGHT, SECTIONS, Section
+from benchmarks.gpu_check.worker import ROOT, STOPPED_EXIT
 
-ROOT = Path(__file__).resolve().parents[2]
 PREFLIGHT_FAILED_EXIT = 3
 MIN_SECTION_S = 5.0  # a section offered less than this is skipped
-STOPPED_EXIT = 124  # the worker's exit code after a clean stop
 
 
 @dataclass

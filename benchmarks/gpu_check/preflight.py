@@ -16,9 +16,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from benchmarks.gpu_check.worker import Context
+from benchmarks.gpu_check.worker import ROOT, Context
 
-ROOT = Path(__file__).resolve().parents[2]
 # distribution -> module, for what the check imports (not lancedb or pypdfium2: it does not index or render)
 NEEDED = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers", "safetensors": "safetensors",
           "pillow": "PIL", "numpy": "numpy", "loguru": "loguru", "platformdirs": "platformdirs",
@@ -127,7 +126,8 @@ def _packages(ctx: Context) -> bool:
             problems.append(f"{dist} cannot be imported ({where}): {HOWTO}")
         elif version != "?" and not _allowed(version, spec):
             problems.append(f"{dist} {version} is installed but ragged needs {dist}{spec}: {HOWTO}")
-    ctx.rec.md("", "| package | version | ragged needs | imported from |", "|---|---|---|---|")
+    ctx.rec.md("")
+    ctx.rec.table(["package", "version", "ragged needs", "imported from"])
     for row in rows:
         ctx.rec.row(row)
     ctx.rec.data("packages", rows=rows)

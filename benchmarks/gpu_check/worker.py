@@ -32,7 +32,8 @@ from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-STOPPED_EXIT = 124
+STOPPED_EXIT = 124  # the exit code after a clean stop at the deadline
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 
 
 class Stopped(BaseException):

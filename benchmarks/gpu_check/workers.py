@@ -60,14 +60,10 @@ def run(ctx: Context) -> None:
 
 
 def _corpus(ctx: Context) -> Path:
-    from tests.inputs import blank_pdf
+    from benchmarks.synthetic import write_pdfs
 
-    folder = ctx.work / "workers-docs"
-    folder.mkdir(parents=True, exist_ok=True)
     docs, pages = (SMOKE_DOCS, SMOKE_PAGES) if ctx.smoke else (DOCS, PAGES)
-    for n in range(docs):
-        (folder / f"doc{n}.pdf").write_bytes(blank_pdf(pages, 612, 792, text=f"document {n}"))
-    return folder
+    return write_pdfs(ctx.work / "workers-docs", docs, pages, text="document {n}")
 
 
 def _ingest(ctx: Context, docs: Path, name: str, workers: str | None) -> dict[str, object]:

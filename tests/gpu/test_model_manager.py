@@ -114,7 +114,7 @@ def test_pinned_models_are_never_evicted(rig) -> None:  # type: ignore[no-untype
     with models.using("a"):
         loader = Loads(backend, 4 * GiB)
         held = models.acquire("b", loader, 4 * GiB, gpu)
-    assert loader.devices == ["cpu"] and held.on_fallback
+    assert loader.devices == ["cpu"] and held.placement.fell_back
     assert "a" in models.loaded
 
 
@@ -185,6 +185,21 @@ def test_pinned_models_are_never_idle(rig) -> None:  # type: ignore[no-untyped-d
         assert models.unload_idle() == []
     with pytest.raises(KeyError), models.using("missing"):
         pass
+
+
+def test_holding_loads_and_pins_in_one_step(rig) -> None:  # type: ignore[no-untyped-def]
+    """What a batch job holds cannot be unloaded before its work starts: the
+    load and the pin happen under one lock, and the pin ends with the block."""
+    backend, manager, clock, models = rig
+    card = manager.get_optimal_device("cuda:0")
+    with models.holding("a", Loads(backend, GiB), GiB, card) as held:
+        assert held.pins == 1 and held.device.same_device(card)
+        clock.now = 1000
+        assert models.unload_idle() == [] and not models.unload("missing")
+        assert "a" in models.loaded
+    assert held.pins == 0 and held.last_used == 1000  # used until the block ended
+    clock.now = 1061
+    assert models.unload_idle() == ["a"]
 
 
 def test_close_and_context_manager_release_everything(rig) -> None:  # type: ignore[no-untyped-def]

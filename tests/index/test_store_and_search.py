@@ -59,6 +59,8 @@ def test_search_is_exact_and_ordered(store: IndexStore, equal: bool, monkeypatch
 
 
 def test_segment_max_matches_numpy() -> None:
+    """The accelerator kernel (scatter_reduce), run here on CPU tensors,
+    against NumPy's reduceat (the CPU kernel's)."""
     import torch
 
     rng = np.random.default_rng(0)

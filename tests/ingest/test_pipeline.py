@@ -92,7 +92,6 @@ def test_poster_pages_are_held_at_the_size_the_model_sees(tmp_path: Path, model_
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     poster = tmp_path / "poster.pdf"
     poster.write_bytes(blank_pdf(6, 3600, 3600))  # 50 x 50 inches: 7,500 px a side at 150 dpi
-    monkeypatch.setattr(pipeline, "MIN_BUFFER_BYTES", 1)
     monkeypatch.setattr(pipeline, "host_buffer_bytes", lambda embedder: 5_000_000)  # about two pages
     seen: list[list[tuple[int, int]]] = []
     real = ColPaliEmbedder.embed_pages

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragged.errors import ConfigurationError
 from ragged.index.store import IndexStore
 from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.documents import file_sha256, inspect
@@ -171,6 +172,22 @@ def test_the_driver_killed_mid_run_then_rerun(corpus: Path, model_cache: Path, t
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     pages = stored(index)
     assert len(pages) == 26 and all(n == 1 for n in pages.values())
+
+
+def test_workers_take_the_device_kind_asked_for() -> None:
+    from ragged.ingest.distributed import worker_count, worker_device
+
+    class Cluster:
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 32.0, "GPU": 4.0}
+
+    assert [worker_device(h) for h in (None, "auto", "cpu", "cuda", "cuda:2", "xpu")] == [
+        None, None, "cpu", "cuda", "cuda", "xpu"]
+    assert worker_count(Cluster(), None) == (4, 1)  # one per card
+    assert worker_count(Cluster(), None, cpu_only=True) == (1, 0)  # --device cpu: no card taken
+    assert worker_count(Cluster(), 3, cpu_only=True) == (3, 0)
+    with pytest.raises(ConfigurationError, match="cluster has 4 GPU"):
+        worker_count(Cluster(), 5)
 
 
 def test_without_ray_the_cli_says_what_to_install(model_cache: Path, tmp_path: Path) -> None:

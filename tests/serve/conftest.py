@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,6 +59,13 @@ def http(url: str, body: dict[str, Any] | None = None, token: str | None = None,
     except urllib.error.HTTPError as exc:
         raw, status, kind = exc.read(), exc.code, exc.headers.get("content-type", "")
     return status, json.loads(raw) if "json" in kind else raw
+
+
+def metric(text: str, name: str) -> float:
+    """One sample's value in a Prometheus exposition (the line must be there)."""
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
 
 
 class Server:

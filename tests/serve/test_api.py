@@ -17,6 +17,7 @@ from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
 from ragged.serve.app import create_app
 from ragged.serve.service import SearchService, ServiceConfig
+from tests.serve.conftest import metric
 
 TOKEN = "s3cret-token"
 
@@ -166,13 +167,20 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/health").json()["status"] == "ok"
     ready = client.get("/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["pages"] == 6
-    client.post("/search", json={"query": "tart"})
+    counted = ("ragged_queries_total", "ragged_request_seconds_count", "ragged_query_batch_size_count",
+               "ragged_query_batch_size_sum")
+    before = client.get("/metrics").text
+    assert client.post("/search", json={"queries": ["tart", "revenue"], "k": 2}).status_code == 200
+    assert client.post("/search", json={"query": ""}).status_code == 400  # a client error: not a failure
     text = client.get("/metrics").text
-    for name in ("ragged_queries_total", "ragged_request_seconds_bucket", "ragged_query_batch_size_count",
-                 'ragged_oom_recoveries_total{strategy="reduce_batch"}', 'ragged_model_events_total{event="load"}',
-                 "ragged_index_pages 6.0", 'ragged_resident_bytes{form="f32 in RAM"}', "ragged_model_loaded 1.0",
-                 "ragged_device_memory_bytes"):
-        assert name in text, name
+    grown = {name: metric(text, name) - metric(before, name) for name in counted}
+    assert grown == {"ragged_queries_total": 2, "ragged_request_seconds_count": 1,
+                     "ragged_query_batch_size_count": 1, "ragged_query_batch_size_sum": 2}
+    assert metric(text, "ragged_search_failures_total") == metric(before, "ragged_search_failures_total")
+    assert metric(text, "ragged_index_pages") == 6 and metric(text, "ragged_model_loaded") == 1
+    assert metric(text, 'ragged_model_events_total{event="load"}') >= 1
+    assert metric(text, 'ragged_resident_bytes{form="f32 in RAM"}') > 0
+    assert 'ragged_oom_recoveries_total{strategy="reduce_batch"}' in text and "ragged_device_memory_bytes" in text
 
 
 def test_the_web_page_is_self_contained(client: TestClient) -> None:

@@ -62,7 +62,3 @@ def print_error(message: str) -> None:
     """One ``error:`` line on stderr; the message is printed as it is."""
     err.print(f"[bold red]error:[/] {safe(message)}", soft_wrap=True)
 
-
-def print_warning(message: str) -> None:
-    """One ``warning:`` line on stderr."""
-    err.print(f"[yellow]warning:[/] {safe(message)}", soft_wrap=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ragged.cli.options import device_option, index_option, memory_target_option
+from ragged.cli.options import device_option, index_option, memory_target_option, policy
 from ragged.cli.output import fail, out, safe
 
 
@@ -30,14 +30,13 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
     """Serve ``index_dir`` until SIGTERM or Ctrl-C."""
     import uvicorn
 
-    from ragged.gpu.policy import MemoryPolicy
     from ragged.serve.app import create_app
     from ragged.serve.record import remove_record, write_record
     from ragged.serve.service import SearchService, ServiceConfig
 
     service = SearchService(ServiceConfig(index_dir=index_dir, device=device, cache_dir=cache_dir,
                                           idle_unload_s=idle_unload or None,
-                                          policy=MemoryPolicy(target_utilisation=memory_target)))
+                                          policy=policy(memory_target)))
     starter = threading.Thread(target=service.start, name="ragged-start", daemon=True)
 
     @asynccontextmanager

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ragged.embeddings.cost import PageView, prompt_overhead, text_tokens, visual_tokens
 from ragged.embeddings.loading import (
+    activation_bytes_per_token,
     estimate_model_bytes,
     load_model,
     load_processor,
@@ -31,8 +32,8 @@ from ragged.embeddings.loading import (
 )
 from ragged.embeddings.names import DEFAULT_MODEL
 from ragged.embeddings.report import EmbeddingReport
-from ragged.errors import ConfigurationError, OutOfMemoryRecoveryError
-from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages
+from ragged.errors import ConfigurationError
+from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages, every_result
 from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
 from ragged.gpu.device_manager import DeviceHint, DeviceManager
 from ragged.gpu.managed import ManagedBatchJob
@@ -60,24 +61,6 @@ class PageVectors:
 
     vectors: Embedding  # (tokens, dim) float32
     grid: PatchGrid | None = None
-
-
-def _activation_bytes_per_token(config: Any, dtype_name: str) -> float:
-    """A prior for activation memory per sequence token, from the config.
-
-    Inference keeps a few hidden-size and MLP-width vectors per token live
-    at once in the language model and the vision tower; the measured fit
-    replaces this after the first batch.
-    """
-    element = torch.empty((), dtype=torch_dtype(dtype_name)).element_size()
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = getattr(text, "hidden_size", 2048)
-    mlp = getattr(text, "intermediate_size", 4 * hidden)
-    vlm = getattr(config, "vlm_config", config)
-    vision = getattr(vlm, "vision_config", None)
-    v_hidden = getattr(vision, "hidden_size", 0) or getattr(vision, "embed_dim", 0)
-    v_mlp = getattr(vision, "intermediate_size", 4 * v_hidden)
-    return 1.5 * element * (6 * hidden + 3 * mlp + 4 * v_hidden + 2 * v_mlp)
 
 
 class ColPaliEmbedder:
@@ -119,9 +102,7 @@ class ColPaliEmbedder:
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.max_query_tokens = max_query_tokens
-        config = batch_config or BatchSizeConfig(policy=policy or MemoryPolicy())
-        if policy is not None:
-            config = replace(config, policy=policy)
+        config = batch_config or BatchSizeConfig()
         if batch_size is not None and enable_adaptive_batching:
             config = replace(config, max_batch_size=batch_size,
                              initial_batch_size=min(config.initial_batch_size, batch_size),
@@ -137,11 +118,12 @@ class ColPaliEmbedder:
             dtype=dtype_name,
             device_manager=device_manager,
             model_manager=model_manager,
+            policy=policy,
             batch_config=config,
             oom_handler=oom_handler,
             prefetch=prefetch,
         )
-        prior = _activation_bytes_per_token(self._config(), self.job.dtype)
+        prior = activation_bytes_per_token(self._config(), self.job.dtype)
         self.job.prior_bytes_per_load = prior
         page = Image.new("RGB", _TYPICAL_PAGE, "white")
         self.job.work_bytes = int(prior * (visual_tokens(self.processor, [page])[0] + self.prompt_tokens))
@@ -295,10 +277,7 @@ class ColPaliEmbedder:
         )
         results, stats = self.job.run(costs, stages, work=QUERIES, fixed_batch_size=self.query_batch_size)
         self.last_report = self._report(stats)
-        out = [r for r in results if not isinstance(r, ItemFailure)]
-        if len(out) != len(queries):  # pragma: no cover - keep_going is off, so failures raise
-            raise OutOfMemoryRecoveryError("A query could not be embedded.")
-        return out
+        return every_result(results)
 
     def query_tokens(self, text: str) -> tuple[list[str], set[str]]:
         """The tokens whose vectors :meth:`embed_queries` gives for ``text``, in

@@ -100,10 +100,3 @@ class PageView:
         elif self.longest_edge:
             scale = min(1.0, self.margin * self.longest_edge / max(width, height))
         return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def page_view_size(processor: Any, width: int, height: int) -> tuple[int, int]:
-    """The largest size a page needs to be for ``processor``'s model (see
-    :class:`PageView`): pages are rendered or scaled to this before they are
-    held, so a poster-sized page never sits in memory."""
-    return PageView.of(processor).fit(width, height)

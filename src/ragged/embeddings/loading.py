@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,26 +111,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
-_META_COUNTS: dict[str, tuple[int, int, int] | None] = {}
+MetaCounts = tuple[int, int, int]  # (floating-point elements, other parameter bytes, buffer bytes)
+_META_COUNTS: dict[str, MetaCounts | None] = {}
 
 
-def _meta_parameter_counts(source: ModelSource) -> tuple[int, int, int] | None:
-    """(floating-point elements, other parameter bytes, buffer bytes) of the
-    model, counted once by instantiating it on the ``meta`` device (no memory)."""
-    if source.location not in _META_COUNTS:
-        _META_COUNTS[source.location] = _count_on_meta(source)
-    return _META_COUNTS[source.location]
-
-
-def _count_on_meta(source: ModelSource) -> tuple[int, int, int] | None:
+def count_on_meta(build: Callable[[], torch.nn.Module]) -> MetaCounts | None:
+    """What a model's weights hold, counted by building it (``build``) on the
+    ``meta`` device: no memory, no download. None when it cannot be built."""
     quiet_transformers()
     try:
-        cls = source.family.model_cls()
-        config = cls.config_class.from_dict(source.config)
         with torch.device("meta"):
-            model = cls._from_config(config)
+            model = build()
     except Exception as exc:
-        logger.debug("meta instantiation failed ({}); using weight file sizes", exc)
+        logger.debug("meta instantiation failed ({})", exc)
         return None
     floats = sum(p.numel() for p in model.parameters() if p.is_floating_point())
     others = sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_floating_point())
@@ -137,13 +131,43 @@ def _count_on_meta(source: ModelSource) -> tuple[int, int, int] | None:
     return floats, others, buffers
 
 
-def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
-    """Bytes the weights take on the device in ``dtype``, counted on ``meta``."""
-    counts = _meta_parameter_counts(source)
-    if counts is None:
-        return _weight_file_bytes(source)
+def weights_bytes(counts: MetaCounts, dtype: torch.dtype) -> int:
+    """Bytes the counted weights take with their floats in ``dtype``."""
     floats, others, buffers = counts
-    return int(floats * torch.empty((), dtype=dtype).element_size() + others + buffers)
+    return floats * dtype.itemsize + others + buffers
+
+
+def activation_bytes_per_token(config: Any, dtype_name: str) -> float:
+    """A prior for activation memory per sequence token, from the config.
+
+    Inference keeps a few hidden-size and MLP-width vectors per token live
+    at once in the language model and the vision tower (none for a text
+    model); the measured fit replaces this after the first batch.
+    """
+    element = torch_dtype(dtype_name).itemsize
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", 2048)
+    mlp = getattr(text, "intermediate_size", 4 * hidden)
+    vlm = getattr(config, "vlm_config", config)
+    vision = getattr(vlm, "vision_config", None)
+    v_hidden = getattr(vision, "hidden_size", 0) or getattr(vision, "embed_dim", 0)
+    v_mlp = getattr(vision, "intermediate_size", 4 * v_hidden)
+    return 1.5 * element * (6 * hidden + 3 * mlp + 4 * v_hidden + 2 * v_mlp)
+
+
+def _build(source: ModelSource) -> torch.nn.Module:
+    cls = source.family.model_cls()
+    model: torch.nn.Module = cls._from_config(cls.config_class.from_dict(source.config))
+    return model
+
+
+def estimate_model_bytes(source: ModelSource, dtype: torch.dtype) -> int:
+    """Bytes the weights take on the device in ``dtype``, counted on ``meta``
+    once per model (the weight files' size where it cannot be built)."""
+    if source.location not in _META_COUNTS:
+        _META_COUNTS[source.location] = count_on_meta(lambda: _build(source))
+    counts = _META_COUNTS[source.location]
+    return weights_bytes(counts, dtype) if counts is not None else _weight_file_bytes(source)
 
 
 def _weight_file_bytes(source: ModelSource) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
-from ragged.errors import RaggedError
+from ragged.errors import OutOfMemoryRecoveryError, RaggedError
 from ragged.gpu.batch_sizer import MEASURE_EVERY, AdaptiveBatchSizer, measured_peak
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.oom_detection import is_oom_error
@@ -57,6 +57,15 @@ class ItemFailure:
     """An item that could not be processed even after every recovery step."""
 
     reason: str
+
+
+def every_result(results: Sequence[R | ItemFailure]) -> list[R]:
+    """``results`` of a run without ``keep_going`` (where a failure raises):
+    typed as all present; an :class:`ItemFailure` among them is a bug."""
+    failures = [r.reason for r in results if isinstance(r, ItemFailure)]
+    if failures:
+        raise OutOfMemoryRecoveryError(f"{len(failures)} item(s) failed: {failures[0]}")
+    return [r for r in results if not isinstance(r, ItemFailure)]
 
 
 @dataclass
@@ -334,9 +343,7 @@ class BatchRunner(Generic[R]):
 
     def _available_now(self) -> int | None:
         latest = self.monitor.latest if self.monitor is not None else None
-        if latest is None:
-            return None
-        return min(latest.total, latest.free + max(0, latest.reserved - latest.allocated))
+        return latest.info.available if latest is not None else None
 
     def _measure(self, device: DeviceInfo, load: int) -> bool:
         """Whether to measure this batch's peak: always where it is cheap; where

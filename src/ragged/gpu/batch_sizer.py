@@ -242,8 +242,7 @@ class AdaptiveBatchSizer:
         the per-batch path reads the device once, not twice), else a reading."""
         latest = self.monitor.latest if self.monitor is not None else None
         if latest is not None and time.monotonic() - latest.timestamp <= SNAPSHOT_MAX_AGE_S:
-            return MemoryInfo(total=latest.total, free=latest.free, allocated=latest.allocated,
-                              reserved=latest.reserved)
+            return latest.info
         return self.manager.try_memory_info(self.device)
 
     def _budget_now(self) -> int | None:

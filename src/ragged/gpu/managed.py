@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragged.gpu.batch_runner import BatchFn, BatchRunner, ItemFailure, RunStats, Stages
@@ -39,9 +40,6 @@ JobLoader = Callable[[DeviceInfo, str], "torch.nn.Module"]
 # bytes the model takes on a device in a dtype
 JobSize = Callable[[DeviceInfo, str], int]
 
-CPU_DTYPE = "float32"  # what a model runs in on the CPU (bf16 matmuls are slow there)
-
-
 class ManagedBatchJob:
     """One model under ragged's resource management."""
 
@@ -53,8 +51,6 @@ class ManagedBatchJob:
         *,
         device: DeviceHint = None,
         dtype: str | None = None,
-        work_bytes: int = 0,
-        prior_bytes_per_load: float | None = None,
         device_manager: DeviceManager | None = None,
         model_manager: ModelManager | None = None,
         policy: MemoryPolicy | None = None,
@@ -66,15 +62,15 @@ class ManagedBatchJob:
         self.auto_device = parse_device_hint(device) is None
         self.requested_device = self.device_manager.get_optimal_device(device)
         self.dtype = dtype or self.device_manager.compute_dtype(self.requested_device)
-        self.batch_config = batch_config or BatchSizeConfig(policy=policy or MemoryPolicy())
-        self.policy = policy or self.batch_config.policy
+        config = batch_config or BatchSizeConfig()
+        self.batch_config = replace(config, policy=policy) if policy is not None else config  # one policy
         self.model_manager = model_manager or ModelManager(self.device_manager, idle_timeout_s=None,
                                                            policy=self.policy)
         self._owns_model_manager = model_manager is None
         self.oom_handler = oom_handler or OOMHandler(self.device_manager)
         self.key = f"{key}|{self.dtype}"  # the same model in another dtype is another model
-        self.work_bytes = work_bytes
-        self.prior_bytes_per_load = prior_bytes_per_load
+        self.work_bytes = 0  # what one item's work needs beside the model (set by the embedder)
+        self.prior_bytes_per_load: float | None = None  # the sizer's prior before any measurement
         self.prefetch = prefetch  # prepare the next batch while the device computes; None: on accelerators
         self._loader = loader
         self._size = size
@@ -82,11 +78,18 @@ class ManagedBatchJob:
         self._monitors: dict[str, MemoryMonitor] = {}
         self.placement: Placement | None = None  # resolved by the latest load
 
+    @property
+    def policy(self) -> MemoryPolicy:
+        """The memory policy of this job's batches and loads."""
+        return self.batch_config.policy
+
     # -- placement ----------------------------------------------------------
 
     def dtype_on(self, device: DeviceInfo) -> str:
         """The dtype the model runs in on ``device``."""
-        return self.dtype if device.same_device(self.requested_device) else CPU_DTYPE
+        if device.same_device(self.requested_device):
+            return self.dtype
+        return self.device_manager.compute_dtype(device)  # the OOM fallback: the CPU's own dtype
 
     def size_on(self, device: DeviceInfo) -> int:
         """Bytes the model's weights take on ``device``."""
@@ -117,24 +120,13 @@ class ManagedBatchJob:
 
     @contextmanager
     def session(self) -> Iterator[ManagedModel]:
-        """The model loaded and pinned for a block of work; placement resolved once.
-
-        Another thread may unload the model between loading and pinning (to make
-        room for its own): then it is loaded again, a bounded number of times."""
-        for attempt in range(3):
-            held = self._acquire()
-            try:
-                pin = self.model_manager.using(self.key)
-                pin.__enter__()
-            except KeyError:
-                if attempt == 2:
-                    raise
-                continue
-            try:
-                yield held
-            finally:
-                pin.__exit__(None, None, None)
-            return
+        """The model loaded and pinned for a block of work; placement resolved once."""
+        with self.model_manager.holding(
+            self.key, lambda d: self._loader(d, self.dtype_on(d)), self.size_on, self.requested_device,
+            work_bytes=self.work_bytes, allow_fallback=self.auto_device,
+        ) as held:
+            self.placement = held.placement
+            yield held
 
     def model_for(self, device: DeviceInfo) -> Any:
         """The model to compute on ``device``: the main one, or for the OOM
@@ -142,7 +134,7 @@ class ManagedBatchJob:
         if device.same_device(self.device):
             return self._acquire().model
         return self.model_manager.load(
-            self._fallback_key, lambda d: self._loader(d, CPU_DTYPE), self.size_on, device,
+            self._fallback_key, lambda d: self._loader(d, self.dtype_on(d)), self.size_on, device,
             work_bytes=self.work_bytes, allow_fallback=False,
         )
 
@@ -208,7 +200,3 @@ class ManagedBatchJob:
         if self._owns_model_manager:
             self.model_manager.close()
 
-
-def failed(results: Sequence[object]) -> list[int]:
-    """Positions of items that came back as :class:`ItemFailure`."""
-    return [i for i, r in enumerate(results) if isinstance(r, ItemFailure)]

@@ -42,6 +42,11 @@ class MemorySnapshot(MemoryUsage):
             free=info.free,
         )
 
+    @property
+    def info(self) -> MemoryInfo:
+        """The reading this snapshot was taken from."""
+        return MemoryInfo(total=self.total, free=self.free, allocated=self.allocated, reserved=self.reserved)
+
 
 SnapshotCallback = Callable[[MemorySnapshot], None]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,16 +77,6 @@ class ModelEvent(StrEnum):
     FALLBACK = "fallback"
 
 
-@dataclass(frozen=True)
-class ModelEventRecord:
-    """One event, for reports and metrics (``at``: the manager's clock)."""
-
-    event: ModelEvent
-    key: str
-    device: str
-    at: float
-
-
 @dataclass
 class ManagedModel:
     """One model the manager holds."""
@@ -102,11 +92,6 @@ class ManagedModel:
     def device(self) -> DeviceInfo:
         """Where the model is."""
         return self.placement.device
-
-    @property
-    def on_fallback(self) -> bool:
-        """True when the model went to the CPU instead of the requested device."""
-        return self.placement.fell_back
 
 
 class ModelManager:
@@ -132,8 +117,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
-        self.counts: Counter[ModelEvent] = Counter()
-        self.events: deque[ModelEventRecord] = deque(maxlen=200)
+        self.counts: Counter[ModelEvent] = Counter()  # events by kind, for reports and metrics
 
     @property
     def loaded(self) -> dict[str, ManagedModel]:
@@ -141,17 +125,18 @@ class ModelManager:
         with self._lock:
             return dict(self._models)
 
-    def _event(self, event: ModelEvent, key: str, device: DeviceInfo) -> None:
+    def _event(self, event: ModelEvent) -> None:
         self.counts[event] += 1
-        self.events.append(ModelEventRecord(event, key, device.label, self._clock()))
 
     def room(self, device: DeviceInfo, size_bytes: int) -> int | None:
         """The batch budget ``device`` would have with ``size_bytes`` more loaded (None: unreadable)."""
         return self.policy.room_after(self.manager.try_memory_info(device), size_bytes)
 
-    def fits(self, size_bytes: int, device: DeviceInfo, work_bytes: int = 0) -> bool:
-        """True when the policy admits ``size_bytes`` with ``work_bytes`` of work room."""
-        return self.policy.admits(self.manager.try_memory_info(device), size_bytes, work_bytes)
+    def _admitted(self, size_bytes: int, device: DeviceInfo, work_bytes: int) -> int | None:
+        """The batch room left if the policy admits ``size_bytes`` with
+        ``work_bytes`` of work room (one reading of the device), else None."""
+        info = self.manager.try_memory_info(device)
+        return self.policy.room_after(info, size_bytes) if self.policy.admits(info, size_bytes, work_bytes) else None
 
     def load(self, key: str, loader: Loader, size_bytes: int | SizeFor, device: DeviceInfo, *,
              work_bytes: int = 0, allow_fallback: bool = True) -> torch.nn.Module:
@@ -183,9 +168,9 @@ class ModelManager:
                 assert model is not None
             held = ManagedModel(key, model, placement, size_for(placement.device), self._clock())
             self._models[key] = held
-            self._event(ModelEvent.LOAD, key, placement.device)
+            self._event(ModelEvent.LOAD)
             if placement.fell_back:
-                self._event(ModelEvent.FALLBACK, key, placement.device)
+                self._event(ModelEvent.FALLBACK)
                 logger.warning("{} runs on {} instead of {}: {}", key, placement.device.label,
                                placement.requested.label, placement.reason)
             return held
@@ -193,8 +178,8 @@ class ModelManager:
     def _place(self, key: str, size_for: SizeFor, work_bytes: int, device: DeviceInfo,
                allow_fallback: bool) -> Placement:
         size = size_for(device)
-        if self.fits(size, device, work_bytes):
-            return Placement(device, device, batch_room_bytes=self.room(device, size))
+        if (room := self._admitted(size, device, work_bytes)) is not None:
+            return Placement(device, device, batch_room_bytes=room)
         evicted: list[str] = []
         for victim in sorted(self._models.values(), key=lambda m: m.last_used):
             if victim.pins or not victim.device.same_device(device):
@@ -202,8 +187,8 @@ class ModelManager:
             logger.info("Unloading {} to make room for {} on {}", victim.key, key, device.label)
             self._unload(victim.key, ModelEvent.EVICT)
             evicted.append(victim.key)
-            if self.fits(size, device, work_bytes):
-                return Placement(device, device, batch_room_bytes=self.room(device, size), evicted=tuple(evicted))
+            if (room := self._admitted(size, device, work_bytes)) is not None:
+                return Placement(device, device, batch_room_bytes=room, evicted=tuple(evicted))
         room = self.room(device, 0)
         reason = (f"{key} needs {_gib(size)} plus {_gib(work_bytes)} for one item, and {device.label} has "
                   f"{_gib(room)} under its {100 * self.policy.line_fraction:.0f}% line")
@@ -218,12 +203,13 @@ class ModelManager:
                        evicted: tuple[str, ...], reason: str) -> Placement:
         cpu = self.manager.cpu()
         size = size_for(cpu)
-        if not self.fits(size, cpu, work_bytes):
+        room = self._admitted(size, cpu, work_bytes)
+        if room is None:
             raise ModelDoesNotFitError(
                 f"{reason}; and its CPU copy ({_gib(size)}) does not fit in RAM either "
                 f"({_gib(self.room(cpu, 0))} under the line). Use a smaller model or free memory."
             )
-        return Placement(requested, cpu, reason=reason, batch_room_bytes=self.room(cpu, size), evicted=evicted)
+        return Placement(requested, cpu, reason=reason, batch_room_bytes=room, evicted=evicted)
 
     def _load_on(self, key: str, loader: Loader, placement: Placement,
                  allow_fallback: bool) -> torch.nn.Module | None:
@@ -247,12 +233,6 @@ class ModelManager:
             "allocated). Free memory on the device, use a smaller model, or choose another device."
         )
 
-    def placement(self, key: str) -> Placement | None:
-        """Where the model under ``key`` is, if held."""
-        with self._lock:
-            held = self._models.get(key)
-            return None if held is None else held.placement
-
     def get(self, key: str) -> torch.nn.Module | None:
         """The model under ``key`` if held (marks it used), else None."""
         with self._lock:
@@ -270,8 +250,26 @@ class ModelManager:
             if held is None:
                 raise KeyError(f"Model {key!r} is not loaded.")
             held.pins += 1
-        try:
+        with self._pinned(held):
             yield held.model
+
+    @contextmanager
+    def holding(self, key: str, loader: Loader, size_bytes: int | SizeFor, device: DeviceInfo, *,
+                work_bytes: int = 0, allow_fallback: bool = True) -> Iterator[ManagedModel]:
+        """:meth:`acquire` and pin in one step, under the lock: no other thread
+        can unload the model between its load and its use."""
+        with self._lock:
+            held = self.acquire(key, loader, size_bytes, device, work_bytes=work_bytes,
+                                allow_fallback=allow_fallback)
+            held.pins += 1
+        with self._pinned(held):
+            yield held
+
+    @contextmanager
+    def _pinned(self, held: ManagedModel) -> Iterator[None]:
+        """Unpin ``held`` (pinned by the caller) when the block ends."""
+        try:
+            yield
         finally:
             with self._lock:
                 held.pins -= 1
@@ -295,7 +293,7 @@ class ModelManager:
         held.model.to("meta")  # frees storage even if the module is referenced elsewhere
         gc.collect()
         self.manager.clear_cache(held.device)
-        self._event(event, key, held.device)
+        self._event(event)
         return True
 
     def unload_idle(self, now: float | None = None) -> list[str]:

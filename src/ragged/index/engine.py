@@ -50,8 +50,10 @@ class QueryEngine:
     _text_vectors: TextVectors | None = None
     notices: list[str] = field(default_factory=list)  # the last answer's (a query cut to a model's length)
 
-    def refresh_text(self) -> None:
-        """Read the passage vectors again (after new commits)."""
+    def refresh(self, store: IndexStore) -> None:
+        """Answer from ``store`` (reopened after new commits): its passage
+        vectors are read again when next needed."""
+        self.store = store
         self._text_vectors = None
 
     def _passages(self) -> TextVectors:

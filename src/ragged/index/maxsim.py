@@ -87,8 +87,6 @@ def segment_max(sims: torch.Tensor, lengths: Lengths) -> torch.Tensor:
     first = int(lengths[0])
     if all(int(n) == first for n in lengths):  # equal pages (ColPali): a reshape
         return sims.view(count, first, sims.shape[1]).amax(dim=1)  # (pages, columns)
-    if sims.device.type == "cpu":
-        return torch.from_numpy(np.maximum.reduceat(sims.numpy(), _starts(lengths), axis=0))  # (pages, columns)
     index = torch.repeat_interleave(
         torch.arange(count, device=sims.device), torch.tensor(list(lengths), device=sims.device)
     )  # (n,)

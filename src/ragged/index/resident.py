@@ -23,7 +23,6 @@ are ever read (the catalog lists nothing else).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,14 +38,6 @@ from ragged.index.store import IndexStore
 RESIDENT_SHARE = 0.5  # of the device's batch budget the resident copy may take
 
 
-@dataclass
-class _Slab:
-    first: int  # catalog position of its first page
-    lengths: np.ndarray  # (pages,) int64
-    vectors: np.ndarray | torch.Tensor  # (dim, n) f32 columns on the CPU; (n, dim) fp16 rows on a device
-    columns: bool
-
-
 class ResidentIndex:
     """The index's page vectors held for fast, repeated search."""
 
@@ -57,7 +48,7 @@ class ResidentIndex:
         self.manager = manager
         self.policy = policy or MemoryPolicy()
         self._catalog = Catalog([], [])
-        self._slabs: list[_Slab] = []
+        self._slabs: list[Block] = []  # f32 columns on the CPU; fp16 rows on a device
         self._streamed: SegmentSource | None = None
         self.version: int | None = None
         self.form = "streamed"
@@ -110,7 +101,7 @@ class ResidentIndex:
                         self.memory_bytes / 2**20)
         return changed
 
-    def _load(self, catalog: Catalog, first: int) -> _Slab:
+    def _load(self, catalog: Catalog, first: int) -> Block:
         """The vectors of pages ``first:`` in the resident form."""
         source = SegmentSource(self.store, Catalog(catalog.pages[first:], catalog.documents))
         lengths = np.array([p.n_vectors for p in catalog.pages[first:]], dtype=np.int64)
@@ -129,8 +120,8 @@ class ResidentIndex:
             target[at : at + n].copy_(torch.from_numpy(np.asarray(vectors)))  # fp16 -> the resident dtype
             at += n
         if self.device.is_accelerator:
-            return _Slab(first, lengths, rows, columns=False)
-        return _Slab(first, lengths, columns, columns=True)
+            return Block(first, lengths, rows, columns=False)
+        return Block(first, lengths, columns, columns=True)
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
         """Blocks of whole pages, at most ``max_vectors`` each, in catalog order."""

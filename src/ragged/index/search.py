@@ -214,15 +214,13 @@ class MaxSimSearcher:
             out[part.first : part.first + len(part.lengths)] = scores.cpu().numpy()
 
     def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[SearchHit]]:
-        """The ``k`` best pages for each query, best first."""
+        """The ``k`` best pages for each query, best first: the hits vision
+        mode gives (the same ranking and records as :class:`QueryEngine`)."""
+        from ragged.index.retrieval import Mode, hits, single, vision_ranking  # it imports this module
+
         scores = self.score_all(queries)  # (pages, queries)
-        pages = self.catalog.pages
-        hits: list[list[SearchHit]] = []
-        for column in range(scores.shape[1]):
-            col = scores[:, column]
-            top = top_k(col, k)
-            hits.append([SearchHit(pages[i].path, pages[i].page, float(col[i]), pages[i].doc_hash) for i in top])
-        return hits
+        return [hits(self.catalog, single(Mode.VISION.value, vision_ranking(scores[:, j], k), k))
+                for j in range(scores.shape[1])]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -33,6 +33,7 @@ from loguru import logger
 from ragged.embeddings.names import is_storable, stored_name
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.index.catalog import (
+    CATALOG,
     Catalog,
     DocumentRecord,
     PageRecord,
@@ -254,7 +255,7 @@ class IndexStore:
 
     def _table_missing_but_used(self) -> bool:
         """The catalog file is written only after a commit: with it, a missing table was lost."""
-        return (self.folder / "catalog.json").is_file()
+        return (self.folder / CATALOG).is_file()
 
     def _read_catalog(self) -> Catalog:
         if not self.table_folder.exists():

@@ -36,6 +36,8 @@ from loguru import logger
 
 from ragged.embeddings.cost import PageView
 from ragged.errors import ConfigurationError, InputError
+from ragged.gpu.device_manager import parse_device_hint
+from ragged.gpu.types import DeviceType
 from ragged.index.store import IndexStore
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.documents import Document, render_pages
@@ -123,9 +125,17 @@ def connect(ray: Any, address: str | None) -> bool:
     return True
 
 
-def worker_count(ray: Any, requested: int | None) -> tuple[int, int]:
-    """(workers, GPUs each): auto is one per GPU in the cluster, else one."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def worker_device(hint: Any) -> str | None:
+    """The device kind workers are asked for (None: auto). The index does not
+    travel: Ray shows each worker only its own card, as ``cuda:0``."""
+    chosen = parse_device_hint(hint)
+    return chosen[0].value if chosen is not None else None
+
+
+def worker_count(ray: Any, requested: int | None, cpu_only: bool = False) -> tuple[int, int]:
+    """(workers, GPUs each): auto is one per GPU in the cluster (none when
+    ``cpu_only``: ``--device cpu``), else one."""
+    gpus = 0 if cpu_only else int(ray.cluster_resources().get("GPU", 0))
     count = requested or max(1, gpus)
     if gpus and count > gpus:
         raise ConfigurationError(f"{count} workers asked for, but the cluster has {gpus} GPU(s): use --workers "
@@ -136,9 +146,9 @@ def worker_count(ray: Any, requested: int | None) -> tuple[int, int]:
 class Driver:
     """Runs one distributed ingest: rendering tasks, workers, commits."""
 
-    def __init__(self, ray: Any, store: IndexStore, committer: Committer, report: IngestReport, advance: Any,
+    def __init__(self, ray: Any, committer: Committer, report: IngestReport, advance: Any,
                  scale: ScaleOptions, dpi: int, view: PageView, cpus: int) -> None:
-        self.ray, self.store, self.committer, self.report = ray, store, committer, report
+        self.ray, self.committer, self.report = ray, committer, report
         self.advance, self.scale, self.dpi, self.view = advance, scale, dpi, view
         # Render where the files are: on this node (other hosts of a cluster need not see them).
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -304,18 +314,24 @@ class Driver:
 
 
 def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str], options: Any,
-                    scale: ScaleOptions, report: IngestReport, advance: Any) -> None:
-    """Embed ``docs`` on Ray workers and commit them through ``store``."""
+                    text: TextSide, report: IngestReport, advance: Any) -> None:
+    """Embed ``docs`` on Ray workers (with the run's text model, if ``text``
+    has one) and commit them through ``store``."""
+    scale: ScaleOptions = options.scale
     ray = require_ray()
     started = connect(ray, scale.address)
     handles: list[Any] = []
     try:
-        count, gpus = worker_count(ray, scale.workers)
+        kind = worker_device(options.device)
+        count, gpus = worker_count(ray, scale.workers, cpu_only=kind == DeviceType.CPU.value)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         local_cpus = _node_cpus(ray) or cpus  # render slots: renders run on this node
-        text_model = _text_model(store, options, report)
+        text_model = None
+        if text.embedder is not None:  # the workers load their own copies; the index records it now
+            text.record_model(store)
+            text_model = text.embedder.name
         config = WorkerConfig(options.model, text_model, options.cache_dir, options.policy, options.batch_size,
-                              threads=None if gpus else max(1, cpus // count))
+                              threads=None if gpus else max(1, cpus // count), device=kind)
         actor = ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=MAX_WORKER_FAILURES)(scale.worker_cls)
         workers = []
         for n in range(count):
@@ -328,7 +344,7 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
         committer = Committer(store, report, advance, replaces, TextSide(None))
         view = _page_view(options)
         began = time.perf_counter()
-        standing = Driver(ray, store, committer, report, advance, scale, options.dpi, view,
+        standing = Driver(ray, committer, report, advance, scale, options.dpi, view,
                           local_cpus).run(docs, workers)
         for worker in standing:
             try:
@@ -357,26 +373,6 @@ def _node_cpus(ray: Any) -> int | None:
         if node.get("NodeID") == here and node.get("Alive"):
             return int(node.get("Resources", {}).get("CPU", 0)) or None
     return None
-
-
-def _text_model(store: IndexStore, options: Any, report: IngestReport) -> str | None:
-    """The text model the workers run (recorded in the index now), or None."""
-    from ragged.errors import ModelError
-    from ragged.text.model import NO_TEXT_MODEL, resolve_text_model
-
-    name = options.text_model
-    if not name or name == NO_TEXT_MODEL:
-        return None
-    try:
-        source = resolve_text_model(name, options.cache_dir or _default_cache())
-    except ModelError as exc:
-        if options.text_model_explicit:
-            raise
-        report.notes.append(f"pages are searchable by image only: {exc}")
-        return None
-    store.set_text_model(source.name, source.dim)
-    report.text_model = source.name
-    return source.name
 
 
 def _page_view(options: Any) -> PageView:

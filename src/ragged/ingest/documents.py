@@ -313,6 +313,23 @@ def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[Re
             pdf.close()  # type: ignore[attr-defined]
 
 
+def render_pdf_page(path: Path, page: int, width: int) -> Image.Image:
+    """Page ``page`` (1-based) of a PDF, ``width`` pixels wide (for display)."""
+    with PDFIUM_LOCK:
+        pdf = _open_pdf(path)
+        try:
+            sheet = pdf[page - 1]  # type: ignore[index]
+            points_w, _ = sheet.get_size()
+            bitmap = sheet.render(scale=width / max(1.0, points_w))
+            image: Image.Image = bitmap.to_pil().convert("RGB")
+            bitmap.close()
+            return image
+        except Exception as exc:
+            raise CorruptDocumentError(f"{path}: page {page} cannot be rendered ({exc}); repair the PDF.") from exc
+        finally:
+            pdf.close()  # type: ignore[attr-defined]
+
+
 def _page_text(page: object) -> str:
     """The page's text layer ("" when it has none: a scan, a picture)."""
     textpage = page.get_textpage()  # type: ignore[attr-defined]

@@ -94,16 +94,17 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
             report.problems = [p for p in report.problems if not _pruned(p, gone)]
         wants_text = options.text_model not in (None, NO_TEXT_MODEL)
-        if plan.embed or (wants_text and awaiting_text(store, store.documents())):
-            _embed(store, plan.embed, plan.replaces, options, report, progress)
+        older = awaiting_text(store, store.documents()) if wants_text else []
+        if plan.embed or older:
+            _embed(store, plan.embed, plan.replaces, older, options, report, progress)
         elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
             store.finish()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _embed(store: IndexStore, docs: list[Document], replaces: set[str], options: IngestOptions,
-           report: IngestReport, progress: Progress) -> None:
+def _embed(store: IndexStore, docs: list[Document], replaces: set[str], older: list[DocumentRecord],
+           options: IngestOptions, report: IngestReport, progress: Progress) -> None:
     """Embed ``docs`` (images and text) and give older documents their text side,
     with one model manager and one OOM engine for both models."""
     from ragged.gpu import OOMHandler, default_device_manager
@@ -119,12 +120,12 @@ def _embed(store: IndexStore, docs: list[Document], replaces: set[str], options:
         elif text.reason:
             report.notes.append(text.reason)
         try:
-            text.upgrade(store, store.documents(), report)
+            text.upgrade(store, older, report)
             if docs and options.scale is not None:
                 from ragged.ingest.distributed import run_distributed
 
                 progress.start(sum(d.pages for d in docs))
-                run_distributed(store, docs, replaces, options, options.scale, report, progress.advance)
+                run_distributed(store, docs, replaces, options, text, report, progress.advance)
             elif docs:
                 progress.start(sum(d.pages for d in docs))
                 with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from ragged.embeddings.report import EmbeddingReport
 from ragged.ingest.documents import InputProblem
+from ragged.ingest.tally import add_embedding, add_tally
 from ragged.ingest.worker import WorkerReport
 
 
@@ -32,7 +32,7 @@ class IngestReport:
     placement_note: str | None = None
     batch_room_bytes: int | None = None
     ooms: int = 0
-    recoveries: Counter[str] = field(default_factory=Counter)
+    recoveries: dict[str, int] = field(default_factory=dict)
     cpu_fallback_pages: int = 0
     failed_pages: int = 0
     documents_added: int = 0
@@ -63,29 +63,17 @@ class IngestReport:
         self.embed_seconds += part.seconds
         self.prepare_seconds += part.prepare_seconds
         self.compute_seconds += part.compute_seconds
-        self.batch_sizes.extend(part.batch_sizes)
-        if part.peak_bytes is not None:
-            self.peak_bytes = max(self.peak_bytes or 0, part.peak_bytes)
+        add_embedding(self, part)
         if part.budget_bytes is not None:
             self.budget_bytes = part.budget_bytes
         self.budget_warning = self.budget_warning or part.budget_warning
         self.placement_note = self.placement_note or part.placement_note
         if part.batch_room_bytes is not None:
             self.batch_room_bytes = part.batch_room_bytes
-        self.ooms += part.ooms
-        self.recoveries.update(part.recoveries)
-        self.cpu_fallback_pages += part.cpu_fallback_items
-        self.failed_pages += part.failed_items
 
     def absorb_worker(self, part: WorkerReport) -> None:
         """Add one distributed worker's figures."""
-        self.batch_sizes.extend(part.batch_sizes)
-        if part.peak_bytes is not None:
-            self.peak_bytes = max(self.peak_bytes or 0, part.peak_bytes)
-        self.ooms += part.ooms
-        self.recoveries.update(part.recoveries)
-        self.cpu_fallback_pages += part.cpu_fallback_pages
-        self.failed_pages += part.failed_pages
+        add_tally(self, part)
         self.passages += part.passages
         self.text_seconds += part.text_seconds
 

@@ -28,6 +28,7 @@ from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage
 from ragged.ingest.documents import file_sha256, inspect, page_texts
 from ragged.ingest.report import IngestReport
+from ragged.ingest.tally import TextTally
 from ragged.text.model import NO_TEXT_MODEL
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class TextSide:
         """True when text vectors are made."""
         return self.embedder is not None
 
-    def vectors(self, texts: Sequence[str], report: IngestReport) -> list[np.ndarray]:
+    def vectors(self, texts: Sequence[str], report: TextTally) -> list[np.ndarray]:
         """Each text's passage vectors, (passages, dim): every passage of every
         text embedded in one run of batches."""
         embedder = self.embedder
@@ -86,7 +87,7 @@ class TextSide:
         off, or when a worker already made them)."""
         if not self.on:
             return pages
-        self._record_model(store)
+        self.record_model(store)
         missing = [n for n, p in enumerate(pages) if p.text_vectors is None]
         if not missing:
             return pages
@@ -96,17 +97,18 @@ class TextSide:
             out[n] = replace(pages[n], text=pages[n].text or "", text_vectors=v)
         return out
 
-    def _record_model(self, store: IndexStore) -> None:
+    def record_model(self, store: IndexStore) -> None:
+        """Record this text model in the index (refused if it holds another's vectors)."""
         embedder = self.embedder
         assert embedder is not None
         store.set_text_model(embedder.name, embedder.dim)
 
-    def upgrade(self, store: IndexStore, stored: list[DocumentRecord], report: IngestReport) -> None:
-        """Give stored documents built before the text side their text and
+    def upgrade(self, store: IndexStore, older: list[DocumentRecord], report: IngestReport) -> None:
+        """Give ``older`` documents (from :func:`awaiting_text`) their text and
         passage vectors (their images are not embedded again)."""
         if not self.on:
             return
-        for record in awaiting_text(store, stored):
+        for record in older:
             path = Path(record.path)
             try:
                 texts = page_texts(inspect(path))
@@ -115,7 +117,7 @@ class TextSide:
                 continue
             if len(texts) != record.pages:
                 continue
-            self._record_model(store)
+            self.record_model(store)
             store.set_text(record.doc_hash, list(zip(texts, self.vectors(texts, report), strict=True)))
             report.documents_text_added += 1
 

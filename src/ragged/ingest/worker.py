@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ragged.embeddings.report import EmbeddingReport
 from ragged.gpu.batch_runner import ItemFailure
 from ragged.gpu.model_manager import ModelManager
 from ragged.gpu.oom_handler import OOMHandler
@@ -24,6 +25,7 @@ from ragged.gpu.policy import MemoryPolicy
 from ragged.index.catalog import PatchGrid
 from ragged.index.store import StoredPage
 from ragged.ingest.documents import RenderedPage
+from ragged.ingest.tally import add_embedding
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class WorkerConfig:
     policy: MemoryPolicy
     batch_size: int | None = None
     threads: int | None = None  # torch threads (CPU workers share the cores)
+    device: str | None = None  # a device kind ("cpu", "cuda"; None: auto): each worker sees only its own card
 
 
 @dataclass(frozen=True)
@@ -93,19 +96,21 @@ class EmbedWorker:
         if config.threads:
             torch.set_num_threads(config.threads)
         manager = default_device_manager()
-        device = "cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu"
+        device = config.device  # chosen by the device manager, as in one process
         self.models = ModelManager(manager, idle_timeout_s=None, policy=config.policy)
         handler = OOMHandler(manager)
         self.embedder = ColPaliEmbedder(config.model, device=device, batch_size=config.batch_size,
                                         cache_dir=config.cache_dir, policy=config.policy, model_manager=self.models,
                                         oom_handler=handler)
-        self.text: Any = None
+        from ragged.ingest.text_side import TextSide  # it imports the report, which imports this module
+
+        self.text = TextSide(None)
         if config.text_model:
             from ragged.text.embedder import TextEmbedder
 
-            self.text = TextEmbedder(config.text_model, device, cache_dir=config.cache_dir,
-                                     device_manager=manager, model_manager=self.models, policy=config.policy,
-                                     oom_handler=handler)
+            self.text = TextSide(TextEmbedder(config.text_model, device, cache_dir=config.cache_dir,
+                                              device_manager=manager, model_manager=self.models,
+                                              policy=config.policy, oom_handler=handler))
         self.report = WorkerReport(name, self.embedder.device.label)
 
     def pid(self) -> int:
@@ -137,40 +142,20 @@ class EmbedWorker:
         return out
 
     def _text_vectors(self, texts: list[str]) -> list[np.ndarray | None]:
-        if self.text is None:
+        if not self.text.on:
             return [None] * len(texts)
-        per_text = [self.text.passages(t) for t in texts]
-        flat = [p for passages in per_text for p in passages]
-        vectors = self.text.embed_passages(flat)  # (passages, dim)
-        self.report.passages += len(flat)
-        if flat and self.text.last_report is not None:
-            self.report.text_seconds += self.text.last_report.seconds
-        out: list[np.ndarray | None] = []
-        at = 0
-        for passages in per_text:
-            out.append(vectors[at : at + len(passages)])
-            at += len(passages)
-        return out
+        return list(self.text.vectors(texts, self.report))
 
-    def _absorb(self, part: Any) -> None:
+    def _absorb(self, part: EmbeddingReport | None) -> None:
         if part is None:
             return
-        report = self.report
-        report.pages += part.items - part.failed_items
-        report.seconds += part.seconds
-        report.batch_sizes.extend(part.batch_sizes)
-        if part.peak_bytes is not None:
-            report.peak_bytes = max(report.peak_bytes or 0, part.peak_bytes)
-        report.ooms += part.ooms
-        for name, count in part.recoveries.items():
-            report.recoveries[name] = report.recoveries.get(name, 0) + count
-        report.cpu_fallback_pages += part.cpu_fallback_items
-        report.failed_pages += part.failed_items
+        self.report.pages += part.items - part.failed_items
+        self.report.seconds += part.seconds
+        add_embedding(self.report, part)
 
     def finish(self) -> WorkerReport:
         """This worker's report; its models are released."""
         self.embedder.close()
-        if self.text is not None:
-            self.text.close()
+        self.text.close()
         self.models.close()
         return self.report

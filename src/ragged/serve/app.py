@@ -29,7 +29,7 @@ from ragged.errors import ConfigurationError, RaggedError
 from ragged.index.retrieval import Mode, parse_mode
 from ragged.serve.metrics import CONTENT_TYPE, ServiceMetrics
 from ragged.serve.pages import PageUnavailable
-from ragged.serve.service import SearchService, ServiceUnavailable
+from ragged.serve.service import SearchService
 
 COOKIE = "ragged_token"
 PUBLIC = {"/health", "/login"}
@@ -193,9 +193,6 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         assert isinstance(exc, ClientError | PageUnavailable)
         return _error(exc.status, str(exc))
 
-    async def unavailable(request: Request, exc: Exception) -> Response:
-        return _error(503, str(exc))
-
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail))
@@ -204,7 +201,7 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         logger.opt(exception=exc).error("Internal error on {}", request.url.path)
         return _error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
 
-    async def ragged_error(request: Request, exc: Exception) -> Response:
+    async def ragged_error(request: Request, exc: Exception) -> Response:  # ServiceUnavailable included
         return _error(503, str(exc))
 
     routes = [
@@ -221,7 +218,7 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         routes=routes,
         middleware=[Middleware(_Guard, token=token, max_body=max_body_bytes)],
         exception_handlers={
-            ClientError: client_error, PageUnavailable: client_error, ServiceUnavailable: unavailable,
+            ClientError: client_error, PageUnavailable: client_error,
             HTTPException: http_error, RaggedError: ragged_error, Exception: internal,
         },
     )

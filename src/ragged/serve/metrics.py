@@ -81,7 +81,7 @@ class ServiceMetrics:
         self.batch = Histogram("ragged_query_batch_size", "Queries embedded and scored in one pass.",
                                buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
         self.registry.register(_Live(service))
-        service.on_batch = lambda queries, seconds: self.batch.observe(queries)
+        service.on_batch = self.batch.observe
 
     def render(self) -> bytes:
         """The text format."""

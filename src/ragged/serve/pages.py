@@ -20,7 +20,7 @@ from PIL import Image
 from ragged.errors import RaggedError
 from ragged.index.catalog import Catalog, PageRecord
 from ragged.index.files import atomic_write, check_doc_id
-from ragged.ingest.documents import PDFIUM_LOCK, DocumentKind, file_sha256, inspect_kind
+from ragged.ingest.documents import DocumentKind, file_sha256, inspect_kind, render_pdf_page
 
 WIDTHS = (160, 320, 640, 1280, 2000)  # renders are cached at these widths only
 
@@ -93,19 +93,7 @@ class PageRenderer:
 def render(path: Path, page: int, width: int) -> Image.Image:
     """Page ``page`` (1-based) of a PDF or image file, ``width`` pixels wide."""
     if inspect_kind(path) is DocumentKind.PDF:
-        import pypdfium2 as pdfium
-
-        with PDFIUM_LOCK:  # concurrent requests would otherwise crash the process
-            pdf = pdfium.PdfDocument(str(path))
-            try:
-                sheet = pdf[page - 1]
-                points_w, _ = sheet.get_size()
-                bitmap = sheet.render(scale=width / max(1.0, points_w))
-                image: Image.Image = bitmap.to_pil().convert("RGB")
-                bitmap.close()
-                return image
-            finally:
-                pdf.close()
+        return render_pdf_page(path, page, width)
     with Image.open(path) as img:
         img.seek(page - 1)
         frame = img.convert("RGB")

@@ -36,6 +36,7 @@ from ragged.gpu.batch_runner import BatchRunner
 from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
 from ragged.index.engine import QueryEngine
+from ragged.index.maxsim import maxsim_scores
 from ragged.index.resident import ResidentIndex
 from ragged.index.results import SearchHit
 from ragged.index.retrieval import Mode
@@ -110,9 +111,7 @@ class SearchService:
         self.text_embedder: TextEmbedder | None = None
         self.renderer = PageRenderer(config.index_dir)
         self.model_error: str | None = None
-        self.queries_total = 0
         self.failures_total = 0
-        self.batch_sizes: list[int] = []
         self._outcomes: deque[bool] = deque(maxlen=3)
         self._pending: list[_Request] = []
         self._lock = threading.Lock()
@@ -120,7 +119,7 @@ class SearchService:
         self._worker = ThreadPoolExecutor(1, "ragged-serve")
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
-        self.on_batch: Callable[[int, float], None] | None = None  # (queries, seconds): for metrics
+        self.on_batch: Callable[[int], None] | None = None  # queries answered by one pass: for metrics
 
     # -- life -------------------------------------------------------------
 
@@ -208,8 +207,7 @@ class SearchService:
         if self.resident is None or not self.resident.refresh():
             return False
         if self.engine is not None:
-            self.engine.store = self.resident.store
-            self.engine.refresh_text()
+            self.engine.refresh(self.resident.store)
         return True
 
     def close(self) -> None:
@@ -305,14 +303,12 @@ class SearchService:
         seconds = time.perf_counter() - started
         queries = sum(len(r.queries) for r in group)
         notices = list(dict.fromkeys(self._notices))
-        self.batch_sizes.append(queries)
         if self.on_batch is not None:
-            self.on_batch(queries, seconds)
+            self.on_batch(queries)
         for request, result in zip(group, results, strict=True):
             if isinstance(result, ItemFailure):
                 self._fail([request], ServiceUnavailable(result.reason))
                 continue
-            self.queries_total += len(request.queries)
             self._outcomes.append(True)
             request.future.set_result(Answer(result, self.model_name, self.device.label, queries,
                                              seconds * 1000, load_ms, list(notices), request.mode.value))
@@ -359,13 +355,12 @@ class SearchService:
         if record.grid is None:
             raise PageUnavailable("This page has no patch grid (its model has none, or it was ingested "
                                   "before ragged stored them).", 404)
-        self._load_model()
-        assert self.embedder is not None
-        vectors = self.embedder.embed_queries([query])[0]  # (tokens, dim)
-        tokens, special = self.embedder.query_tokens(query)
+        embedder = self._vision()
+        vectors = embedder.embed_queries([query])[0]  # (tokens, dim)
+        tokens, special = embedder.query_tokens(query)
         if len(tokens) != len(vectors):
             tokens = [f"#{i}" for i in range(len(vectors))]
         page_vectors = np.asarray(self.resident.store.page_vectors(doc_hash, page))  # (n, dim)
         result = heatmap(vectors, tokens, special, page_vectors, record.grid).to_dict()
-        result["score"] = float((vectors @ page_vectors.astype(np.float32).T).max(axis=1).sum())
+        result["score"] = float(maxsim_scores([vectors], [page_vectors])[0, 0])  # what search gives this page
         return result

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from ragged.embeddings.hf import quiet_transformers
-from ragged.embeddings.loading import torch_dtype
+from ragged.embeddings.loading import activation_bytes_per_token, count_on_meta, torch_dtype, weights_bytes
 from ragged.embeddings.report import EmbeddingReport
 from ragged.errors import ModelError
-from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages
+from ragged.gpu.batch_runner import RunStats, Stages, every_result
 from ragged.gpu.device_manager import DeviceHint, DeviceManager
 from ragged.gpu.managed import ManagedBatchJob
 from ragged.gpu.model_manager import ModelManager
@@ -36,16 +36,6 @@ from ragged.text.model import DEFAULT_TEXT_MODEL, TextModelSource, resolve_text_
 from ragged.text.passages import Passage, split_passages
 
 PASSAGES, TEXT_QUERIES = "passages", "text-queries"
-
-
-def _count_on_meta(folder: Path) -> tuple[int, int]:
-    """(floating-point parameters, hidden size) of the model, counted on ``meta``."""
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.from_pretrained(folder)
-    with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return sum(p.numel() for p in model.parameters() if p.is_floating_point()), int(config.hidden_size)
 
 
 class TextEmbedder:
@@ -73,17 +63,21 @@ class TextEmbedder:
             self.last_query_notices: list[str] = []  # the last embed_queries call's
         except Exception as exc:
             raise ModelError(f"Loading the tokenizer of text model {model_name!r} failed: {exc}") from exc
-        params, hidden = _count_on_meta(self.source.folder)
+        from transformers import AutoConfig, AutoModel
+
+        config = AutoConfig.from_pretrained(self.source.folder)
+        counts = count_on_meta(lambda: AutoModel.from_config(config))
+        if counts is None:
+            raise ModelError(f"Text model {model_name!r} cannot be built from its config; check its folder.")
 
         def size(device: DeviceInfo, dtype: str) -> int:
-            return int(params * torch.empty((), dtype=torch_dtype(dtype)).element_size())
+            return weights_bytes(counts, torch_dtype(dtype))
 
         self.job = ManagedBatchJob(
             f"text:{self.source.folder}", self._load, size, device=device, device_manager=device_manager,
             model_manager=model_manager, policy=policy, oom_handler=oom_handler, prefetch=prefetch,
         )
-        element = torch.empty((), dtype=torch_dtype(self.job.dtype)).element_size()
-        self.job.prior_bytes_per_load = 1.5 * element * 10 * hidden  # activations per token, refitted on measurement
+        self.job.prior_bytes_per_load = activation_bytes_per_token(config, self.job.dtype)  # refitted on measurement
         self.job.work_bytes = int(self.job.prior_bytes_per_load * self.source.max_tokens)
         self.last_report: EmbeddingReport | None = None
 
@@ -139,7 +133,7 @@ class TextEmbedder:
                                                  compute=self._forward)
         results, stats = self.job.run([len(x) + 2 for x in ids], stages, work=work, on_batch=on_batch)
         self.last_report = self._report(stats)
-        vectors = [r for r in results if not isinstance(r, ItemFailure)]
+        vectors = every_result(results)  # one per item, in order
         return np.stack(vectors).astype(np.float32)  # (items, dim)
 
     @cached_property

@@ -30,7 +30,7 @@ def split_passages(tokenizer: Any, text: str, max_tokens: int, overlap: int = OV
     width = max(8, max_tokens - 2)
     step = max(1, width - min(overlap, width // 2))
     passages = []
-    for start in range(0, max(1, len(ids) - overlap if len(ids) > width else 1), step):
+    for start in range(0, len(ids), step):  # the last window reaches the end: see the break
         window = ids[start : start + width]
         if not window:
             break
