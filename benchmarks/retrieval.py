@@ -39,12 +39,12 @@ from benchmarks._table import print_table
 from benchmarks.retrieval_corpus import DOCUMENTS, QUERIES, Query
 from examples.make_examples import text_pdf
 from ragged.embeddings import ColPaliEmbedder
-from ragged.index.query import Searcher
-from ragged.index.retrieval import Ranking, fuse
 from ragged.ingest.documents import inspect, render_pages
 from ragged.ingest.pipeline import IngestOptions, ingest
 from ragged.ingest.report import IngestReport
 from ragged.paths import cache_dir
+from ragged.query.fusion import Ranking, fuse
+from ragged.query.searcher import Searcher
 
 MODES = ("keyword", "text", "vision", "hybrid")
 STOP = {"a", "an", "and", "are", "at", "be", "by", "do", "does", "for", "from", "get", "how", "i", "in", "is", "it",

@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks._table import print_table
 from benchmarks.synthetic import DIM, DOC_PAGES
 from benchmarks.synthetic import pages as synthetic_pages
-from ragged.gpu import DeviceManager
+from ragged.gpu import DeviceManager, Runtime
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore, _lancedb
 
@@ -81,7 +81,8 @@ def main() -> None:
                 q = rng.standard_normal((20, DIM)).astype(np.float32)  # (query tokens, dim)
                 q /= np.linalg.norm(q, axis=1, keepdims=True)
                 start = time.perf_counter()
-                searcher = MaxSimSearcher(IndexStore.open(folder / "ragged"), DeviceManager().cpu())
+                runtime = Runtime(DeviceManager())
+                searcher = MaxSimSearcher(IndexStore.open(folder / "ragged"), runtime.device("cpu"), runtime)
                 hits = searcher.search([q], k=10)[0]
                 ours.append(time.perf_counter() - start)
                 start = time.perf_counter()

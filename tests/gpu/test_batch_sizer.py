@@ -25,7 +25,8 @@ from tests.fakes import FakeBackend, FakeCard, GiB, MiB, fake_cpu
 
 def sizer_on(card: FakeCard, config: BatchSizeConfig | None = None, **kwargs: object) -> AdaptiveBatchSizer:
     manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
-    return AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, config, manager, **kwargs)  # type: ignore[arg-type]
+    return AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, config, manager,  # type: ignore[arg-type]
+                              oom_handler=OOMHandler(manager), **kwargs)
 
 
 def test_memory_budget_reads_the_policy_from_config_or_policy() -> None:
@@ -96,7 +97,7 @@ class TestSizer:
 
     def test_cpu_is_bounded_by_available_ram(self) -> None:
         manager = DeviceManager([fake_cpu(total=16 * GiB, others=int(9.5 * GiB))])
-        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager)
+        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager, oom_handler=OOMHandler(manager))
         # 16 x 0.65 - 9.5 = 0.9 GiB of headroom at 100 MiB per page.
         assert sizer.calculate_batch_size(bytes_per_item=100 * MiB) == 9
 
@@ -185,7 +186,7 @@ class TestSizer:
         backend = FakeBackend(cards=[FakeCard(total=80 * GiB)])
         manager = DeviceManager([backend, fake_cpu()])
         sizer = AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, None, manager,
-                                   prior_bytes_per_load=1.0)
+                                   oom_handler=OOMHandler(manager), prior_bytes_per_load=1.0)
         size = sizer.next_batch_size()
         sizer.record_batch(size, size, 100, 0.1)
         backend.readable = False
@@ -197,7 +198,7 @@ class TestSizer:
         manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
         device = manager.get_optimal_device("cuda:0")
         monitor = MemoryMonitor(device, manager)
-        sizer = AdaptiveBatchSizer(device, monitor, None, manager)
+        sizer = AdaptiveBatchSizer(device, monitor, None, manager, oom_handler=OOMHandler(manager))
         monitor.take_snapshot()
         assert sizer.adjust_batch_size(16) == 12  # warning level: cut a quarter
         card.others = 40 * GiB

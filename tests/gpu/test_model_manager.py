@@ -107,6 +107,74 @@ def test_makes_room_by_unloading_least_recently_used(rig) -> None:  # type: igno
     assert models.counts[ModelEvent.EVICT] == 1
 
 
+def test_a_small_model_runs_on_the_cpu_rather_than_unload_a_large_one(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("vision", Loads(backend, 6 * GiB), 6 * GiB, gpu)  # idle, but 6 GiB to reload
+    loader = Loads(backend, 200 * MiB)
+    held = models.acquire("text", loader, 200 * MiB, gpu, work_bytes=400 * MiB)  # auto: the CPU may take it
+    assert loader.devices == ["cpu"] and set(models.loaded) == {"vision", "text"}
+    assert held.placement.chose_cpu and held.placement.evicted == ()
+    assert held.placement.reason is not None and "costs less than unloading vision" in held.placement.reason
+    assert models.counts[ModelEvent.EVICT] == 0
+
+
+def test_an_explicit_device_makes_room_even_for_a_small_model(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("vision", Loads(backend, 6 * GiB), 6 * GiB, gpu)
+    held = models.acquire("text", Loads(backend, 200 * MiB), 200 * MiB, gpu, work_bytes=400 * MiB,
+                          allow_fallback=False)
+    assert held.device.label == "cuda:0" and held.placement.evicted == ("vision",)
+
+
+def test_a_model_of_similar_size_evicts_rather_than_runs_on_the_cpu(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("a", Loads(backend, 4 * GiB), 4 * GiB, gpu)
+    held = models.acquire("b", Loads(backend, 3 * GiB), 3 * GiB, gpu)  # only 4/3 times smaller than a
+    assert held.device.label == "cuda:0" and held.placement.evicted == ("a",) and not held.placement.chose_cpu
+
+
+def test_the_model_cheapest_to_reload_is_unloaded_first(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, clock, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("slow", Loads(backend, 3 * GiB), 3 * GiB, gpu)
+    clock.now = 1
+    models.load("quick", Loads(backend, 3 * GiB), 3 * GiB, gpu)  # used more recently...
+    models.loaded["slow"].load_seconds, models.loaded["quick"].load_seconds = 40.0, 2.0  # ...but cheap to reload
+    held = models.acquire("new", Loads(backend, 3 * GiB), 3 * GiB, gpu, allow_fallback=False)
+    assert held.placement.evicted == ("quick",) and set(models.loaded) == {"slow", "new"}
+
+
+def test_reading_what_is_loaded_never_waits_for_a_load(rig) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("a", Loads(backend, 1 * GiB), 1 * GiB, gpu)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader(device: DeviceInfo) -> torch.nn.Module:
+        started.set()
+        assert release.wait(10)
+        return BookedModule(backend, 1 * GiB, on_card=True)
+
+    loading = threading.Thread(target=models.load, args=("b", slow_loader, 1 * GiB, gpu))
+    loading.start()
+    try:
+        assert started.wait(10)  # the loading thread holds the manager's lock now
+        seen: list[set[str]] = []
+        reader = threading.Thread(target=lambda: seen.append(set(models.loaded)))
+        reader.start()
+        reader.join(timeout=2)
+        assert not reader.is_alive() and seen == [{"a"}]  # answered at once, without the model in flight
+    finally:
+        release.set()
+        loading.join(timeout=10)
+    assert set(models.loaded) == {"a", "b"}
+
+
 def test_pinned_models_are_never_evicted(rig) -> None:  # type: ignore[no-untyped-def]
     backend, manager, _, models = rig
     gpu = manager.get_optimal_device("cuda:0")

@@ -15,6 +15,7 @@ import pytest
 
 from ragged.errors import IndexStoreError
 from ragged.gpu import DeviceManager
+from ragged.gpu.runtime import Runtime
 from ragged.index import files as files_module
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
@@ -39,7 +40,7 @@ def build(folder: Path, docs: int = 3, pages: int = 2) -> IndexStore:
 
 def scores(folder: Path) -> np.ndarray:
     query = [np.ones((3, DIM), dtype=np.float32)]
-    return MaxSimSearcher(IndexStore.open(folder), DeviceManager().cpu()).score_all(query)
+    return MaxSimSearcher(IndexStore.open(folder), DeviceManager().cpu(), Runtime(DeviceManager())).score_all(query)
 
 
 @pytest.fixture

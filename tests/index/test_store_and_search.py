@@ -10,10 +10,11 @@ import torch
 
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.gpu import DeviceManager, DeviceType
+from ragged.gpu.runtime import Runtime
 from ragged.index import search as search_module
-from ragged.index.maxsim import segment_max
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
+from ragged.multivector.maxsim import segment_max
 
 DIM = 16
 
@@ -45,7 +46,7 @@ def test_search_is_exact_and_ordered(store: IndexStore, equal: bool, monkeypatch
     for doc_hash, pages in docs.items():
         store.add_document(doc_hash, f"/docs/{doc_hash[-1]}.pdf", pages)  # absolute paths: one document each
     monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 100)  # many chunks, pages across boundaries
-    searcher = MaxSimSearcher(IndexStore.open(store.folder), DeviceManager().cpu())
+    searcher = MaxSimSearcher(IndexStore.open(store.folder), DeviceManager().cpu(), Runtime(DeviceManager()))
     queries = [rng.standard_normal((n, DIM)).astype(np.float32) for n in (3, 7)]
     all_pages = [p for pages in docs.values() for p in pages]
     expected = brute_force(queries, all_pages)  # (pages, queries)
@@ -101,7 +102,7 @@ def test_orphan_segment_is_invisible(store: IndexStore) -> None:
     """A run killed between writing a segment and committing leaves a file search never reads."""
     store._write_segment("f" * 64, np.ones((4, DIM), dtype=np.float16))
     assert store.known_hashes() == set()
-    assert MaxSimSearcher(store, DeviceManager().cpu()).catalog.pages == []
+    assert MaxSimSearcher(store, DeviceManager().cpu(), Runtime(DeviceManager())).catalog.pages == []
 
 
 def test_model_mismatch_and_second_writer(store: IndexStore) -> None:
@@ -129,14 +130,14 @@ def test_unwritable_and_missing_indexes(tmp_path: Path) -> None:
 
 def test_search_recovers_from_oom_by_smaller_chunks(store: IndexStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scoring that runs out of memory with large chunks is retried smaller."""
-    from ragged.index.maxsim import QueryBlock
+    from ragged.multivector.maxsim import QueryBlock
     from tests.fakes import oom_message
 
     rng = np.random.default_rng(4)
     docs = random_docs(rng, docs=2, pages=40, equal=False)  # about 1,300 vectors a document
     for doc_hash, pages in docs.items():
         store.add_document(doc_hash, f"/d/{doc_hash}.pdf", pages)
-    searcher = MaxSimSearcher(store, DeviceManager().cpu())
+    searcher = MaxSimSearcher(store, DeviceManager().cpu(), Runtime(DeviceManager()))
     queries = [rng.standard_normal((4, DIM)).astype(np.float32)]
     expected = searcher.score_all(queries)
     monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 4096)
@@ -172,10 +173,10 @@ def test_device_search_with_a_budget_smaller_than_a_page(store: IndexStore,
     rng = np.random.default_rng(9)
     pages = [rng.standard_normal((1030, DIM)).astype(np.float32) for _ in range(3)]
     store.add_document("f" * 64, "/d/long.pdf", pages)
-    expected = MaxSimSearcher(store, DeviceManager().cpu()).score_all([pages[1][:5]])
+    expected = MaxSimSearcher(store, DeviceManager().cpu(), Runtime(DeviceManager())).score_all([pages[1][:5]])
     card = FakeCard(total=10 * GiB, allocated=int(6.6 * GiB), reserved=int(6.6 * GiB))  # above the 65% line
     manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
     monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
-    searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), manager)
+    searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), Runtime(manager))
     assert searcher._chunk_vectors(DIM, 5) == search_module.MIN_CHUNK_VECTORS < 1030
     np.testing.assert_allclose(searcher.score_all([pages[1][:5]]), expected, rtol=1e-5)

@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
 from tests.inputs import EXAMPLES
 
@@ -117,3 +119,17 @@ def server(sample_index: Path, model_cache: Path) -> Iterator[Server]:
         yield running
     finally:
         running.stop()
+
+
+def numpy_hits(index: Path, query: np.ndarray, k: int) -> list[tuple[str, int, float]]:
+    """The oracle for served hits: plain NumPy MaxSim in float64 over every
+    stored page, written here (it shares no code with the server's kernel or
+    its ranking): (doc_hash, page, score), best first."""
+    store = IndexStore.open(index)
+    q = np.asarray(query, dtype=np.float64)  # (tokens, dim)
+    scored = []
+    for record in store.catalog().pages:
+        page = np.asarray(store.page_vectors(record.doc_hash, record.page), dtype=np.float64)  # (n, dim)
+        scored.append((float((q @ page.T).max(axis=1).sum()), record.doc_hash, record.page))
+    scored.sort(key=lambda t: -t[0])
+    return [(h, p, score) for score, h, p in scored[:k]]

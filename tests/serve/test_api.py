@@ -12,12 +12,9 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from ragged.embeddings import ColPaliEmbedder
-from ragged.gpu import DeviceManager
-from ragged.index.search import MaxSimSearcher
-from ragged.index.store import IndexStore
 from ragged.serve.app import create_app
 from ragged.serve.service import SearchService, ServiceConfig
-from tests.serve.conftest import metric
+from tests.serve.conftest import metric, numpy_hits
 
 TOKEN = "s3cret-token"
 
@@ -43,11 +40,6 @@ def reference(sample_index: Path, model_cache: Path) -> Iterator[ColPaliEmbedder
         yield emb
 
 
-def serial_hits(index: Path, embedder: ColPaliEmbedder, query: str, k: int) -> list[tuple[str, int, float]]:
-    searcher = MaxSimSearcher(IndexStore.open(index), DeviceManager().cpu())
-    return [(h.doc_hash, h.page, h.score) for h in searcher.search(embedder.embed_queries([query]), k)[0]]
-
-
 def test_search_answers_like_an_in_process_search(client: TestClient, sample_index: Path,
                                                   reference: ColPaliEmbedder) -> None:
     response = client.post("/search", json={"query": "quarterly revenue", "k": 4, "mode": "vision"})
@@ -57,7 +49,7 @@ def test_search_answers_like_an_in_process_search(client: TestClient, sample_ind
     assert body["mode"] == "vision" and all(h["signals"] == {"vision": h["rank"]} for h in body["hits"])
     assert body["ms"] > 0 and body["model_load_ms"] is None  # kept loaded
     got = [(h["doc_hash"], h["page"], h["score"]) for h in body["hits"]]
-    want = serial_hits(sample_index, reference, "quarterly revenue", 4)
+    want = numpy_hits(sample_index, reference.embed_queries(["quarterly revenue"])[0], 4)
     assert [g[:2] for g in got] == [w[:2] for w in want]
     np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-4)
     assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4]

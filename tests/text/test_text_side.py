@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from ragged.errors import ConfigurationError
-from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType
-from ragged.index.query import search
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, Runtime
 from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
+from ragged.query.searcher import search
 from ragged.text.embedder import TextEmbedder
 from ragged.text.model import packaged_default
 from tests.fakes import FakeBackend, FakeCard, fake_cpu, oom_message
@@ -46,7 +46,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index(corpus: Path, model_cache: Path) -> Path:
     folder = corpus.parent / "index"
     report = ingest([corpus], IngestOptions(index_dir=folder, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert report.text_model == "all-MiniLM-L6-v2" and report.passages >= 6
+    assert report.text_model == "all-MiniLM-L6-v2" and report.text.items >= 6
     assert report.pages_without_text == 1  # the scan: searchable by its image only
     return folder
 
@@ -100,8 +100,8 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
     with TextEmbedder(cache_dir=model_cache) as reference:
         passages = [p for t in texts for p in reference.passages(t)]
         expected = reference.embed_passages(passages)
-    with TextEmbedder(cache_dir=model_cache) as embedder:
-        embedder.job.batch_config = BatchSizeConfig(initial_batch_size=8, max_batch_size=8)
+    runtime = Runtime(batch_config=BatchSizeConfig(initial_batch_size=8, max_batch_size=8))
+    with runtime, TextEmbedder(cache_dir=model_cache, runtime=runtime) as embedder:
         model = embedder.job.model()
         seen: list[int] = []
         original = model.forward
@@ -114,9 +114,9 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
             return original(*args, **kwargs)
 
         monkeypatch.setattr(model, "forward", forward)
-        got = embedder.embed_passages(passages)
-        report = embedder.last_report
-    assert report is not None and report.ooms >= 1 and sum(report.batch_sizes) == len(passages)
+        run = embedder.encode_passages(passages)
+        got, report = np.stack(run.values()), run.report
+    assert report.ooms >= 1 and sum(report.batch_sizes) == len(passages)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)  # every passage once, as an OOM-free run gives it
     failed = [n for n, batch in enumerate(seen) if batch >= 4]
@@ -159,7 +159,7 @@ def test_an_older_index_keeps_working_and_ingest_gives_it_text(index: Path, corp
     assert meta is not None and meta.format == 2 and meta.text_model == "all-MiniLM-L6-v2"
     assert {Path(p.path).is_absolute() for p in IndexStore.open(legacy).catalog().pages} == {True}
     again = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert again.documents_text_added == 0 and again.passages == 0  # nothing done twice
+    assert again.documents_text_added == 0 and again.text.items == 0  # nothing done twice
     now = search("cancelling the tenancy agreement", legacy, k=1, cache_dir=model_cache, mode="text")
     assert Path(now.hits[0].path).name == "rental-contract.pdf"
 
@@ -170,7 +170,7 @@ def test_an_index_built_without_text_gets_it_later_for_every_document(corpus: Pa
     index = tmp_path / "no-text"
     first = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache,
                                            text_model="none"))
-    assert first.passages == 0 and IndexStore.read_meta(index).text_model is None  # type: ignore[union-attr]
+    assert first.text.items == 0 and IndexStore.read_meta(index).text_model is None  # type: ignore[union-attr]
     with pytest.raises(ConfigurationError, match="ingest' again"):
         search("tenancy", index, cache_dir=model_cache, mode="text")
 
@@ -179,7 +179,7 @@ def test_an_index_built_without_text_gets_it_later_for_every_document(corpus: Pa
 
     monkeypatch.setattr("ragged.ingest.pipeline.ColPaliEmbedder", no_images)
     later = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert later.documents_text_added == 4 and later.passages >= 6  # every document, not only new ones
+    assert later.documents_text_added == 4 and later.text.items >= 6  # every document, not only new ones
     hit = search("cancelling the tenancy agreement", index, k=1, cache_dir=model_cache, mode="text").hits[0]
     assert Path(hit.path).name == "rental-contract.pdf"
 
@@ -255,8 +255,6 @@ def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Pa
     monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))  # computes on the CPU
     backend = FakeBackend(cards=[FakeCard(total=400 * MiB)])  # a 260 MiB line at the default 75% target
     manager = DeviceManager([backend, fake_cpu()])
-    monkeypatch.setattr("ragged.gpu.default_device_manager", lambda: manager)
-    monkeypatch.setattr("ragged.gpu.managed.default_device_manager", lambda: manager)
     monkeypatch.setattr("ragged.embeddings.colpali_embedder.estimate_model_bytes", lambda source, dtype: 230 * MiB)
     loads: list[str] = []
     real_acquire = ModelManager.acquire
@@ -281,9 +279,10 @@ def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Pa
         return real_acquire(self, key, booked, size_bytes, device, **kwargs)
 
     monkeypatch.setattr(ModelManager, "acquire", acquire)
-    report = ingest([EXAMPLES], IngestOptions(index_dir=tmp_path / "index", model="tiny-colpali", dpi=72,
-                                              cache_dir=model_cache, device="cuda:0"))
-    assert report.documents_added == 3 and report.passages >= 6 and report.device == "cuda:0"
+    with Runtime(manager) as runtime:
+        report = ingest([EXAMPLES], IngestOptions(index_dir=tmp_path / "index", model="tiny-colpali", dpi=72,
+                                                  cache_dir=model_cache, device="cuda:0"), runtime=runtime)
+    assert report.documents_added == 3 and report.text.items >= 6 and report.device == "cuda:0"
     assert any("could not hold both models" in note for note in report.notes), report.notes
     assert [k.startswith("text:") for k in loads][:2] == [False, True]  # vision first, then text in its place
     assert backend.cards[0].allocated == 0  # both released at the end

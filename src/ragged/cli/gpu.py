@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ragged.cli.output import fail, gib, out, plain, safe
+from ragged.gpu.registry import device_choices
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -75,7 +76,7 @@ def _processes(manager: DeviceManager, device: DeviceInfo) -> str:
 @gpu.command()
 @click.argument("device", default="auto")
 def info(device: str) -> None:
-    """Details of DEVICE (auto, cpu, mps, xpu, cuda or cuda:N)."""
+    """Details of DEVICE (auto, or a device such as cpu or cuda:1; see 'ragged gpu list')."""
     from rich.table import Table
 
     from ragged.gpu import MemoryPolicy, default_device_manager
@@ -118,7 +119,7 @@ def _stats_table(monitor: MemoryMonitor, manager: DeviceManager) -> Table:
 
 
 @gpu.command()
-@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
+@click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, help="Seconds between refreshes.")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after this many.")
@@ -161,7 +162,7 @@ def stats(device: str, watch: bool, interval: float, count: int | None, warning:
 
 @gpu.command()
 @click.option("--model", default="tiny-colpali", help="Model to measure (hub id, folder or preset).")
-@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
+@click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--pages", type=click.IntRange(min=1), default=32, help="Synthetic pages per run.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, help="Largest fixed batch to try.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Save a PNG chart (needs matplotlib).")

@@ -99,27 +99,33 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
     from ragged.cli.progress import IngestProgress
+    from ragged.embeddings.hf import silence_transformers
     from ragged.embeddings.loading import resolve_model
     from ragged.embeddings.names import DEFAULT_MODEL
-    from ragged.gpu import default_device_manager
+    from ragged.gpu.runtime import Runtime
     from ragged.index.store import IndexStore
     from ragged.ingest.pipeline import IngestOptions
     from ragged.ingest.pipeline import ingest as run_ingest
+    from ragged.text.model import DEFAULT_TEXT_MODEL
 
     scale = _scale(workers, ray_address)  # Ray missing: say so before any work
     meta = IndexStore.read_meta(index_dir)
     chosen = model or (meta.model if meta else None) or setting("model") or DEFAULT_MODEL
-    default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
-    resolve_model(chosen, cache_dir())
-    from ragged.text.model import DEFAULT_TEXT_MODEL
-
-    named_text = text_model or setting("text_model")
-    options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
-                            cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),
-                            text_model=named_text or (meta.text_model if meta else None) or DEFAULT_TEXT_MODEL,
-                            text_model_explicit=named_text is not None, scale=scale)
-    with IngestProgress(err, enabled=not as_json) as progress:
-        report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
+    # The text model as the vision model: the flag, else the index's, else the config's, else the default.
+    stored_text = meta.text_model if meta else None
+    configured_text = setting("text_model")
+    silence_transformers()
+    with Runtime(policy=policy(memory_target)) as runtime:
+        runtime.device(device)  # a bad --device fails before any work
+        resolve_model(chosen, cache_dir())
+        options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
+                                cache_dir=cache_dir(), prune=prune, policy=runtime.policy,
+                                text_model=text_model or stored_text or configured_text or DEFAULT_TEXT_MODEL,
+                                text_model_explicit=text_model is not None or (stored_text is None
+                                                                               and configured_text is not None),
+                                scale=scale)
+        with IngestProgress(err, enabled=not as_json) as progress:
+            report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks(), runtime)
     for problem in report.problems:
         print_error(problem.message)
     if as_json:
@@ -176,12 +182,15 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     if url is not None:
         result = _remote_search(url, text, k, token, model, mode)
     else:
-        from ragged.gpu import default_device_manager
-        from ragged.index.query import search as run_search
+        from ragged.embeddings.hf import silence_transformers
+        from ragged.gpu.runtime import Runtime
+        from ragged.query.searcher import search as run_search
 
-        default_device_manager().get_optimal_device(device)
-        result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
-                            policy=policy(memory_target), mode=mode)
+        silence_transformers()
+        with Runtime(policy=policy(memory_target)) as runtime:
+            runtime.device(device)  # a bad --device fails before the index is opened
+            result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
+                                mode=mode, runtime=runtime)
     for notice in result.notices:
         err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
@@ -206,9 +215,9 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
-    from ragged.errors import ModelMismatchError
+    from ragged.errors import ModelMismatchError, ServerError
     from ragged.index.results import SearchHit, SearchResult
-    from ragged.serve.client import ServerError, remote_search
+    from ragged.serve.client import remote_search
 
     data = remote_search(url, query, k, token, mode=mode)
     try:

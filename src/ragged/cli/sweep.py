@@ -10,9 +10,10 @@ import numpy as np
 from PIL import Image
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
-from ragged.errors import OutOfMemoryRecoveryError
-from ragged.gpu import DeviceInfo, DeviceManager, OOMHandler
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.device_manager import DeviceManager
+from ragged.gpu.recovery import RecoveryOptions
+from ragged.gpu.runtime import Runtime
+from ragged.gpu.types import DeviceInfo
 from ragged.paths import cache_dir
 
 
@@ -41,24 +42,19 @@ def run_sweep(model: str, device: DeviceInfo, pages: int, max_batch: int, *,
     while sizes[-1] * 2 <= max_batch:
         sizes.append(sizes[-1] * 2)
     rows: list[SweepRow] = []
-    plain = OOMHandler(manager, enable_cache_clearing=False, enable_batch_reduction=False,
-                       enable_cpu_fallback=False)
-    with ModelManager(manager, idle_timeout_s=None) as models:
+    # Fixed sizes are measured plain (an OOM is the size failing); adaptive with the full engine.
+    with Runtime(manager, recovery=RecoveryOptions.none()) as plain, Runtime(manager) as managed:
         runs: list[tuple[str, int | None]] = [*((f"fixed {s}", s) for s in sizes), ("adaptive", None)]
         for label, size in runs:
             emb = ColPaliEmbedder(model, device=device, batch_size=size if size else max_batch, cache_dir=cache_dir(),
-                                  enable_adaptive_batching=size is None, device_manager=manager,
-                                  model_manager=models, oom_handler=None if size is None else plain)
+                                  enable_adaptive_batching=size is None, runtime=managed if size is None else plain)
             emb.embed_images(images[:1])  # warm-up
             start = time.perf_counter()
-            try:
-                emb.embed_images(images)
-            except OutOfMemoryRecoveryError:
-                rows.append(SweepRow(label, size, 0.0, 0, 1))
-                continue
+            report = emb.embed_pages(images).report
             seconds = time.perf_counter() - start
-            report = emb.last_report
-            assert report is not None
+            if report.failed_items:  # without recovery, a size that runs out of memory fails its batches
+                rows.append(SweepRow(label, size, 0.0, None, report.ooms))
+                continue
             label = label if size else f"adaptive ({','.join(map(str, sorted(set(report.batch_sizes))))})"
             rows.append(SweepRow(label, size, pages / seconds, report.peak_bytes, report.ooms))
     return rows

@@ -118,9 +118,8 @@ _META_COUNTS: dict[str, MetaCounts | None] = {}
 def count_on_meta(build: Callable[[], torch.nn.Module]) -> MetaCounts | None:
     """What a model's weights hold, counted by building it (``build``) on the
     ``meta`` device: no memory, no download. None when it cannot be built."""
-    quiet_transformers()
     try:
-        with torch.device("meta"):
+        with quiet_transformers(), torch.device("meta"):
             model = build()
     except Exception as exc:
         logger.debug("meta instantiation failed ({})", exc)
@@ -179,14 +178,14 @@ def _weight_file_bytes(source: ModelSource) -> int:
 
 def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cache_dir: Path) -> Any:
     """Load the model's weights onto ``device`` in ``dtype``, in eval mode."""
-    quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if not source.is_local:
         kwargs["cache_dir"] = str(cache_dir / "hub")
     if device.device_type is DeviceType.MPS:
         kwargs["attn_implementation"] = "eager"  # sdpa kernels are incomplete on MPS (byaldi PR 78)
     try:
-        model = source.family.model_cls().from_pretrained(source.location, **kwargs)
+        with quiet_transformers():
+            model = source.family.model_cls().from_pretrained(source.location, **kwargs)
     except ModelError:
         raise
     except Exception as exc:
@@ -196,10 +195,10 @@ def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cach
 
 def load_processor(source: ModelSource, cache_dir: Path) -> Any:
     """Load the model's processor (tokenizer and image processor)."""
-    quiet_transformers()
     kwargs: dict[str, Any] = {} if source.is_local else {"cache_dir": str(cache_dir / "hub")}
     try:
-        return source.family.processor_cls().from_pretrained(source.location, **kwargs)
+        with quiet_transformers():
+            return source.family.processor_cls().from_pretrained(source.location, **kwargs)
     except ModelError:
         raise
     except Exception as exc:

@@ -14,22 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragged.index.files import atomic_write, check_doc_id
+from ragged.multivector.grid import PatchGrid
 
 CATALOG = "catalog.json"
 _U64_MAX = 2**64 - 1
-
-
-@dataclass(frozen=True)
-class PatchGrid:
-    """Where a page's image patches sit among its vectors: ``rows x cols``
-    consecutive vectors from ``start``, row by row (for heat-maps)."""
-
-    start: int
-    rows: int
-    cols: int
-
-    def as_list(self) -> list[int]:
-        return [self.start, self.rows, self.cols]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragged.errors import EmptyQueryError
+
+if TYPE_CHECKING:
+    from ragged.embeddings.report import EmbeddingReport
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class SearchResult:
     seconds: float
     notices: list[str] = field(default_factory=list)
     mode: str = "vision"
+    reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this search (none: no model needed)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""

@@ -37,7 +37,6 @@ from ragged.index.catalog import (
     Catalog,
     DocumentRecord,
     PageRecord,
-    PatchGrid,
     read_catalog_file,
     table_version,
     write_catalog_file,
@@ -52,6 +51,7 @@ from ragged.index.files import (
     storage_error,
 )
 from ragged.index.meta import FORMAT, IndexMeta, read_meta, write_meta
+from ragged.multivector.grid import PatchGrid
 
 TABLE = "pages"
 _FORMAT_2_COLUMNS = ("grid_start", "grid_rows", "grid_cols", "text", "text_vectors")
@@ -472,14 +472,17 @@ class IndexStore:
         table = self._table_or_none()
         return table is not None and "text" in table.schema.names and not self._has_fts(table)
 
-    def text_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored passage vector and its page's catalog position:
-        ((passages,) int64, (passages, text_dim) float32)."""
+    def text_vectors(self, catalog: Catalog | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every passage vector of the pages in ``catalog`` (the current one by
+        default) and its page's position there: ((passages,) int64,
+        (passages, text_dim) float32). Pages outside ``catalog`` (committed
+        since it was read) are left out, so positions never point past it."""
         table = self._table_or_none()
         dim = self.meta.text_dim if self.meta is not None and self.meta.text_dim else 0
         if table is None or not dim or "text_vectors" not in table.schema.names:
             return np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
-        position = {(p.doc_hash, p.page): n for n, p in enumerate(self.catalog().pages)}
+        pages = (catalog if catalog is not None else self.catalog()).pages
+        position = {(p.doc_hash, p.page): n for n, p in enumerate(pages)}
         with self._guard("reading text vectors"):
             rows = table.search().where("text_vectors IS NOT NULL").select(
                 ["doc_hash", "page", "text_vectors"]).limit(None).to_arrow()

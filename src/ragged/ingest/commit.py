@@ -72,7 +72,7 @@ class Committer:
                 continue
             if not entry.complete:
                 continue
-            pages = self.text.attach(self.store, [p for p in entry.pages if p is not None], self.report)
+            pages = self.text.attach(self.store, [p for p in entry.pages if p is not None], self.report.text)
             self.store.add_document(entry.doc.sha256, str(entry.doc.path), pages)
             if absolute(entry.doc.path) in self.replaces:
                 self.report.documents_replaced += 1

@@ -22,8 +22,9 @@ from ragged.embeddings.colpali_embedder import ColPaliEmbedder, PageVectors
 from ragged.errors import InputError
 from ragged.gpu.batch_runner import ItemFailure
 from ragged.gpu.device_manager import DeviceHint
-from ragged.gpu.model_manager import ModelEvent, ModelManager
+from ragged.gpu.model_manager import ModelEvent
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.runtime import Runtime
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
 from ragged.ingest.changes import missing_under, plan_changes
@@ -66,8 +67,12 @@ class IngestOptions:
     scale: ScaleOptions | None = None  # embed on Ray workers (--workers) instead of in this process
 
 
-def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
-    """Ingest ``paths`` into the index; never raises for one bad input."""
+def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None,
+           runtime: Runtime | None = None) -> IngestReport:
+    """Ingest ``paths`` into the index; never raises for one bad input.
+
+    ``runtime`` is the program's resource manager (one is built from
+    ``options.policy`` when not given, and closed at the end)."""
     progress = progress or Progress()
     started = time.perf_counter()
     report = IngestReport(index=str(options.index_dir), model=options.model)
@@ -96,7 +101,11 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
         wants_text = options.text_model not in (None, NO_TEXT_MODEL)
         older = awaiting_text(store, store.documents()) if wants_text else []
         if plan.embed or older:
-            _embed(store, plan.embed, plan.replaces, older, options, report, progress)
+            if runtime is not None:
+                _embed(store, plan.embed, plan.replaces, older, options, report, progress, runtime)
+            else:
+                with Runtime(policy=options.policy) as own:
+                    _embed(store, plan.embed, plan.replaces, older, options, report, progress, own)
         elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
             store.finish()
     report.seconds = time.perf_counter() - started
@@ -104,42 +113,38 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
 
 
 def _embed(store: IndexStore, docs: list[Document], replaces: set[str], older: list[DocumentRecord],
-           options: IngestOptions, report: IngestReport, progress: Progress) -> None:
+           options: IngestOptions, report: IngestReport, progress: Progress, runtime: Runtime) -> None:
     """Embed ``docs`` (images and text) and give older documents their text side,
-    with one model manager and one OOM engine for both models."""
-    from ragged.gpu import OOMHandler, default_device_manager
+    both models under the run's one runtime."""
+    evicted_before = runtime.model_manager.counts[ModelEvent.EVICT]
+    text = TextSide.start(options.text_model, device=options.device, cache_dir=options.cache_dir,
+                          runtime=runtime, explicit=options.text_model_explicit)
+    if text.embedder is not None:
+        report.text_model = text.embedder.name
+    elif text.reason:
+        report.notes.append(text.reason)
+    try:
+        report.documents_text_added += text.upgrade(store, older, report.text)
+        if docs and options.scale is not None:
+            from ragged.ingest.distributed import run_distributed
 
-    manager = default_device_manager()
-    handler = OOMHandler(manager)
-    with ModelManager(manager, idle_timeout_s=None, policy=options.policy) as models:
-        text = TextSide.start(options.text_model, device=options.device, cache_dir=options.cache_dir,
-                              models=models, policy=options.policy, oom_handler=handler,
-                              explicit=options.text_model_explicit)
-        if text.embedder is not None:
-            report.text_model = text.embedder.name
-        elif text.reason:
-            report.notes.append(text.reason)
-        try:
-            text.upgrade(store, older, report)
-            if docs and options.scale is not None:
-                from ragged.ingest.distributed import run_distributed
-
-                progress.start(sum(d.pages for d in docs))
-                run_distributed(store, docs, replaces, options, text, report, progress.advance)
-            elif docs:
-                progress.start(sum(d.pages for d in docs))
-                with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
-                                     cache_dir=options.cache_dir, policy=options.policy, model_manager=models,
-                                     oom_handler=handler) as embedder:
-                    _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
-            if text.on or report.text_model:
-                store.finish()
-        finally:
-            text.close()
-        evicted = models.counts[ModelEvent.EVICT]
-        if evicted:
-            report.notes.append(f"the device could not hold both models at once: a model was unloaded {evicted} "
-                                "time(s) to make room for the other (slower, nothing lost)")
+            progress.start(sum(d.pages for d in docs))
+            run_distributed(store, docs, replaces, options, text, report, progress.advance)
+        elif docs:
+            progress.start(sum(d.pages for d in docs))
+            with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
+                                 cache_dir=options.cache_dir, runtime=runtime) as embedder:
+                _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
+        if text.on or report.text_model:
+            store.finish()
+    finally:
+        text.close()
+    if options.scale is None:
+        report.embed_seconds = report.vision.seconds + report.text.seconds
+    evicted = runtime.model_manager.counts[ModelEvent.EVICT] - evicted_before
+    if evicted:
+        report.notes.append(f"the device could not hold both models at once: a model was unloaded {evicted} "
+                            "time(s) to make room for the other (slower, nothing lost)")
 
 
 def _pruned(problem: InputProblem, gone: list[DocumentRecord]) -> bool:
@@ -152,7 +157,7 @@ def host_buffer_bytes(embedder: ColPaliEmbedder) -> int:
     """Bytes of rendered pages to hold before embedding: a share of the
     host's budget under the memory policy."""
     manager = embedder.device_manager
-    budget = embedder.batch_config.policy.batch_budget(manager.try_memory_info(manager.cpu()))
+    budget = embedder.runtime.policy.batch_budget(manager.try_memory_info(manager.cpu()))
     if budget is None:
         return 8 * MIN_BUFFER_BYTES
     return int(min(MAX_BUFFER_BYTES, max(MIN_BUFFER_BYTES, budget * BUFFER_SHARE)))
@@ -208,10 +213,9 @@ class _Stream:
             held, self.held, self.held_bytes = self.held, [], 0
             for h in held:
                 h.entry.sent += 1
-            results = self.embedder.embed_pages([h.page.image for h in held], on_batch=self.progress.advance)
-            if self.embedder.last_report is not None:
-                self.report.absorb(self.embedder.last_report)
-            for h, result in zip(held, results, strict=True):
+            run = self.embedder.embed_pages([h.page.image for h in held], on_batch=self.progress.advance)
+            self.report.absorb(run.report)
+            for h, result in zip(held, run.results, strict=True):
                 if isinstance(result, ItemFailure):
                     self._fail(h.entry, f"{h.entry.doc.path}: page {h.number + 1} could not be embedded: "
                                         f"{result.reason}")

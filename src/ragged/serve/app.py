@@ -25,23 +25,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from ragged.errors import ConfigurationError, RaggedError
-from ragged.index.retrieval import Mode, parse_mode
+from ragged.errors import ClientError, ConfigurationError, RaggedError, http_status
+from ragged.query.modes import Mode, parse_mode
 from ragged.serve.metrics import CONTENT_TYPE, ServiceMetrics
-from ragged.serve.pages import PageUnavailable
 from ragged.serve.service import SearchService
 
 COOKIE = "ragged_token"
 PUBLIC = {"/health", "/login"}
 MAX_BODY_BYTES = 64 * 1024
-
-
-class ClientError(RaggedError):
-    """A request the service will not answer as asked."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -189,10 +180,6 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
             raise ClientError(f"The query is longer than {service.config.max_query_chars:,} characters.", 413)
         return JSONResponse(await asyncio.wrap_future(service.heatmap(doc_hash, page, query.strip())))
 
-    async def client_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ClientError | PageUnavailable)
-        return _error(exc.status, str(exc))
-
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail))
@@ -201,8 +188,9 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         logger.opt(exception=exc).error("Internal error on {}", request.url.path)
         return _error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
 
-    async def ragged_error(request: Request, exc: Exception) -> Response:  # ServiceUnavailable included
-        return _error(503, str(exc))
+    async def ragged_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RaggedError)
+        return _error(http_status(exc), str(exc))  # the request's fault (4xx) or the server's (503), by kind
 
     routes = [
         Route("/", index),
@@ -218,7 +206,6 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         routes=routes,
         middleware=[Middleware(_Guard, token=token, max_body=max_body_bytes)],
         exception_handlers={
-            ClientError: client_error, PageUnavailable: client_error,
             HTTPException: http_error, RaggedError: ragged_error, Exception: internal,
         },
     )

@@ -14,12 +14,8 @@ from typing import Any
 
 from loguru import logger
 
-from ragged.errors import RaggedError
+from ragged.errors import ServerError
 from ragged.serve.record import read_record
-
-
-class ServerError(RaggedError):
-    """The server answered with an error, or could not be reached."""
 
 
 def check_url(url: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ragged.index.catalog import PatchGrid
+from ragged.multivector.grid import PatchGrid
 
 
 @dataclass(frozen=True)

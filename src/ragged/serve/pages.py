@@ -17,20 +17,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from ragged.errors import RaggedError
+from ragged.errors import PageUnavailable, RaggedError
 from ragged.index.catalog import Catalog, PageRecord
 from ragged.index.files import atomic_write, check_doc_id
 from ragged.ingest.documents import DocumentKind, file_sha256, inspect_kind, render_pdf_page
 
 WIDTHS = (160, 320, 640, 1280, 2000)  # renders are cached at these widths only
-
-
-class PageUnavailable(RaggedError):
-    """The page cannot be served (unknown, or its file is gone or changed)."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def bucket(width: int) -> int:

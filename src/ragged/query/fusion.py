@@ -1,13 +1,4 @@
-"""Search modes over dual storage, and how their rankings are fused.
-
-==========  ==================================================================
-mode        ranks pages by
-==========  ==================================================================
-vision      exact MaxSim of the query's multi-vector against each page image
-text        cosine of the query's text vector with each page's best passage
-keyword     BM25 over page text (LanceDB's full-text index)
-hybrid      reciprocal rank fusion of the three
-==========  ==================================================================
+"""Rankings of the pages by each signal, and how they are fused.
 
 Reciprocal rank fusion (Cormack, Clarke and Buettcher, 2009) scores a page
 by the sum over the rankings that found it of ``1 / (60 + rank)``. It needs
@@ -22,11 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import numpy as np
 
-from ragged.errors import ConfigurationError
 from ragged.index.catalog import Catalog
 from ragged.index.results import SearchHit
 from ragged.index.search import top_k
@@ -36,60 +25,12 @@ RRF_K = 60
 MIN_DEPTH = 100  # each ranking contributes at least this many pages to a fusion
 
 
-class Mode(StrEnum):
-    """How to search."""
-
-    VISION = "vision"
-    TEXT = "text"
-    KEYWORD = "keyword"
-    HYBRID = "hybrid"
-
-
-def parse_mode(value: str | Mode | None, has_text: bool) -> Mode:
-    """The mode asked for; by default hybrid where the index has text, else vision."""
-    if value is None or value == "auto":
-        return Mode.HYBRID if has_text else Mode.VISION
-    try:
-        mode = Mode(value)
-    except ValueError:
-        raise ConfigurationError(f"Unknown mode {value!r}: use vision, text, keyword or hybrid.") from None
-    if mode is not Mode.VISION and not has_text:
-        raise ConfigurationError(f"Mode {mode.value} needs page text, and this index has none: search it in "
-                                 "vision mode, or run 'ragged ingest' again to add the text side.")
-    return mode
-
-
 @dataclass(frozen=True)
 class Ranking:
     """One signal's ranking: catalog positions best first, and their scores."""
 
     positions: np.ndarray  # (n,) int64
     scores: np.ndarray  # (n,) float
-
-
-@dataclass
-class TextVectors:
-    """Every passage vector and the catalog position of its page."""
-
-    owners: np.ndarray  # (passages,) int64
-    vectors: np.ndarray  # (passages, dim) float32
-    pages: int = 0
-
-    @classmethod
-    def load(cls, store: IndexStore) -> TextVectors:
-        owners, vectors = store.text_vectors()
-        return cls(owners, vectors, len(store.catalog().pages))
-
-    def rank(self, query: np.ndarray, depth: int) -> Ranking:
-        """Pages by their best passage's cosine with ``query`` ((dim,), normalised)."""
-        if not len(self.owners):
-            return Ranking(np.zeros(0, dtype=np.int64), np.zeros(0))
-        sims = self.vectors @ np.asarray(query, dtype=np.float32)  # (passages,)
-        best = np.full(self.pages, -np.inf, dtype=np.float32)
-        np.maximum.at(best, self.owners, sims)
-        found = np.flatnonzero(best > -np.inf)
-        order = found[top_k(best[found], depth)]
-        return Ranking(order, best[order])
 
 
 def vision_ranking(scores: np.ndarray, depth: int) -> Ranking:
