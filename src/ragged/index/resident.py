@@ -103,7 +103,8 @@ class ResidentIndex:
 
     def _load(self, catalog: Catalog, first: int) -> Block:
         """The vectors of pages ``first:`` in the resident form."""
-        source = SegmentSource(self.store, Catalog(catalog.pages[first:], catalog.documents))
+        source = SegmentSource(self.store, Catalog(catalog.pages[first:], catalog.documents, catalog.extents,
+                                                   catalog.lance_version))
         lengths = np.array([p.n_vectors for p in catalog.pages[first:]], dtype=np.int64)
         total = int(lengths.sum())
         if self.device.is_accelerator:

@@ -81,20 +81,11 @@ class SegmentSource:
         return self._catalog
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
-        """Runs of whole pages of one document, at most ``max_vectors`` each (a
+        """Runs of whole pages stored together, at most ``max_vectors`` each (a
         larger page is a block of its own). Views into the memory-mapped
-        segment: nothing is copied before the f32 conversion."""
-        pages = self._catalog.pages
-        index = 0
-        while index < len(pages):
-            doc = pages[index].doc_hash
-            end = index
-            while end < len(pages) and pages[end].doc_hash == doc:
-                end += 1
-            lengths = np.array([p.n_vectors for p in pages[index:end]], dtype=np.int64)
-            vectors = self.store.segment(doc, int(lengths.sum()))  # (tokens, dim) fp16, memory-mapped
-            yield from split_blocks(index, lengths, vectors, max_vectors)
-            index = end
+        segment files: nothing is copied before the f32 conversion."""
+        for first, lengths, vectors in self.store.runs(self._catalog):  # vectors: (tokens, dim) fp16
+            yield from split_blocks(first, lengths, vectors, max_vectors)
 
 
 def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,
