@@ -85,23 +85,32 @@ def test_reopen_lists_documents_once(store: IndexStore) -> None:
     assert catalog.total_vectors == sum(len(p) for pages in docs.values() for p in pages)
 
 
-def test_missing_segment_is_rebuilt_from_lancedb(store: IndexStore) -> None:
+def test_vectors_are_stored_once_and_read_in_place(store: IndexStore) -> None:
+    """Format 3: the vectors are in the segment files only (LanceDB has no
+    vectors column) and search reads them from the memory map."""
     rng = np.random.default_rng(3)
     (doc_hash, pages), = random_docs(rng, docs=1, pages=3, equal=False).items()
     store.add_document(doc_hash, "/d/p.pdf", pages)
-    segment = store.folder / "segments" / f"{doc_hash}.npy"
-    expected = np.load(segment)
-    segment.unlink()
-    rebuilt = IndexStore.open(store.folder).segment(doc_hash, expected.shape[0])
-    np.testing.assert_array_equal(rebuilt, expected)
-    assert segment.is_file()
+    reader = IndexStore.open(store.folder)
+    assert "vectors" not in reader.pages.table().schema.names
+    ((first, lengths, vectors),) = list(reader.runs(reader.catalog()))
+    assert first == 0 and lengths.tolist() == [len(p) for p in pages]
+    assert isinstance(vectors.base, np.memmap) or isinstance(vectors, np.memmap)
+    np.testing.assert_array_equal(vectors, np.concatenate(pages).astype(np.float16))
+    np.testing.assert_array_equal(reader.page_vectors(doc_hash, 2), pages[1].astype(np.float16))
 
 
-def test_orphan_segment_is_invisible(store: IndexStore) -> None:
-    """A run killed between writing a segment and committing leaves a file search never reads."""
-    store._write_segment("f" * 64, np.ones((4, DIM), dtype=np.float16))
-    assert store.known_hashes() == set()
-    assert MaxSimSearcher(store, DeviceManager().cpu()).catalog.pages == []
+def test_uncommitted_pieces_are_invisible(store: IndexStore) -> None:
+    """A run killed while writing a document in pieces leaves blocks and rows
+    that search never reads and the next writer clears."""
+    writer = store.begin_document("f" * 64, "/d/big.pdf", 4)
+    writer.add([np.ones((4, DIM), dtype=np.float32)] * 2)
+    assert IndexStore.open(store.folder).known_hashes() == set()
+    assert MaxSimSearcher(IndexStore.open(store.folder), DeviceManager().cpu()).catalog.pages == []
+    store.close()
+    reopened = IndexStore.open_for_writing(store.folder, "org/model-a")
+    assert reopened.pages.doc_hashes() == set() and reopened.known_hashes() == set()
+    reopened.close()
 
 
 def test_model_mismatch_and_second_writer(store: IndexStore) -> None:

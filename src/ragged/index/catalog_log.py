@@ -199,6 +199,8 @@ class CatalogLog:
             created = not path.exists()
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~UMASK)
+                if created:
+                    os.fchmod(self._fd, 0o666 & ~UMASK)
             except OSError as exc:
                 raise storage_error(exc, path) from exc
             if created:

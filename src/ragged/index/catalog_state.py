@@ -80,6 +80,7 @@ class CatalogState:
         self.commit += 1
         if record.get("lance") is not None:
             self.lance_version = int(record["lance"])
+        self.unpurged.update(check_doc_id(h) for h in record.get("orphans", []))
         for name, end in record.get("ends", {}).items():
             self.ends[int(name)] = max(self.ends.get(int(name), 0), int(end))
             self.last_file = max(self.last_file, int(name))

@@ -109,6 +109,8 @@ class SegmentWriter:
             created = not path.exists()
             try:
                 self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~UMASK)
+                if created:
+                    os.fchmod(self._fd, 0o666 & ~UMASK)  # the umask ragged read, as every file it writes
                 os.ftruncate(self._fd, end)  # cut off a write that never committed
             except OSError as exc:
                 raise storage_error(exc, path) from exc
@@ -153,10 +155,10 @@ class SegmentMaps:
         self.folder, self.dim = folder, dim
         self._maps: dict[int, np.ndarray] = {}
 
-    def hold(self, files: set[int], ends: dict[int, int]) -> None:
-        """Map ``files`` now (a snapshot's), so a later removal cannot take them away."""
-        for number in files:
-            self._map(number, ends.get(number, 0))
+    def hold(self, number: int) -> int:
+        """Map file ``number`` now (for a snapshot, so a later removal cannot take
+        it away); its size in bytes."""
+        return int(self._map(number, 1).shape[0])
 
     def _map(self, number: int, need: int) -> np.ndarray:
         held = self._maps.get(number)

@@ -86,6 +86,7 @@ class IndexStore(IndexWriter):
         self._segments: SegmentWriter | None = None
         self._pending_text: tuple[str, int] | None = None  # a text model named before the first document
         self._since_upkeep = 0
+        self._orphans: set[str] = set()
 
     # -- opening ----------------------------------------------------------
 
@@ -218,7 +219,7 @@ class IndexStore(IndexWriter):
         folder = self.folder / CATALOG_DIR
         refuse_link(folder)
         if not folder.is_dir():
-            if self.meta is not None and self.pages.exists():
+            if self.meta is not None and (self.pages.exists() or any((self.folder / SEGMENTS).glob("*.seg"))):
                 return self._rebuilt("is missing"), None
             return None, None  # a new index: its first commit is under way
         reader = CatalogReader(folder)
@@ -249,29 +250,36 @@ class IndexStore(IndexWriter):
                 "ingest into a new --index folder.")
 
     def _readable(self, catalog: Catalog) -> Catalog:
-        """``catalog`` less documents whose segment files are missing or cut short
-        (with a warning: the next ingest embeds them again); the rest are mapped now."""
+        """``catalog`` less documents whose blocks lie in missing segment files or
+        past their end (with a warning: the next ingest embeds them again); the
+        files of the rest are mapped now, so a later compaction cannot take them away."""
         assert self.meta is not None
         maps = self._maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
-        needs: dict[int, int] = {}
+        sizes: dict[int, int] = {}
         for extents in catalog.extents.values():
             for e in extents:
-                needs[e.file] = max(needs.get(e.file, 0), e.end(self.meta.dim))
-        bad: set[int] = set()
-        for number, end in needs.items():
-            try:
-                maps.hold({number}, {number: end})
-            except SegmentDamaged as exc:
-                logger.warning("{}: the documents stored there are left out of search until 'ragged ingest' "
-                               "embeds them again.", exc)
-                bad.add(number)
-        if not bad:
+                if e.file not in sizes:
+                    try:
+                        sizes[e.file] = maps.hold(e.file)
+                    except SegmentDamaged as exc:
+                        logger.warning("{}", exc)
+                        sizes[e.file] = 0
+        gone = {h for h, extents in catalog.extents.items() if any(e.end(self.meta.dim) > sizes[e.file]
+                                                                    for e in extents)}
+        if not gone:
             return catalog
-        gone = {h for h, extents in catalog.extents.items() if any(e.file in bad for e in extents)}
+        logger.warning("{} document(s) of the index at {} are left out of search (their vectors are missing or cut "
+                       "short); 'ragged ingest' embeds them again.", len(gone), self.folder)
         return Catalog([p for p in catalog.pages if p.doc_hash not in gone],
                        [d for d in catalog.documents if d not in gone],
                        {h: e for h, e in catalog.extents.items() if h not in gone}, catalog.lance_version,
                        catalog.stamp)
+
+    def _check_table(self) -> None:
+        if not self.legacy and self.catalog().lance_version is not None and not self.pages.exists():
+            raise IndexStoreError(
+                f"The index at {self.folder} is damaged: its page table ({self.table_folder}) is missing. "
+                "Restore it from a backup, or ingest into a new --index folder.")
 
     def documents(self) -> list[DocumentRecord]:
         """Every stored document, in search order."""
@@ -334,6 +342,7 @@ class IndexStore(IndexWriter):
         """Every passage vector of ``catalog``'s pages (the snapshot's by default)
         and its page's catalog position: ((passages,) int64, (passages, text_dim) float32)."""
         catalog = catalog or self.catalog()
+        self._check_table()
         dim = self.meta.text_dim if self.meta is not None and self.meta.text_dim else 0
         rows = self.pages.text_rows(catalog.lance_version) if dim else None
         if rows is None:
@@ -357,6 +366,7 @@ class IndexStore(IndexWriter):
     def keyword(self, query: str, limit: int, notices: list[str] | None = None) -> list[KeywordHit]:
         """The best pages for ``query`` by LanceDB's full-text search (BM25);
         what changed about the query is added to ``notices``."""
+        self._check_table()
         hits, said = self.pages.keyword(query, limit, self.catalog().lance_version)
         if notices is not None:
             notices.extend(said)

@@ -61,6 +61,7 @@ class IndexWriter:
     _log: CatalogLog | None
     _segments: SegmentWriter | None
     _since_upkeep: int
+    _orphans: set[str]  # documents whose rows were written but whose commit failed
 
     def _require_writer(self) -> None:
         raise NotImplementedError
@@ -110,9 +111,13 @@ class IndexWriter:
 
     def _record(self, record: dict[str, Any]) -> None:
         assert self._log is not None and self.meta is not None
+        orphans = self._orphans
+        if orphans:  # rows of a commit that failed after they were written: cleared by the next upkeep
+            record["orphans"] = sorted(orphans)
         if self._segments is not None:
             record["ends"] = {str(self._segments.last): self._segments.ends.get(self._segments.last, 0)}
         self._log.append(record)
+        orphans.clear()
 
     def _committed(self, gone: set[str]) -> None:
         """After a commit: delete what it replaced from LanceDB, index text once, keep the index small."""
@@ -190,6 +195,9 @@ class IndexWriter:
         """Compact and prune LanceDB, compact segment files, delete retired ones."""
         self._require_writer()
         self._since_upkeep = 0
+        assert self._log is not None
+        if self._log.state.unpurged:
+            self._purge(set(self._log.state.unpurged))
         if self.pages.table() is not None:
             self._record({"op": "lance", "lance": self.pages.upkeep()})
         self._compact_segments()
@@ -317,6 +325,16 @@ class DocumentWriter:
         extent, described, version = self.store._store_pages(self.doc_hash, self.path, items, first, self.doc_pages)
         self.written += len(items)
         assert self.store.meta is not None and self.store._log is not None
+        try:
+            self._commit_pages(items, extent, described, version, first, final)
+        except IndexStoreError:
+            if first == 1:  # its rows are in LanceDB, its record is not: remembered, cleared later
+                self.store._orphans.add(self.doc_hash)
+            raise
+
+    def _commit_pages(self, items: list[StoredPage], extent: Extent, described: list[list[int]], version: int,
+                      first: int, final: bool) -> None:
+        assert self.store.meta is not None
         text = all(p.text is not None and p.text_vectors is not None for p in items)
         if final and first == 1 and self.written == self.doc_pages:
             gone = self._gone()
