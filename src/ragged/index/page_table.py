@@ -257,7 +257,8 @@ class PageTable:
         settled = [made for _, made in known if made <= now - RETAIN_S]
         if not settled:  # every version known is recent: the one before may still be read
             return timedelta(days=7)
-        return timedelta(seconds=max(RETAIN_S, now - max(settled) + 1.0))
+        margin = min(1.0, RETAIN_S / 10)  # timestamps are LanceDB's: keep a version made just before, too
+        return timedelta(seconds=max(RETAIN_S, now - max(settled) + margin))
 
     def _oldest_known(self) -> tuple[int, float] | None:
         """The version the table had when this writer opened it, and when it was made (its manifest's time)."""

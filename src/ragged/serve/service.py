@@ -152,9 +152,10 @@ class SearchService:
         self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
                                   self._text if self.has_text else None, manager, self.config.policy,
                                   self.oom_handler)
-        logger.info("Serving {} pages of {} with {} on {} ({} resident: {:.0f} MiB)", len(self.resident.catalog.pages),
-                    self.config.index_dir, self.model_name, device.label, self.resident.form,
-                    self.resident.memory_bytes / 2**20)
+        loading = f"; loading {self.resident.loading} in the background" if self.resident.loading else ""
+        logger.info("Serving {} pages of {} with {} on {} (vectors {}: {:.0f} MiB{}; {})",
+                    len(self.resident.catalog.pages), self.config.index_dir, self.model_name, device.label,
+                    self.resident.form, self.resident.memory_bytes / 2**20, loading, self.resident.choice.reason)
 
     def _load_model(self) -> float | None:
         """Load the model if it is not held; the milliseconds it took, or None."""
@@ -189,7 +190,7 @@ class SearchService:
 
     def _text(self) -> TextEmbedder:
         if self.text_embedder is None:
-            meta = self.store.meta
+            meta = self.resident.store.meta if self.resident is not None else self.store.meta
             assert meta is not None and meta.text_model is not None and self.models is not None
             self.text_embedder = TextEmbedder(meta.text_model, self.config.device, cache_dir=self.config.cache_dir,
                                               device_manager=self.models.manager, model_manager=self.models,
@@ -208,6 +209,7 @@ class SearchService:
             return False
         if self.engine is not None:
             self.engine.refresh(self.resident.store)
+            self.engine.text = self._text if self.has_text else None  # a text side added by a later ingest
         return True
 
     def close(self) -> None:
