@@ -57,10 +57,10 @@ class Committer:
     """Collects page results and commits complete documents through the single writer."""
 
     def __init__(self, store: IndexStore, report: IngestReport, advance: object, replaces: set[str],
-                 text: TextSide, piece_bytes: int = PIECE_BYTES) -> None:
+                 text: TextSide, piece_bytes: int | None = None) -> None:
         self.store, self.report, self.replaces, self.text = store, report, replaces, text
         self.advance = advance  # Progress.advance: pages done
-        self.piece_bytes = piece_bytes
+        self.piece_bytes = PIECE_BYTES if piece_bytes is None else piece_bytes
         self.pending: dict[str, Pending] = {}
 
     def open(self, doc: Document) -> Pending:
