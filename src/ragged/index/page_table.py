@@ -34,7 +34,7 @@ from ragged.index.catalog import PatchGrid
 from ragged.index.files import is_disk_full, refuse_link, storage_error
 
 TABLE = "pages"
-RETAIN_S = 60.0  # a version superseded this long ago is no longer read by anyone
+RETAIN_S = 10.0  # a version superseded this long ago is no longer read by anyone
 UPKEEP_MIN_COMMITS = 64
 
 
