@@ -27,8 +27,8 @@ from benchmarks._table import print_table
 from benchmarks.synthetic import DIM, DOC_PAGES
 from benchmarks.synthetic import pages as synthetic_pages
 from ragged.gpu import DeviceManager
-from ragged.index.search import MaxSimSearcher
 from ragged.index.page_table import lancedb as _lancedb
+from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
 
 

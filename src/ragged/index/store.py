@@ -30,7 +30,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,7 +41,7 @@ from loguru import logger
 from ragged.embeddings.names import is_storable, stored_name
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.index import legacy
-from ragged.index.catalog import Catalog, DocumentRecord, PatchGrid, table_version
+from ragged.index.catalog import Catalog, DocumentRecord, table_version
 from ragged.index.catalog_log import CATALOG_DIR, CatalogDamaged, CatalogLog, CatalogReader
 from ragged.index.catalog_log import stamp as log_stamp
 from ragged.index.catalog_state import CatalogState
@@ -50,22 +50,10 @@ from ragged.index.meta import FORMAT, IndexMeta, read_meta, write_meta
 from ragged.index.page_table import TABLE, KeywordHit, PageTable, flat_vectors, schema, sql_string
 from ragged.index.repair import rebuild
 from ragged.index.segments import SEGMENTS, SegmentDamaged, SegmentMaps, SegmentWriter
-from ragged.index.writing import IndexWriter
+from ragged.index.writing import IndexWriter, StoredPage
 
 absolute = legacy.absolute
 __all__ = ["TABLE", "IndexStore", "KeywordHit", "StoredPage", "absolute", "sql_string"]
-
-
-@dataclass(frozen=True)
-class StoredPage:
-    """One page to store: its vectors, where its patches are, its text (None:
-    not read; "": it has none) and its passages' text vectors ((passages,
-    text_dim) float32; None: not embedded)."""
-
-    vectors: np.ndarray  # (tokens, dim)
-    grid: PatchGrid | None = None
-    text: str | None = None
-    text_vectors: np.ndarray | None = None
 
 
 class IndexStore(IndexWriter):

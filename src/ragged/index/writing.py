@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from loguru import logger
 
 from ragged.errors import IndexStoreError
 from ragged.index import legacy
+from ragged.index.catalog import PatchGrid
 from ragged.index.catalog_log import CatalogLog
 from ragged.index.catalog_state import DocEntry
 from ragged.index.files import check_doc_id
@@ -46,7 +48,18 @@ from ragged.index.segments import (
 
 if TYPE_CHECKING:
     from ragged.index.meta import IndexMeta
-    from ragged.index.store import StoredPage
+
+@dataclass(frozen=True)
+class StoredPage:
+    """One page to store: its vectors, where its patches are, its text (None:
+    not read; "": it has none) and its passages' text vectors ((passages,
+    text_dim) float32; None: not embedded)."""
+
+    vectors: np.ndarray  # (tokens, dim)
+    grid: PatchGrid | None = None
+    text: str | None = None
+    text_vectors: np.ndarray | None = None
+
 
 COMPACT_BELOW = 0.5  # a segment file is compacted once less than this share of it is live
 
@@ -311,8 +324,6 @@ class DocumentWriter:
     def add(self, pages: Sequence[StoredPage | np.ndarray], final: bool = False) -> None:
         """Store the next ``pages`` (in page order); with ``final``, they are the
         last and the document is committed with them (one record)."""
-        from ragged.index.store import StoredPage
-
         items = [p if isinstance(p, StoredPage) else StoredPage(np.asarray(p)) for p in pages]
         if not items:
             if final:
