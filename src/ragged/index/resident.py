@@ -235,6 +235,7 @@ class ResidentIndex:
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
         """Blocks of whole pages, at most ``max_vectors`` each, in catalog order."""
+        self._install_loaded()  # a background load that finished since the last look
         view = self._view  # one view for the whole search
         if view.streamed is not None:
             yield from view.streamed.blocks(max_vectors)
