@@ -26,8 +26,8 @@ from ragged.gpu.model_manager import ModelEvent, ModelManager
 from ragged.gpu.policy import MemoryPolicy
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
-from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest import commit as commit_module
+from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.distributed import ScaleOptions
 from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
