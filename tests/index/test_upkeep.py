@@ -146,3 +146,27 @@ def test_pieces_are_invisible_until_the_last_and_then_whole(tmp_path: Path) -> N
     np.testing.assert_allclose(scores(index)[:, 0], expected, rtol=1e-5)
     with pytest.raises(IndexStoreError, match="cannot be committed"):
         IndexStore.open_for_writing(index, MODEL).begin_document(doc(3), "/docs/x.pdf", 2).commit()
+
+
+def test_an_upgrade_cut_short_leaves_format_2_and_is_done_again(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything of format 3 is written before ragged-index.json says so: an
+    upgrade stopped before that switch leaves a format-2 index that reads as
+    before, and the next writer upgrades it."""
+    index = tmp_path / "old"
+    build_format_2(index, {doc(n): (f"/docs/{n}.pdf", vectors(n)) for n in (1, 2)})
+    before = scores(index)
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt  # as a kill would stop it: before the switch
+
+    monkeypatch.setattr("ragged.index.store.write_meta", crash)
+    with pytest.raises(KeyboardInterrupt):
+        IndexStore.open_for_writing(index, MODEL)
+    monkeypatch.undo()
+    assert IndexStore.open(index).legacy and (index / "catalog").is_dir()  # the new files there, unused
+    np.testing.assert_array_equal(scores(index), before)
+    IndexStore.open_for_writing(index, MODEL).close()
+    assert not IndexStore.open(index).legacy
+    np.testing.assert_array_equal(scores(index), before)
+    assert len(list((index / "segments").glob("*.seg"))) == 1
