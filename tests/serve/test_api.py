@@ -187,7 +187,7 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
         time.sleep(0.05)
         text = client.get("/metrics").text
     assert metric(text, 'ragged_resident_bytes{form="f32 in RAM"}') > 0
-    assert 'ragged_resident_form{form="f32 in RAM",chosen="f32 in RAM",loading="",reason="needs' in text
+    assert 'ragged_resident_form{chosen="f32 in RAM",form="f32 in RAM",loading="",reason="needs' in text
     assert 'ragged_oom_recoveries_total{strategy="reduce_batch"}' in text and "ragged_device_memory_bytes" in text
 
 
