@@ -127,3 +127,24 @@ def test_refresh_is_atomic_and_sees_a_later_text_side(tmp_path: Path, monkeypatc
     assert json.loads((index / "ragged-index.json").read_text())["text_model"] == "all-MiniLM-L6-v2"
     resident.release()
 
+
+
+def test_refresh_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's look for new commits costs the change: the catalog's
+    snapshot is read once, then only the log lines appended since."""
+    from ragged.index.catalog_log import CatalogReader
+
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(1), "/d/1.pdf", pages(1))
+    loads: list[CatalogReader] = []
+    real = CatalogReader._load
+    monkeypatch.setattr(CatalogReader, "_load", lambda self, g: (loads.append(self), real(self, g))[1])
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    for n in range(2, 5):
+        with IndexStore.open_for_writing(index, MODEL) as store:
+            store.add_document(doc(n), f"/d/{n}.pdf", pages(n))
+        assert resident.refresh()
+    assert resident.catalog.documents == [doc(n) for n in range(1, 5)]
+    assert loads.count(resident._reader) == 1  # the snapshot once; three commits read as appended lines
+    resident.release()

@@ -43,6 +43,13 @@ class DocEntry:
     pages: list[tuple[int, PatchGrid | None]] = field(default_factory=list)
     extents: list[Extent] = field(default_factory=list)
     text: bool = False
+    _records: tuple[PageRecord, ...] | None = field(default=None, repr=False, compare=False)
+
+    def records(self, doc_hash: str) -> tuple[PageRecord, ...]:
+        """Its pages as catalog records (made once; a move makes them again)."""
+        if self._records is None or (self._records and self._records[0].path != self.path):
+            self._records = tuple(PageRecord(doc_hash, self.path, n, v, g) for n, (v, g) in enumerate(self.pages, 1))
+        return self._records
 
     def to_json(self, doc_hash: str) -> dict[str, Any]:
         return {"hash": doc_hash, "path": self.path, "n": self.doc_pages, "text": self.text,
@@ -167,7 +174,7 @@ class CatalogState:
 
     def catalog(self, stamp: tuple[int, int] | None = None) -> Catalog:
         """The visible documents as a search snapshot."""
-        pages = [PageRecord(h, e.path, n, v, g) for h, e in self.docs.items() for n, (v, g) in enumerate(e.pages, 1)]
+        pages = [record for h, e in self.docs.items() for record in e.records(h)]
         extents = {h: tuple(e.extents) for h, e in self.docs.items()}
         return Catalog(pages, list(self.docs), extents, self.lance_version, stamp)
 

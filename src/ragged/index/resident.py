@@ -45,6 +45,7 @@ from ragged.gpu.device_manager import DeviceManager
 from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.types import DeviceInfo
 from ragged.index.catalog import Catalog
+from ragged.index.catalog_log import CATALOG_DIR, CatalogReader
 from ragged.index.search import Block, SegmentSource, split_blocks
 from ragged.index.store import IndexStore
 
@@ -106,6 +107,7 @@ class ResidentIndex:
         self.memory_bytes = 0
         self._loader = ThreadPoolExecutor(1, "ragged-resident-load") if background else None
         self._loading: tuple[Future[Block | None], Catalog, FormChoice] | None = None
+        self._reader = CatalogReader(store.folder / CATALOG_DIR)
         self.refresh(force=True)
 
     @property
@@ -137,7 +139,13 @@ class ResidentIndex:
         if not force and version == self.version:
             return installed
         store = IndexStore.open(self.store.folder)  # meta read again: a text side added later is seen
-        catalog = store.catalog()
+        if not store.legacy:
+            store.reader = self._reader  # the log read from where the last look stopped: costs the change
+        try:
+            catalog = store.catalog()
+        except BaseException:
+            self._reader = CatalogReader(store.folder / CATALOG_DIR)  # it may have read part: start again
+            raise
         old = self._view
         assert store.meta is not None
         choice = choose_form(catalog.total_vectors, store.meta.dim, self.device, self._budget(), self.choice.form)

@@ -75,6 +75,7 @@ class IndexStore(IndexWriter):
         self._pending_text: tuple[str, int] | None = None  # a text model named before the first document
         self._since_upkeep = 0
         self._orphans: set[str] = set()
+        self.reader: CatalogReader | None = None  # set to follow the catalog log incrementally (the server)
 
     # -- opening ----------------------------------------------------------
 
@@ -210,9 +211,9 @@ class IndexStore(IndexWriter):
             if self.meta is not None and (self.pages.exists() or any((self.folder / SEGMENTS).glob("*.seg"))):
                 return self._rebuilt("is missing"), None
             return None, None  # a new index: its first commit is under way
-        reader = CatalogReader(folder)
+        reader = self.reader or CatalogReader(folder)
         try:
-            reader.update()
+            reader.update()  # a reader kept from an earlier store reads only what was appended since
         except CatalogDamaged as exc:
             return self._rebuilt(f"is damaged ({exc})"), None
         except OSError as exc:
