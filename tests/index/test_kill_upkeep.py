@@ -23,11 +23,11 @@ CHILD = r"""
 import os, signal, sys, threading
 from pathlib import Path
 import numpy as np
-from ragged.index import catalog_log, page_table, segments, writing
+from ragged.index import catalog_log, page_table, segments, upkeep, writing
 from ragged.index.store import IndexStore
 
 index, point = Path(sys.argv[1]), sys.argv[2]
-page_table.RETAIN_S = writing.RETAIN_S = 0.0
+page_table.RETAIN_S = upkeep.RETAIN_S = 0.0
 writing.UPKEEP_MIN_COMMITS = 10**6  # only the upkeep below
 segments.SEGMENT_BYTES = 4096
 catalog_log.COMPACT_MIN_BYTES = 10**9

@@ -10,7 +10,7 @@ import pytest
 
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.gpu import DeviceManager
-from ragged.index import page_table, writing
+from ragged.index import page_table, upkeep, writing
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore, StoredPage
 from tests.index.legacy_index import build_format_2
@@ -41,7 +41,7 @@ def test_commits_keep_files_and_versions_bounded(tmp_path: Path, monkeypatch: py
     versions and fragments go, and emptied segment files are compacted away:
     the file count follows the documents, not the commits."""
     monkeypatch.setattr(page_table, "RETAIN_S", 0.0)
-    monkeypatch.setattr(writing, "RETAIN_S", 0.0)
+    monkeypatch.setattr(upkeep, "RETAIN_S", 0.0)
     monkeypatch.setattr(writing, "UPKEEP_MIN_COMMITS", 8)
     monkeypatch.setattr("ragged.index.segments.SEGMENT_BYTES", 2048)  # a few documents a file
     index = tmp_path / "index"
