@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,7 +172,14 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert metric(text, "ragged_search_failures_total") == metric(before, "ragged_search_failures_total")
     assert metric(text, "ragged_index_pages") == 6 and metric(text, "ragged_model_loaded") == 1
     assert metric(text, 'ragged_model_events_total{event="load"}') >= 1
+    for _ in range(100):  # the resident copy loads in the background; searches stream until it is there
+        if 'ragged_resident_bytes{form="f32 in RAM"}' in text:
+            break
+        client.post("/search", json={"query": "tart"})
+        time.sleep(0.05)
+        text = client.get("/metrics").text
     assert metric(text, 'ragged_resident_bytes{form="f32 in RAM"}') > 0
+    assert 'ragged_resident_form{chosen="f32 in RAM",form="f32 in RAM",loading="",reason="needs' in text
     assert 'ragged_oom_recoveries_total{strategy="reduce_batch"}' in text and "ragged_device_memory_bytes" in text
 
 

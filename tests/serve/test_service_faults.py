@@ -87,7 +87,7 @@ def test_a_damaged_index_makes_the_service_not_ready_and_says_why(sample_index: 
     for data in (index / "lancedb" / "pages.lance" / "data").iterdir():
         data.unlink()
     shutil.rmtree(index / "segments")
-    (index / "catalog.json").unlink()
+    shutil.rmtree(index / "catalog")
     broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
     broken.start()
     try:

@@ -124,16 +124,33 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
 
 
 def _legacy_copy(source: Path, target: Path, workdir: Path) -> None:
-    """A format-1 index of the same pages: the old columns, paths as typed, no text."""
+    """A format-1 index of the same pages: the old columns (vectors in LanceDB
+    and in one .npy a document), paths as typed, no text."""
     import lancedb
     import pyarrow as pa
 
-    table = lancedb.connect(str(source / "lancedb")).open_table("pages")
-    rows = table.to_arrow().select(["doc_hash", "path", "page", "n_vectors", "model", "vectors"])
-    relative = pa.array([str(Path(p).relative_to(workdir)) for p in rows.column("path").to_pylist()])
-    rows = rows.set_column(rows.schema.get_field_index("path"), "path", relative)
-    lancedb.connect(str(target / "lancedb")).create_table("pages", data=rows)
-    shutil.copytree(source / "segments", target / "segments")
+    reader = IndexStore.open(source)
+    catalog = reader.catalog()
+    (target / "segments").mkdir(parents=True)
+    dim = reader.meta.dim  # type: ignore[union-attr]
+    table = None
+    for first, lengths, vectors in reader.runs(catalog):
+        pages = catalog.pages[first : first + len(lengths)]
+        np.save(target / "segments" / f"{pages[0].doc_hash}.npy", np.asarray(vectors))
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(vectors).reshape(-1), pa.float16()), dim)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        rows = pa.table({
+            "doc_hash": [p.doc_hash for p in pages],
+            "path": [str(Path(p.path).relative_to(workdir)) for p in pages],
+            "page": pa.array([p.page for p in pages], pa.int32()),
+            "n_vectors": pa.array([p.n_vectors for p in pages], pa.int32()),
+            "model": [reader.meta.model] * len(pages),  # type: ignore[union-attr]
+            "vectors": pa.ListArray.from_arrays(offsets, inner),
+        })
+        if table is None:
+            table = lancedb.connect(str(target / "lancedb")).create_table("pages", data=rows)
+        else:
+            table.add(rows)
     meta = json.loads((source / "ragged-index.json").read_text())
     (target / "ragged-index.json").write_text(json.dumps({"model": meta["model"], "dim": meta["dim"], "format": 1}))
 
@@ -156,7 +173,7 @@ def test_an_older_index_keeps_working_and_ingest_gives_it_text(index: Path, corp
     upgraded = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
     assert (upgraded.documents_added, upgraded.documents_text_added) == (0, 4)
     meta = IndexStore.read_meta(legacy)
-    assert meta is not None and meta.format == 2 and meta.text_model == "all-MiniLM-L6-v2"
+    assert meta is not None and meta.format == 3 and meta.text_model == "all-MiniLM-L6-v2"
     assert {Path(p.path).is_absolute() for p in IndexStore.open(legacy).catalog().pages} == {True}
     again = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
     assert again.documents_text_added == 0 and again.text.items == 0  # nothing done twice
@@ -196,7 +213,8 @@ def test_keyword_search_works_after_a_first_run_that_never_finished(corpus: Path
     assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
     monkeypatch.undo()
     writer = IndexStore.open_for_writing(index, "tiny-colpali")
-    writer._table_or_none().drop_index("text_idx")  # an index from before ragged made it at once
+    writer.pages.table().drop_index("text_idx")  # an index from before ragged made it at once
+    writer._record({"op": "lance", "lance": writer.pages.version})  # readers read that version
     writer.close()
     assert not search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
     again = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
@@ -232,11 +250,11 @@ def test_a_full_text_index_that_fails_at_the_first_commit_comes_with_the_run_end
     real = IndexStore._index_text
     calls: list[int] = []
 
-    def flaky(self: IndexStore, table: object) -> None:
+    def flaky(self: IndexStore, replace: bool = False) -> int:
         calls.append(1)
         if len(calls) == 1:
             raise IndexStoreError("The index is damaged: indexing page text failed (disk full)")
-        real(self, table)
+        return real(self, replace)
 
     monkeypatch.setattr(IndexStore, "_index_text", flaky)
     report = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))

@@ -4,10 +4,10 @@ Page vectors come from a source: the memory-mapped fp16 segments (a
 one-off search reads them straight from disk) or a resident copy held by a
 long-lived process in the form that searches fastest (see
 :mod:`ragged.index.resident`). Either gives blocks of whole pages, which
-the one MaxSim kernel (:mod:`ragged.index.maxsim`) scores.
+the one MaxSim kernel (:mod:`ragged.multivector.maxsim`) scores.
 
 On the CPU, blocks are scored in the column layout (see
-:mod:`ragged.index.maxsim`) by a small pool of workers, one BLAS and one
+:mod:`ragged.multivector.maxsim`) by a small pool of workers, one BLAS and one
 torch thread each: no worker ever waits on another at a barrier, so when
 another process takes a core the search slows down in proportion instead
 of collapsing (torch's own threads, waiting on a descheduled sibling, made
@@ -80,20 +80,11 @@ class SegmentSource:
         return self._catalog
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
-        """Runs of whole pages of one document, at most ``max_vectors`` each (a
+        """Runs of whole pages stored together, at most ``max_vectors`` each (a
         larger page is a block of its own). Views into the memory-mapped
-        segment: nothing is copied before the f32 conversion."""
-        pages = self._catalog.pages
-        index = 0
-        while index < len(pages):
-            doc = pages[index].doc_hash
-            end = index
-            while end < len(pages) and pages[end].doc_hash == doc:
-                end += 1
-            lengths = np.array([p.n_vectors for p in pages[index:end]], dtype=np.int64)
-            vectors = self.store.segment(doc, int(lengths.sum()))  # (tokens, dim) fp16, memory-mapped
-            yield from split_blocks(index, lengths, vectors, max_vectors)
-            index = end
+        segment files: nothing is copied before the f32 conversion."""
+        for first, lengths, vectors in self.store.runs(self._catalog):  # vectors: (tokens, dim) fp16
+            yield from split_blocks(first, lengths, vectors, max_vectors)
 
 
 def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,

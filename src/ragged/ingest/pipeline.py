@@ -27,6 +27,7 @@ from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.runtime import Runtime
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
+from ragged.ingest import commit as commit_module
 from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.distributed import ScaleOptions
@@ -176,8 +177,10 @@ class _Stream:
     def __init__(self, embedder: ColPaliEmbedder, store: IndexStore, report: IngestReport, progress: Progress,
                  dpi: int, replaces: set[str], text: TextSide) -> None:
         self.embedder, self.store, self.report, self.progress, self.dpi = embedder, store, report, progress, dpi
-        self.committer = Committer(store, report, progress.advance, replaces, text)
         self.max_bytes = host_buffer_bytes(embedder)
+        # A long document's pages are written in pieces no larger than the page buffer (the policy's share).
+        self.committer = Committer(store, report, progress.advance, replaces, text,
+                                   piece_bytes=min(commit_module.PIECE_BYTES, self.max_bytes))
         self.held: list[_Held] = []
         self.held_bytes = 0
 

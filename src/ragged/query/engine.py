@@ -106,7 +106,7 @@ class QueryEngine:
                 per_query[i][Mode.TEXT.value] = passages.rank(vector, depth)
         if mode in (Mode.KEYWORD, Mode.HYBRID):
             for i, query in enumerate(queries):
-                per_query[i][Mode.KEYWORD.value] = keyword_ranking(self.store, catalog, query, depth)
+                per_query[i][Mode.KEYWORD.value] = keyword_ranking(self.store, catalog, query, depth, notices[i])
         out = []
         for rankings in per_query:
             if mode is Mode.HYBRID:

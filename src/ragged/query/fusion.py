@@ -39,10 +39,12 @@ def vision_ranking(scores: np.ndarray, depth: int) -> Ranking:
     return Ranking(order, scores[order])
 
 
-def keyword_ranking(store: IndexStore, catalog: Catalog, query: str, depth: int) -> Ranking:
-    """Pages by BM25 over their text (only pages in ``catalog``)."""
+def keyword_ranking(store: IndexStore, catalog: Catalog, query: str, depth: int,
+                    notices: list[str] | None = None) -> Ranking:
+    """Pages by BM25 over their text (only pages in ``catalog``); what changed
+    about the query (a phrase searched as words) is added to ``notices``."""
     position = {(p.doc_hash, p.page): n for n, p in enumerate(catalog.pages)}
-    found = [(position[(h.doc_hash, h.page)], h.score) for h in store.keyword(query, depth)
+    found = [(position[(h.doc_hash, h.page)], h.score) for h in store.keyword(query, depth, notices)
              if (h.doc_hash, h.page) in position]
     return Ranking(np.array([p for p, _ in found], dtype=np.int64), np.array([s for _, s in found]))
 

@@ -32,9 +32,15 @@ class _Live(Collector):
         pages.add_metric([], s.pages)
         yield pages
         resident = GaugeMetricFamily("ragged_resident_bytes", "Memory of the resident page vectors.", labels=["form"])
+        chosen = GaugeMetricFamily("ragged_resident_form", "1 for the form the page vectors are searched in, "
+                                   "with the form the memory policy chose, one being loaded, and why.",
+                                   labels=["form", "chosen", "loading", "reason"])
         if s.resident is not None:
             resident.add_metric([s.resident.form], s.resident.memory_bytes)
+            chosen.add_metric([s.resident.form, s.resident.choice.form, s.resident.loading or "",
+                               s.resident.choice.reason], 1)
         yield resident
+        yield chosen
         failures = CounterMetricFamily("ragged_search_failures", "Searches answered with an error.")
         failures.add_metric([], s.failures_total)
         yield failures

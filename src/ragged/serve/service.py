@@ -151,9 +151,10 @@ class SearchService:
         self.device = device
         self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
                                   self._text if self.has_text else None, runtime)
-        logger.info("Serving {} pages of {} with {} on {} ({} resident: {:.0f} MiB)", len(self.resident.catalog.pages),
-                    self.config.index_dir, self.model_name, device.label, self.resident.form,
-                    self.resident.memory_bytes / 2**20)
+        loading = f"; loading {self.resident.loading} in the background" if self.resident.loading else ""
+        logger.info("Serving {} pages of {} with {} on {} (vectors {}: {:.0f} MiB{}; {})",
+                    len(self.resident.catalog.pages), self.config.index_dir, self.model_name, device.label,
+                    self.resident.form, self.resident.memory_bytes / 2**20, loading, self.resident.choice.reason)
 
     def _load_model(self) -> float | None:
         """Load the model if it is not held; the milliseconds it took, or None."""
@@ -187,7 +188,7 @@ class SearchService:
 
     def _text(self) -> TextEmbedder:
         if self.text_embedder is None:
-            meta = self.store.meta
+            meta = self.resident.store.meta if self.resident is not None else self.store.meta
             assert meta is not None and meta.text_model is not None and self.runtime is not None
             self.text_embedder = TextEmbedder(meta.text_model, self.config.device, cache_dir=self.config.cache_dir,
                                               runtime=self.runtime)
@@ -205,6 +206,7 @@ class SearchService:
             return False
         if self.engine is not None:
             self.engine.refresh(self.resident.store)
+            self.engine.text = self._text if self.has_text else None  # a text side added by a later ingest
         return True
 
     def close(self) -> None:
