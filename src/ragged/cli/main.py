@@ -50,8 +50,10 @@ class RaggedGroup(click.Group):
 
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
+    # No frame locals (diagnose) and no frames above the catch (backtrace): a traceback must never print a
+    # token, a request body or a document's text held in a variable.
     logger.add(lambda m: err.print(printable(m.rstrip("\n")), markup=False), level="DEBUG" if verbose else "WARNING",
-               format="{level}: {message}", colorize=False)
+               format="{level}: {message}", colorize=False, diagnose=False, backtrace=False)
     if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
@@ -168,10 +170,12 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
     from rich.table import Table
 
-    from ragged.index.results import check_query
+    from ragged.index.results import clean_query
     from ragged.serve.client import find_server
 
-    text = check_query(query)
+    text, repaired = clean_query(query)
+    if repaired:
+        err.print(f"note: {safe(repaired)}", soft_wrap=True)
     url = server or (None if local else find_server(index_dir, token))
     if url is not None:
         result = _remote_search(url, text, k, token, model, mode)
