@@ -176,7 +176,7 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     text, repaired = clean_query(query)
     if repaired:
         err.print(f"note: {safe(repaired)}", soft_wrap=True)
-    url = server or (None if local else find_server(index_dir, token))
+    url = server or (None if local else find_server(index_dir))
     if url is not None:
         result = _remote_search(url, text, k, token, model, mode)
     else:
