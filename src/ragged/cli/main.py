@@ -139,14 +139,18 @@ def _scale(workers: str | None, address: str | None) -> Any:
     if workers is None and address is None:
         return None
     from ragged.errors import ConfigurationError
-    from ragged.ingest.distributed import ScaleOptions, require_ray
+    from ragged.ingest.distributed import ScaleOptions, check_address, check_reachable, require_ray
 
     count: int | None = None
     if workers not in (None, "auto"):
         if not str(workers).isdigit() or int(str(workers)) < 1:
             raise ConfigurationError(f"--workers takes a whole number of at least 1, or auto (got {workers!r}).")
         count = int(str(workers))
+    if address is not None:
+        check_address(address)  # malformed: said before Ray is imported
     require_ray()
+    if address is not None:
+        check_reachable(address)  # nothing there: said in seconds, before any work
     return ScaleOptions(workers=count, address=address)
 
 

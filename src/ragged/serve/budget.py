@@ -27,9 +27,11 @@ VISION_MODES = (Mode.VISION, Mode.HYBRID)  # the modes that score every query to
 class RequestLimits:
     """Limits on one request and on the work queued at once."""
 
-    max_work: int = 8_000_000  # estimated query tokens x pages one request may ask for
+    # Estimated query tokens x pages one request may ask for: 32 queries of ten words over 10,000 pages
+    # (~10 M) pass; a 2-core CPU scores about 1 M a second, a GPU a hundred times that.
+    max_work: int = 16_000_000
     max_hits: int = 4_000  # hits one answer may hold (queries x k, at most the pages)
-    max_queued_work: int = 32_000_000  # work of every admitted request not yet answered
+    max_queued_work: int = 48_000_000  # work of every admitted request not yet answered
     max_query_tokens: int = 512  # the models cut a query here (ColPaliEmbedder.max_query_tokens)
 
 
