@@ -129,6 +129,7 @@ def protocol_class(limits: ConnectionLimits, cap: int, quiet: QuietLog) -> type[
     class GuardedH11Protocol(H11Protocol):
         _phase = ""  # "head", "body" or "busy" (a request being answered)
         _deadline: asyncio.TimerHandle | None = None
+        _refused = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -136,16 +137,27 @@ def protocol_class(limits: ConnectionLimits, cap: int, quiet: QuietLog) -> type[
                 victim = next((c for c in waiting if c is not self), None)
                 if victim is None:  # every connection is busy answering: refuse this one
                     quiet.note("refused", f"At the cap of {cap} connections, all busy: new ones are refused.")
-                    transport.write(_REFUSED)
-                    transport.close()
+                    self._refuse()
                     return
                 quiet.note("evicted", f"At the cap of {cap} connections: the oldest idle ones are closed.")
                 victim._close()
             self._track()
 
+        def data_received(self, data: bytes) -> None:
+            if not self._refused:  # a refused client's request is read and dropped (closing on it would reset)
+                super().data_received(data)
+
         def handle_events(self) -> None:
             super().handle_events()
             self._track()
+
+        def _refuse(self) -> None:
+            """Answer 503 before reading anything, then close once the client had time to send its request."""
+            self._refused = True
+            self.transport.write(_REFUSED)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()

@@ -106,14 +106,15 @@ def untrusted(record: ServerRecord) -> str | None:
 
 def trusted_url(index_dir: Path) -> str | None:
     """The URL of the index's recorded server when the record can be trusted
-    (see :func:`untrusted`); a planted record is reported, a stale one not."""
+    (see :func:`untrusted`); a record naming another machine is reported, a
+    stale one not."""
     record = read_record(index_dir)
     if record is None:
         return None
     why = untrusted(record)
     if why is None:
         return record.url
-    planted = "loopback" in why or "another user" in why
+    planted = "loopback" in why  # no ragged server writes that; a stale record is not worth a line
     (logger.warning if planted else logger.debug)("Ignoring {}: {}; searching in this process.",
                                                   index_dir / RECORD, why)
     return None
