@@ -139,7 +139,8 @@ def _scale(workers: str | None, address: str | None) -> Any:
     if workers is None and address is None:
         return None
     from ragged.errors import ConfigurationError
-    from ragged.ingest.distributed import ScaleOptions, check_address, check_reachable, require_ray
+    from ragged.ingest.cluster import check_address, check_reachable, require_ray
+    from ragged.ingest.distributed import ScaleOptions
 
     count: int | None = None
     if workers not in (None, "auto"):

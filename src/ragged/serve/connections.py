@@ -144,8 +144,10 @@ def protocol_class(limits: ConnectionLimits, cap: int, quiet: QuietLog) -> type[
             self._track()
 
         def data_received(self, data: bytes) -> None:
-            if not self._refused:  # a refused client's request is read and dropped (closing on it would reset)
-                super().data_received(data)
+            if self._refused:  # its request read (closing with it unread would reset the 503 away): done
+                self.transport.close()
+                return
+            super().data_received(data)
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -157,7 +159,7 @@ def protocol_class(limits: ConnectionLimits, cap: int, quiet: QuietLog) -> type[
             self.transport.write(_REFUSED)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
-            self.loop.call_later(1.0, self.transport.close)
+            self.loop.call_later(0.5, self.transport.close)  # a client that sends nothing
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
