@@ -25,9 +25,6 @@ def _loopback(host: str) -> bool:
         return False
 
 
-GRACE_S = 10  # seconds a stop waits for requests in flight (a request's cost is bounded: see serve/budget.py)
-
-
 def _record_url(host: str, port: int) -> str:
     """The address ``ragged search`` is told: loopback for a wildcard address
     (clients trust only a loopback server; see ragged.serve.record)."""
@@ -40,7 +37,7 @@ def _record_url(host: str, port: int) -> str:
 
 def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device: str, token: str | None,
                memory_target: float, cache_dir: Path, allowed_hosts: Sequence[str] = (),
-               max_connections: int = 1000) -> None:
+               max_connections: int = 1000, grace_period: int = 30) -> None:
     """Serve ``index_dir`` until SIGTERM or Ctrl-C."""
     import logging
 
@@ -91,11 +88,11 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
             await super().shutdown(sockets)
 
     limits = ConnectionLimits(max_connections=max_connections)
-    config = uvicorn.Config(tally, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACE_S,
+    config = uvicorn.Config(tally, host=host, port=port, log_level="warning", timeout_graceful_shutdown=grace_period,
                             lifespan="on", access_log=False, **server_options(limits, quiet))
     logging.getLogger("uvicorn.error").addFilter(quiet.logging_filter())
     Server(config).run()
-    out.print(f"ragged: stopped ({tally.summary(GRACE_S)}); the models were released.")
+    out.print(f"ragged: stopped ({tally.summary(grace_period)}); the models were released.")
 
 
 @click.command()
@@ -112,9 +109,11 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
                                    "repeatable; '*': any). Loopback names, IP addresses and --host always are.")
 @click.option("--max-connections", type=click.IntRange(min=8), default=1000,
               help="Connections held at once (fewer where the open-file limit is lower).")
+@click.option("--grace-period", type=click.IntRange(min=1), default=30,
+              help="Seconds a stop (SIGTERM, Ctrl-C) waits for requests in flight before cutting them off.")
 @memory_target_option
 def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str, token: str | None,
-          allowed_hosts: tuple[str, ...], max_connections: int, memory_target: float) -> None:
+          allowed_hosts: tuple[str, ...], max_connections: int, grace_period: int, memory_target: float) -> None:
     """Serve the index: a web page, a JSON API and metrics, with the model kept ready."""
     from ragged.gpu import default_device_manager
     from ragged.index.store import IndexStore
@@ -135,7 +134,7 @@ def serve(index_dir: Path, host: str, port: int, idle_unload: float, device: str
         fail(problem)
     default_device_manager().get_optimal_device(device)
     run_server(index_dir, host, port, idle_unload, device, token, memory_target, cache_dir(), allowed_hosts,
-               max_connections)
+               max_connections, grace_period)
 
 
 def _port_problem(host: str, port: int) -> str | None:

@@ -81,12 +81,18 @@ class _Guard(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, read up to ``limit`` bytes (a chunked body has no length to check first)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ClientError(f"Request body over {limit:,} bytes.", 413)
+    return body
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = await _body(request, limit)
     try:
         data = json.loads(body or b"null")
     except ValueError:
@@ -178,7 +184,7 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
 
     async def login(request: Request) -> Response:
         if request.method == "POST":
-            body = (await request.body())[:4096].decode("utf-8", "replace")
+            body = (await _body(request, 4096)).decode("utf-8", "replace")
             given = parse_qs(body).get("token", [""])[0]  # a urlencoded form: no multipart parser needed
             if token and hmac.compare_digest(given.encode(), token.encode()):
                 response = RedirectResponse("/", status_code=303)

@@ -216,29 +216,41 @@ def server_options(limits: ConnectionLimits, quiet: QuietLog) -> dict[str, Any]:
 
 class RequestTally:
     """ASGI middleware counting requests in flight, so that the stop says
-    what it did: how many it answered and how many the grace period cut off."""
+    what it did: how many it answered, how many the grace period cut off,
+    and how many ended without an answer (the client gone, or too slow)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.running = 0
-        self.at_stop: int | None = None  # requests in flight when the stop began (None: running)
-        self.answered = 0  # of those, and of any that came after, answered
+        self.at_stop: int | None = None  # requests running when the stop began (None: not stopping)
+        self.answered = 0  # from the stop on: answered in full
         self.cut = 0  # cancelled when the grace period ran out
+        self.gone = 0  # ended without an answer sent
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        done = False
+
+        async def counted(message: Any) -> None:
+            nonlocal done
+            await send(message)
+            done = done or (message["type"] == "http.response.body" and not message.get("more_body", False))
+
         self.running += 1
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, counted)
         except asyncio.CancelledError:
             self.cut += self.at_stop is not None
             raise
-        else:
-            self.answered += self.at_stop is not None
         finally:
             self.running -= 1
+        if self.at_stop is not None:
+            if done:
+                self.answered += 1
+            else:
+                self.gone += 1
 
     def stopping(self) -> None:
         """The stop began: count from here."""
@@ -246,11 +258,14 @@ class RequestTally:
 
     def summary(self, grace_s: float) -> str:
         """One sentence: what happened to the requests in flight at the stop."""
-        if not self.at_stop and not self.cut:
+        total = self.answered + self.cut + self.gone  # those in flight, and any that arrived as it began
+        if not total:
             return "no request was in flight"
-        parts = [f"{self.at_stop} request(s) in flight"]
+        parts = [f"{total} request(s) in flight"]
         if self.answered:
             parts.append(f"{self.answered} answered")
         if self.cut:
             parts.append(f"{self.cut} cut off after the {grace_s:g} s grace period")
+        if self.gone:
+            parts.append(f"{self.gone} ended unanswered (the client left or was too slow)")
         return ", ".join(parts)
