@@ -110,10 +110,11 @@ class ServeError(RaggedError):
 
     status = 500
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        self.headers = headers  # extra response headers (e.g. Retry-After on 429)
 
 
 class ClientError(ServeError):

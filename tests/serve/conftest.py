@@ -75,6 +75,7 @@ class Server:
 
     def __init__(self, index: Path, model_cache: Path, *args: str, port: int | None = None) -> None:
         self.index, self.port = index, port or free_port()
+        self.stdout = ""
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "RAGGED_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1",
                "RAGGED_CONFIG": "/nonexistent"}
@@ -101,13 +102,14 @@ class Server:
         return self.proc.returncode, stderr
 
     def stop(self) -> tuple[int, str]:
+        """(exit status, stderr); what it printed on stdout is kept in ``stdout``."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, stderr = self.proc.communicate(timeout=60)
+            self.stdout, stderr = self.proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, stderr = self.proc.communicate()
+            self.stdout, stderr = self.proc.communicate()
         return self.proc.returncode, stderr
 
 

@@ -31,7 +31,8 @@ def service(sample_index: Path, model_cache: Path) -> Iterator[SearchService]:
 
 @pytest.fixture(scope="module")
 def client(service: SearchService) -> Iterator[TestClient]:
-    with TestClient(create_app(service), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(service), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -204,7 +205,8 @@ def test_heatmap_for_a_colpali_page(client: TestClient) -> None:
 
 
 def test_token_guards_everything_but_health(service: SearchService) -> None:
-    with TestClient(create_app(service, token=TOKEN), raise_server_exceptions=False) as guarded:
+    with TestClient(create_app(service, token=TOKEN), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1") as guarded:
         assert guarded.get("/health").status_code == 200
         assert guarded.post("/search", json={"query": "tart"}).status_code == 401
         wrong = guarded.post("/search", json={"query": "tart"}, headers={"Authorization": "Bearer nope"})
@@ -234,7 +236,8 @@ def test_readiness_tells_the_truth_when_the_model_cannot_load(tmp_path: Path, mo
     broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
     broken.start()
     try:
-        with TestClient(create_app(broken), raise_server_exceptions=False) as test_client:
+        with TestClient(create_app(broken), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1") as test_client:
             assert test_client.get("/health").status_code == 200  # the process is up...
             ready = test_client.get("/ready")
             assert ready.status_code == 503 and "the model failed to load" in ready.json()["reason"]  # ...not ready

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -35,16 +36,27 @@ def browser():  # type: ignore[no-untyped-def]
             launched.close()
 
 
+def until(page, expression: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Wait until ``expression`` is true in the page. Polled from here, not
+    with wait_for_function: that evaluates a string inside the page, which the
+    server's Content-Security-Policy forbids (as it should)."""
+    end = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < end, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
 def test_search_see_pages_open_one_and_show_its_heatmap(browser, server: Server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     shots = Path(os.environ.get("RAGGED_SCREENSHOT_DIR") or tmp_path)
     page = browser.new_page(viewport={"width": 1280, "height": 860})
+    blocked: list[str] = []  # the page's own script and style must run under its Content-Security-Policy
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(server.url, wait_until="domcontentloaded")
-    page.wait_for_function("document.getElementById('status').textContent.includes('pages')", timeout=60_000)
+    until(page, "document.getElementById('status').textContent.includes('pages')")
     page.fill("#query", "quarterly revenue")
     page.press("#query", "Enter")
     page.wait_for_selector(".hit", timeout=60_000)
-    page.wait_for_function(
-        "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+    until(page, "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
     hits = page.locator(".hit")
     assert hits.count() == 6  # every page of the sample index, best first
     assert "of 6 pages in" in page.inner_text("#summary")
@@ -53,10 +65,9 @@ def test_search_see_pages_open_one_and_show_its_heatmap(browser, server: Server,
 
     hits.first.click()
     page.wait_for_selector("#viewer.open", timeout=10_000)
-    page.wait_for_function("document.getElementById('large').complete && "
-                           "document.getElementById('large').naturalWidth >= 1280", timeout=60_000)
+    until(page, "document.getElementById('large').complete && document.getElementById('large').naturalWidth >= 1280")
     page.check("#heat")
-    page.wait_for_function("document.getElementById('legend').textContent.includes('patches')", timeout=60_000)
+    until(page, "document.getElementById('legend').textContent.includes('patches')")
     painted = page.evaluate("""() => {
         const c = document.getElementById('overlay');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
@@ -68,4 +79,5 @@ def test_search_see_pages_open_one_and_show_its_heatmap(browser, server: Server,
     page.screenshot(path=str(shots / "serve-heatmap.png"))
     page.keyboard.press("Escape")
     assert not page.is_visible("#viewer")
+    assert blocked == []
     page.close()

@@ -149,6 +149,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_cleanly(tmp_path: Path, 
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert all(status == 200 for status, _ in answers)  # none dropped
+    assert "4 answered" in running.stdout and "cut off" not in running.stdout  # and it says so
     assert not (index / "serve.json").exists()
 
 

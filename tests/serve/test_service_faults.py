@@ -91,7 +91,8 @@ def test_a_damaged_index_makes_the_service_not_ready_and_says_why(sample_index: 
     broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
     broken.start()
     try:
-        with TestClient(create_app(broken), raise_server_exceptions=False) as client:
+        with TestClient(create_app(broken), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1") as client:
             ready = client.get("/ready")
             assert ready.status_code == 503 and "could not be loaded" in ready.json()["reason"]
             assert "is damaged" in ready.json()["reason"]

@@ -50,8 +50,10 @@ class RaggedGroup(click.Group):
 
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
+    # No frame locals (diagnose) and no frames above the catch (backtrace): a traceback must never print a
+    # token, a request body or a document's text held in a variable.
     logger.add(lambda m: err.print(printable(m.rstrip("\n")), markup=False), level="DEBUG" if verbose else "WARNING",
-               format="{level}: {message}", colorize=False)
+               format="{level}: {message}", colorize=False, diagnose=False, backtrace=False)
     if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
@@ -143,14 +145,19 @@ def _scale(workers: str | None, address: str | None) -> Any:
     if workers is None and address is None:
         return None
     from ragged.errors import ConfigurationError
-    from ragged.ingest.distributed import ScaleOptions, require_ray
+    from ragged.ingest.cluster import check_address, check_reachable, require_ray
+    from ragged.ingest.distributed import ScaleOptions
 
     count: int | None = None
     if workers not in (None, "auto"):
         if not str(workers).isdigit() or int(str(workers)) < 1:
             raise ConfigurationError(f"--workers takes a whole number of at least 1, or auto (got {workers!r}).")
         count = int(str(workers))
+    if address is not None:
+        check_address(address)  # malformed: said before Ray is imported
     require_ray()
+    if address is not None:
+        check_reachable(address)  # nothing there: said in seconds, before any work
     return ScaleOptions(workers=count, address=address)
 
 
@@ -174,11 +181,13 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
     from rich.table import Table
 
-    from ragged.index.results import check_query
+    from ragged.index.results import clean_query
     from ragged.serve.client import find_server
 
-    text = check_query(query)
-    url = server or (None if local else find_server(index_dir, token))
+    text, repaired = clean_query(query)
+    if repaired:
+        err.print(f"note: {safe(repaired)}", soft_wrap=True)
+    url = server or (None if local else find_server(index_dir))
     if url is not None:
         result = _remote_search(url, text, k, token, model, mode)
     else:

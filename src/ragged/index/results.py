@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,26 @@ class SearchResult:
         }
 
 
-def check_query(query: str) -> str:
-    """The query, stripped; an empty one is an error."""
+INVALID_UNICODE = ("The query held bytes or characters that are not valid Unicode (lone surrogates); "
+                   "they were searched as U+FFFD.")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_query(query: str) -> tuple[str, str | None]:
+    """(the query to search, a notice or None): stripped, with lone surrogates
+    (from JSON's ``"\\ud800"`` or bytes of a command-line argument that are not
+    UTF-8) replaced by U+FFFD, which every model and the keyword index take.
+    The one policy for the command line, the server and the library; an
+    empty query is an error."""
     if not query or not query.strip():
         raise EmptyQueryError("Empty query: give a few words to search for.")
-    return query.strip()
+    repaired, count = _SURROGATES.subn("\ufffd", query.strip())
+    if count and not repaired.replace("\ufffd", "").strip():
+        raise EmptyQueryError("The query holds nothing but bytes that are not valid Unicode: give a few words "
+                              "to search for.")
+    return repaired, INVALID_UNICODE if count else None
+
+
+def check_query(query: str) -> str:
+    """The query, stripped and repaired (see :func:`clean_query`); an empty one is an error."""
+    return clean_query(query)[0]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
@@ -40,6 +39,7 @@ from ragged.gpu.device_manager import parse_device_hint
 from ragged.gpu.registry import ray_resource
 from ragged.gpu.types import DeviceType
 from ragged.index.store import IndexStore
+from ragged.ingest.cluster import connect, require_ray
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.documents import Document, render_pages
 from ragged.ingest.report import IngestReport, WorkerReport
@@ -51,15 +51,6 @@ MAX_WORKER_FAILURES = 3  # a worker (its device) that fails this often is droppe
 MAX_BATCH_ATTEMPTS = 2  # a batch that fails on this many workers is blamed on its pages
 SLOTS = 2  # batches queued at each worker: the next is there when one ends, while the driver commits
 WAIT_S = 30.0
-
-
-def require_ray() -> Any:
-    """The ``ray`` module, or a clear error saying how to get it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigurationError("--workers runs on Ray, which is not installed: pip install 'ragged[ray]'.") from None
-    return ray
 
 
 @dataclass
@@ -101,29 +92,6 @@ def render_document(doc: Document, dpi: int, view: PageView) -> tuple[Any, ...]:
         return (f"{doc.path}: {len(pages)} pages rendered, {doc.pages} expected; repair or re-export it.",
                 *([None] * doc.pages))
     return (None, *pages)
-
-
-def connect(ray: Any, address: str | None) -> bool:
-    """Join the cluster at ``address`` or start a local one; True if this call started it."""
-    if address and address.startswith("ray://"):
-        raise ConfigurationError(
-            "ragged's driver reads the documents and writes the index, so it must run on a node of the cluster: "
-            "run 'ray start --address=HEAD:6379' on this machine, then use --ray-address auto."
-        )
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
-              "configure_logging": False}
-    with warnings.catch_warnings():
-        # Ray starts its processes with fork + exec: nothing of LanceDB's runtime survives the exec, so
-        # LanceDB's warning about forking after it was loaded (an index already opened) does not apply.
-        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
-        if address:
-            ray.init(address=address, **common)
-        else:
-            ray.init(**common)
-    return True
 
 
 def worker_device(hint: Any) -> str | None:

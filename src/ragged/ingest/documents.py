@@ -115,10 +115,26 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
             candidates = [path]
         for candidate in candidates:
             key = candidate.resolve()
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            if (bad_name := unstorable_name(candidate)) is not None:
+                problems.append(bad_name)
+            else:
                 found.append(candidate)
     return found, problems
+
+
+def unstorable_name(path: Path) -> InputProblem | None:
+    """A problem for a path that is not valid UTF-8 (the index stores paths
+    as text), shown with its odd bytes escaped; None for any other path."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system decoded as surrogate escapes
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return InputProblem(shown, f"{shown}: the file name is not valid UTF-8, so the index cannot store it; "
+                                   "rename the file.")
+    return None
 
 
 def _walk(folder: Path, problems: list[InputProblem]) -> list[Path]:

@@ -15,7 +15,7 @@ from typing import Any
 from loguru import logger
 
 from ragged.errors import ServerError
-from ragged.serve.record import read_record
+from ragged.serve.record import trusted_url
 
 
 def check_url(url: str) -> str:
@@ -56,20 +56,20 @@ def _request(url: str, body: dict[str, Any] | None, token: str | None, timeout: 
     return answer
 
 
-def find_server(index_dir: Path, token: str | None = None) -> str | None:
-    """The URL of a live server of ``index_dir``, or None (no record, or a stale one)."""
-    record = read_record(index_dir)
-    if record is None:
+def find_server(index_dir: Path) -> str | None:
+    """The URL of a live server of ``index_dir``, or None (no record, a stale
+    one, or one that cannot be trusted with the token: see
+    :func:`~ragged.serve.record.untrusted`)."""
+    url = trusted_url(index_dir)
+    if url is None:
         return None
     try:
-        check_url(record.url)
-        health = _request(record.url.rstrip("/") + "/health", None, token, timeout=1.0)
+        check_url(url)
+        health = _request(url.rstrip("/") + "/health", None, None, timeout=1.0)  # /health needs no token
     except ServerError as exc:
         logger.debug("ignoring the server record: {}", exc)
         return None
-    if Path(str(health.get("index", ""))).resolve() != index_dir.resolve():
-        return None
-    return record.url
+    return url if health.get("status") == "ok" else None
 
 
 def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600,
