@@ -20,6 +20,7 @@ import click
 from loguru import logger
 
 from ragged import __version__
+from ragged.cli.assistant import mcp
 from ragged.cli.gpu import gpu
 from ragged.cli.options import device_option, index_option, memory_target_option, policy
 from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
@@ -89,13 +90,17 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--workers", default=None, metavar="N|auto",
               help="Embed on Ray workers: N of them, or auto (one per GPU; one on a CPU-only machine).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@click.option("--convert-timeout", type=click.FloatRange(min=1), envvar="RAGGED_CONVERT_TIMEOUT", show_envvar=True,
+              default=120.0, help="Seconds LibreOffice may take over one Office, web or text file.")
 @memory_target_option
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
-           text_model: str | None, workers: str | None, ray_address: str | None, memory_target: float,
-           index_dir: Path, as_json: bool) -> None:
-    """Embed PDFs and images (files or folders) into the index.
+@click.pass_context
+def ingest(ctx: click.Context, paths: Sequence[Path], model: str | None, device: str, batch_size: int | None,
+           dpi: int, prune: bool, text_model: str | None, workers: str | None, ray_address: str | None,
+           convert_timeout: float, memory_target: float, index_dir: Path, as_json: bool) -> None:
+    """Embed documents (files or folders) into the index: PDFs, images, and
+    Office, HTML, Markdown and text files (converted by LibreOffice).
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
     from ragged.cli.progress import IngestProgress
@@ -117,7 +122,8 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
                             cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),
                             text_model=named_text or (meta.text_model if meta else None) or DEFAULT_TEXT_MODEL,
-                            text_model_explicit=named_text is not None, scale=scale)
+                            text_model_explicit=named_text is not None, scale=scale,
+                            convert_timeout_s=convert_timeout)
     with IngestProgress(err, enabled=not as_json) as progress:
         report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
     for problem in report.problems:
@@ -127,7 +133,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     else:
         from ragged.cli.report import print_ingest_report
 
-        print_ingest_report(out, report)
+        print_ingest_report(out, report, verbose=bool(ctx.obj and ctx.obj.get("verbose")))
     if report.failed:
         sys.exit(1)
 
@@ -207,21 +213,13 @@ def _remote_search(url: str, query: str, k: int, token: str | None, model: str |
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
     from ragged.errors import ModelMismatchError
-    from ragged.index.results import SearchHit, SearchResult
-    from ragged.serve.client import ServerError, remote_search
+    from ragged.serve.client import parse_result, remote_search
 
     data = remote_search(url, query, k, token, mode=mode)
-    try:
-        if model is not None and stored_name(model) != data["model"]:
-            raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
-        hits = [SearchHit(str(h["path"]), int(h["page"]), float(h["score"]), str(h["doc_hash"]),
-                          {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
-        return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
-                            int(data["pages_searched"]), float(data["ms"]) / 1000,
-                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
-                          f"{exc}); check --server.") from None
+    result = parse_result(data, url)
+    if model is not None and stored_name(model) != result.model:
+        raise ModelMismatchError(f"The index served at {url} was built with {result.model!r}, not {model!r}.")
+    return result
 
 
 @cli.command("list")
@@ -290,6 +288,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
 
 cli.add_command(gpu)
 cli.add_command(serve)
+cli.add_command(mcp)
 
 
 def run() -> None:

@@ -510,6 +510,20 @@ class IndexStore:
             rows.column("doc_hash").to_pylist(), rows.column("page").to_pylist(), rows.column("_score").to_pylist(),
             strict=True)]
 
+    def page_texts(self, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The stored text of the given (document hash, page) pairs ("" where a
+        page has none; pairs the index does not hold are left out)."""
+        table = self._table_or_none()
+        wanted = sorted({(check_doc_id(h), int(p)) for h, p in pairs})
+        if table is None or not wanted or "text" not in table.schema.names:
+            return {}
+        where = " OR ".join(f"(doc_hash = {sql_string(h)} AND page = {p})" for h, p in wanted)
+        with self._guard("reading page text"):
+            rows = table.search().where(where).select(["doc_hash", "page", "text"]).limit(None).to_arrow()
+        return {(h, int(p)): t or "" for h, p, t in zip(rows.column("doc_hash").to_pylist(),
+                                                         rows.column("page").to_pylist(),
+                                                         rows.column("text").to_pylist(), strict=True)}
+
     @staticmethod
     def _has_fts(table: Any) -> bool:
         return any(getattr(i, "index_type", "") == "FTS" for i in table.list_indices())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragged.embeddings.report import EmbeddingReport
 from ragged.ingest.documents import InputProblem
 from ragged.ingest.tally import add_embedding, add_tally
 from ragged.ingest.worker import WorkerReport
+
+if TYPE_CHECKING:
+    from ragged.ingest.conversion import Conversion
 
 
 @dataclass
@@ -48,6 +51,12 @@ class IngestReport:
     passages: int = 0
     text_seconds: float = 0.0
     problems: list[InputProblem] = field(default_factory=list)
+    skipped: list[InputProblem] = field(default_factory=list)  # files not read, named (other kinds; no LibreOffice)
+    documents_converted: int = 0  # converted to PDF by LibreOffice in this run
+    pages_converted: int = 0
+    convert_seconds: float = 0.0
+    convert_peak_bytes: int = 0  # the largest LibreOffice process tree's resident memory
+    convert_workers: int = 0
     notes: list[str] = field(default_factory=list)
     workers: list[WorkerReport] = field(default_factory=list)  # a distributed run, one per worker
 
@@ -70,6 +79,16 @@ class IngestReport:
         self.placement_note = self.placement_note or part.placement_note
         if part.batch_room_bytes is not None:
             self.batch_room_bytes = part.batch_room_bytes
+
+    def absorb_conversion(self, part: Conversion) -> None:
+        """Add what converting Office, web and text files gave."""
+        self.problems.extend(part.problems)
+        self.skipped.extend(part.skipped)
+        self.documents_converted += part.converted
+        self.pages_converted += part.pages
+        self.convert_seconds += part.seconds
+        self.convert_peak_bytes = max(self.convert_peak_bytes, part.peak_rss_bytes)
+        self.convert_workers = max(self.convert_workers, part.workers)
 
     def absorb_worker(self, part: WorkerReport) -> None:
         """Add one distributed worker's figures."""
@@ -126,4 +145,8 @@ class IngestReport:
                          "cpu_fallback_pages": w.cpu_fallback_pages, "failed_pages": w.failed_pages}
                         for w in self.workers],
             "errors": [{"path": p.path, "error": p.message} for p in self.problems],
+            "skipped": [{"path": p.path, "reason": p.message} for p in self.skipped],
+            "converted": {"documents": self.documents_converted, "pages": self.pages_converted,
+                          "seconds": round(self.convert_seconds, 3), "peak_bytes": self.convert_peak_bytes,
+                          "workers": self.convert_workers},
         }

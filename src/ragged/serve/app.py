@@ -147,11 +147,17 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
 
     async def search(request: Request) -> Response:
         started = time.perf_counter()
-        queries, k, single, mode = _queries(await _json_body(request, max_body_bytes), service)
+        data = await _json_body(request, max_body_bytes)
+        queries, k, single, mode = _queries(data, service)
         answer = await asyncio.wrap_future(service.search(queries, k, mode))
+        texts = {}  # the pages' text, only when asked for ("text": true)
+        if data.get("text") is True:
+            pairs = [(h.doc_hash, h.page) for hits in answer.hits for h in hits]
+            texts = await asyncio.wrap_future(service.page_texts(pairs))
         results = [{"query": q, "hits": [
             {"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
-             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png"}
+             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png",
+             **({"text": texts.get((h.doc_hash, h.page), "")} if data.get("text") is True else {})}
             for n, h in enumerate(hits, 1)]}
             for q, hits in zip(queries, answer.hits, strict=True)]
         seconds = time.perf_counter() - started
