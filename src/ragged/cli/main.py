@@ -63,7 +63,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.version_option(__version__, prog_name="ragged")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """Private, local search over PDF pages seen as images (ColPali family).
+    """Private, local search over document pages seen as images (ColPali family).
 
     Settings come from flags, then RAGGED_* environment variables, then the
     config file (RAGGED_CONFIG or config.toml in the user config folder).

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from loguru import logger
 
-from ragged.errors import InputError
+from ragged.errors import ConverterMissingError, InputError
 from ragged.gpu.policy import MemoryPolicy
-from ragged.ingest.convert import ConverterMissing, Limits, find_soffice, import_filter, prepare_profile, run_batch
+from ragged.ingest.convert import Limits, find_soffice, import_filter, prepare_profile, run_batch
 from ragged.ingest.documents import Document, DocumentKind, InputProblem, inspect
 
 CONVERTER_BYTES = 1024**3  # memory set aside for each LibreOffice process when sizing the pool
@@ -104,7 +104,7 @@ def convert_documents(docs: Sequence[Document], index_dir: Path, policy: MemoryP
     if todo:
         try:
             soffice = find_soffice()
-        except ConverterMissing as exc:
+        except ConverterMissingError as exc:
             names = ", ".join(d.path.name for d in todo[:3]) + (", ..." if len(todo) > 3 else "")
             result.problems.append(InputProblem(str(todo[0].path), f"{len(todo)} file(s) not converted ({names}): "
                                                                    f"{exc}"))

@@ -10,7 +10,8 @@ runs never share or touch the user's settings), in its own process group
 (so a timeout kills it and every helper it started), with the network
 shut off in three ways: linked images and other resources are blocked by
 the profile (``BlockUntrustedRefererLinks``), and both LibreOffice's own
-proxy setting and the proxy variables point at a closed local port.
+proxy setting and the proxy variables point at a closed local port. The
+profile also turns macros off.
 
 One process converts a batch of files (starting LibreOffice costs about a
 second, converting a short file a fraction of one). A batch is killed when
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragged.errors import CorruptDocumentError, EncryptedDocumentError, InputError
+from ragged.errors import ConverterMissingError, CorruptDocumentError, EncryptedDocumentError, InputError
 
 # Converted by LibreOffice as they are.
 OFFICE_SUFFIXES = {".docx", ".pptx", ".xlsx", ".odt", ".odp", ".ods", ".rtf", ".doc", ".ppt", ".xls"}
@@ -50,12 +51,17 @@ _OLE_KINDS = {".doc", ".ppt", ".xls"}  # the older binary formats: OLE compound 
 _ENCRYPTED_OOXML = "EncryptedPackage".encode("utf-16-le")  # the stream name of a password-protected OOXML file
 _DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: nothing listens, so nothing leaves
 
-# The profile LibreOffice starts with: no linked resources, every protocol through a proxy that is not there.
+# The profile LibreOffice starts with: no macros, no linked resources, every protocol through a proxy that is
+# not there.
 _PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
 <oor:items xmlns:oor="http://openoffice.org/2001/registry" xmlns:xs="http://www.w3.org/2001/XMLSchema"
  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
 <item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="BlockUntrustedRefererLinks"
  oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="DisableMacrosExecution"
+ oor:op="fuse"><value>true</value></prop></item>
+<item oor:path="/org.openoffice.Office.Common/Security/Scripting"><prop oor:name="MacroSecurityLevel"
+ oor:op="fuse"><value>3</value></prop></item>
 <item oor:path="/org.openoffice.Office.Common/Misc"><prop oor:name="FirstRun" oor:op="fuse"><value>false</value>
 </prop></item>
 <item oor:path="/org.openoffice.Inet/Settings"><prop oor:name="ooInetProxyType" oor:op="fuse"><value>2</value>
@@ -67,10 +73,6 @@ _PROFILE = """<?xml version="1.0" encoding="UTF-8"?>
     f"<value>{value}</value></prop></item>\n"
     for kind in ("HTTP", "HTTPS", "FTP") for field, value in (("Name", "127.0.0.1"), ("Port", "9"))
 ) + "</oor:items>\n"
-
-
-class ConverterMissing(InputError):
-    """LibreOffice is not installed (or not where RAGGED_SOFFICE says)."""
 
 
 def is_convertible(path: Path) -> bool:
@@ -85,7 +87,7 @@ def find_soffice() -> str:
     if named:
         if shutil.which(named):
             return named
-        raise ConverterMissing(f"RAGGED_SOFFICE={named} is not a program; {INSTALL_HINT}.")
+        raise ConverterMissingError(f"RAGGED_SOFFICE={named} is not a program; {INSTALL_HINT}.")
     for name in ("soffice", "libreoffice"):
         found = shutil.which(name)
         if found:
@@ -93,7 +95,7 @@ def find_soffice() -> str:
     mac = Path("/Applications/LibreOffice.app/Contents/MacOS/soffice")
     if mac.is_file():
         return str(mac)
-    raise ConverterMissing(f"LibreOffice is not installed; {INSTALL_HINT}.")
+    raise ConverterMissingError(f"LibreOffice is not installed; {INSTALL_HINT}.")
 
 
 def check_convertible(path: Path) -> None:
@@ -124,12 +126,13 @@ def _holds(path: Path, needle: bytes, limit: int = 1 << 20) -> bool:
 
 
 def markdown_html(text: str, title: str) -> str:
-    """A Markdown document as a standalone HTML page (CommonMark, with tables)."""
+    """A Markdown document as a standalone HTML page (CommonMark with tables; raw HTML kept, and as
+    LibreOffice fetches nothing, a link in it stays a link)."""
     from html import escape
 
     from markdown_it import MarkdownIt
 
-    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+    body = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)  # raw HTML kept, as CommonMark says
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(title)}</title></head>\n'
             f"<body>\n{body}</body></html>\n")
 
