@@ -209,31 +209,32 @@ def mcp_latency(work: Path, searches: int) -> list[list[object]]:
                         str(index)], env=env, check=True, capture_output=True, timeout=900)
     queries = ["quarterly revenue", "lemon tart", "monthly rent deposit", "operating margin", "butter and sugar"]
 
-    async def timed(args: list[str]) -> tuple[list[float], str]:
+    async def timed(args: list[str]) -> list[list[object]]:
         params = StdioServerParameters(command=sys.executable, args=["-m", "ragged", "mcp", "--index", str(index),
                                                                      *args], env=env)
+        rows: list[list[object]] = []
         async with Client(params) as client:
-            first = await client.call_tool("search", {"query": "warm up", "k": 5})
-            via = (first.structured_content or {}).get("via", "?")
-            times = []
-            for n in range(searches):
-                started = time.perf_counter()
-                answer = await client.call_tool("search", {"query": queries[n % len(queries)], "k": 5})
-                times.append(time.perf_counter() - started)
-                assert not answer.is_error, answer.content
-            return times, via
+            for mode in ("hybrid", "keyword"):  # keyword: no model at all, so what is left is MCP and HTTP
+                first = await client.call_tool("search", {"query": "warm up", "k": 5, "mode": mode})
+                via = (first.structured_content or {}).get("via", "?").split(" at ")[0]
+                times = []
+                for n in range(searches):
+                    started = time.perf_counter()
+                    answer = await client.call_tool("search", {"query": queries[n % len(queries)], "k": 5,
+                                                               "mode": mode})
+                    times.append(time.perf_counter() - started)
+                    assert not answer.is_error, answer.content
+                rows.append([via, mode, len(times), ms(statistics.median(times)), ms(percentile(times, 95)),
+                             f"{os.getloadavg()[0]:.1f}"])
+        return rows
 
-    rows: list[list[object]] = []
     server = Server(index, Path(cache), "--idle-unload", "0")
     try:
         server.wait_ready()
-        times, via = asyncio.run(timed([]))
-        rows.append([via.split(" at ")[0], len(times), ms(statistics.median(times)), ms(percentile(times, 95))])
+        rows = asyncio.run(timed([]))
     finally:
         server.stop()
-    times, via = asyncio.run(timed(["--local"]))
-    rows.append([via, len(times), ms(statistics.median(times)), ms(percentile(times, 95))])
-    return rows
+    return rows + asyncio.run(timed(["--local"]))
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -252,6 +253,7 @@ def mib(n: int | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=48, help="documents in the mixed corpus")
+    parser.add_argument("--only-mcp", action="store_true", help="measure MCP search latency only")
     parser.add_argument("--searches", type=int, default=20, help="timed MCP searches per way")
     parser.add_argument("--workdir", type=Path, default=None, help="keep inputs and indexes here")
     args = parser.parse_args()
@@ -259,6 +261,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
+    if args.only_mcp:
+        print("\nMCP search over stdio, warm (k=5, demo index, tiny-colpali and all-MiniLM-L6-v2)")
+        print_table(["via", "mode", "searches", "p50 ms", "p95 ms", "load average after"],
+                    mcp_latency(work, args.searches))
+        return
     paths = write_corpus(work / "corpus", args.files)
     rows = []
     for label, batch in (("batches of 8 (ragged)", 8), ("one file per process", 1)):
@@ -276,8 +283,9 @@ def main() -> None:
     print("\nRenderer for .html, .md and .txt (one file each, a page break before the phrase)")
     print_table(["kind", "renderer", "seconds", "pages", "phrase in the text layer"], renderers(work))
 
-    print("\nMCP search over stdio, warm (k=5, hybrid, demo index)")
-    print_table(["via", "searches", "p50 ms", "p95 ms"], mcp_latency(work, args.searches))
+    print("\nMCP search over stdio, warm (k=5, demo index, tiny-colpali and all-MiniLM-L6-v2)")
+    print_table(["via", "mode", "searches", "p50 ms", "p95 ms", "load average after"],
+                mcp_latency(work, args.searches))
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -116,6 +116,7 @@ def test_batches_keep_names_apart_and_html_on_its_own() -> None:
     assert [[d.path.name for d in b] for b in batches] == [["a.docx", "d.pptx"], ["a.txt"], ["b.html", "c.md"]]
 
 
+@pytest.mark.slow
 def test_missing_libreoffice_is_one_line_and_the_rest_commit(tmp_path: Path, model_cache: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from ragged.config import forget_config
@@ -140,6 +141,7 @@ def test_missing_libreoffice_is_one_line_and_the_rest_commit(tmp_path: Path, mod
     assert sorted(Path(s["path"]).name for s in report["skipped"]) == ["memo.docx", "todo.txt"]
 
 
+@pytest.mark.slow
 def test_skipped_files_are_named(tmp_path: Path, model_cache: Path) -> None:
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -197,3 +199,23 @@ def test_profile_shuts_the_network_off(tmp_path: Path) -> None:
     assert "BlockUntrustedRefererLinks" in settings and "<value>true</value>" in settings
     assert settings.count("<value>127.0.0.1</value>") == 3 and "ooInetProxyType" in settings
     assert os.path.getsize(profile / "user" / "registrymodifications.xcu") > 0
+
+
+@pytest.mark.slow
+def test_converted_documents_are_ingested_and_removed_with_their_pdf(fake_soffice: Path, tmp_path: Path,
+                                                                     model_cache: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    docx(folder / "memo.docx")
+    ragged = Ragged(model_cache, tmp_path)
+    added = ragged("ingest", str(folder), "--model", "tiny-colpali", "--text-model", "none", "--json")
+    assert added.exit_code == 0, added.output
+    report = json.loads(added.stdout)
+    assert report["documents_added"] == 1 and report["converted"]["documents"] == 1
+    from ragged.index.store import IndexStore
+
+    (record,) = IndexStore.open(ragged.index).documents()
+    assert record.path == str((folder / "memo.docx").resolve())  # the original is what is stored
+    assert cached_pdf(ragged.index, record.doc_hash).is_file()
+    removed = ragged("remove", str(folder / "memo.docx"))
+    assert removed.exit_code == 0 and not cached_pdf(ragged.index, record.doc_hash).exists()

@@ -267,6 +267,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     """Remove documents (files, or every document under folders) from the index."""
     from ragged.index.store import IndexStore
     from ragged.ingest.changes import stored_under
+    from ragged.ingest.conversion import sweep
 
     meta = IndexStore.read_meta(index_dir)
     if meta is None:
@@ -275,6 +276,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     with IndexStore.open_for_writing(index_dir, meta.model) as store:
         found, unmatched = stored_under(store.documents(), [p.expanduser() for p in paths])
         pages = store.remove_documents([d.doc_hash for d in found])
+        sweep(index_dir, store.known_hashes())  # the converted PDFs of documents removed
     for path in unmatched:
         print_error(f"{path}: not in the index; see 'ragged list'.")
     if as_json:
