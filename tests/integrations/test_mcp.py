@@ -93,6 +93,8 @@ def test_mcp_searches_in_process_then_through_a_server_started_later(integration
         status, with_text = http(server.url + "/search", {"query": "Okafor", "k": 1, "mode": "keyword",
                                                           "text": True})
         assert status == 200 and "Okafor" in with_text["hits"][0]["text"]
+        status, refused = http(server.url + "/search", {"query": "Okafor", "text": "yes"})
+        assert status == 400 and "'text' must be true or false" in refused["error"]
     finally:
         for running in started:
             running.stop()
