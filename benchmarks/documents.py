@@ -193,7 +193,8 @@ def renderers(work: Path) -> list[list[object]]:
 
 
 def mcp_latency(work: Path, searches: int) -> list[list[object]]:
-    """Warm MCP search round trips over stdio: through a running server, and in the MCP process."""
+    """Warm MCP search round trips over stdio, through a running server and in the MCP process, the two
+    sessions open side by side and asked in turn (so both see the same load on a shared machine)."""
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
@@ -209,32 +210,37 @@ def mcp_latency(work: Path, searches: int) -> list[list[object]]:
                         str(index)], env=env, check=True, capture_output=True, timeout=900)
     queries = ["quarterly revenue", "lemon tart", "monthly rent deposit", "operating margin", "butter and sugar"]
 
-    async def timed(args: list[str]) -> list[list[object]]:
-        params = StdioServerParameters(command=sys.executable, args=["-m", "ragged", "mcp", "--index", str(index),
-                                                                     *args], env=env)
+    def params(*args: str) -> StdioServerParameters:
+        return StdioServerParameters(command=sys.executable, args=["-m", "ragged", "mcp", "--index", str(index),
+                                                                   *args], env=env)
+
+    async def both() -> list[list[object]]:
         rows: list[list[object]] = []
-        async with Client(params) as client:
+        async with Client(params()) as served, Client(params("--local")) as local:
             for mode in ("hybrid", "keyword"):  # keyword: no model at all, so what is left is MCP and HTTP
-                first = await client.call_tool("search", {"query": "warm up", "k": 5, "mode": mode})
-                via = (first.structured_content or {}).get("via", "?").split(" at ")[0]
-                times = []
+                times: dict[str, list[float]] = {}
+                for client in (served, local):
+                    await client.call_tool("search", {"query": "warm up", "k": 5, "mode": mode})
                 for n in range(searches):
-                    started = time.perf_counter()
-                    answer = await client.call_tool("search", {"query": queries[n % len(queries)], "k": 5,
-                                                               "mode": mode})
-                    times.append(time.perf_counter() - started)
-                    assert not answer.is_error, answer.content
-                rows.append([via, mode, len(times), ms(statistics.median(times)), ms(percentile(times, 95)),
-                             f"{os.getloadavg()[0]:.1f}"])
+                    for client in (served, local):
+                        started = time.perf_counter()
+                        answer = await client.call_tool("search", {"query": queries[n % len(queries)], "k": 5,
+                                                                   "mode": mode})
+                        elapsed = time.perf_counter() - started
+                        assert not answer.is_error, answer.content
+                        via = str((answer.structured_content or {}).get("via", "?")).split(" at ")[0]
+                        times.setdefault(via, []).append(elapsed)
+                for via, values in times.items():
+                    rows.append([via, mode, len(values), ms(statistics.median(values)), ms(percentile(values, 95)),
+                                 f"{os.getloadavg()[0]:.1f}"])
         return rows
 
     server = Server(index, Path(cache), "--idle-unload", "0")
     try:
         server.wait_ready()
-        rows = asyncio.run(timed([]))
+        return asyncio.run(both())
     finally:
         server.stop()
-    return rows + asyncio.run(timed(["--local"]))
 
 
 def percentile(values: list[float], q: int) -> float:
