@@ -96,13 +96,13 @@ def test_a_stopped_batch_gives_each_file_its_own_verdict(fake_soffice: Path, tmp
     names = ["alpha.docx", "hang.docx", "omega.docx"]
     docs = [inspect(docx(tmp_path / n)) for n in names]
     index = tmp_path / "index"
-    result = convert_documents(docs, index, MemoryPolicy(), timeout_s=1.0)
+    result = convert_documents(docs, index, MemoryPolicy(), timeout_s=3.0)  # room for a slow start on a busy machine
     assert [d.path.name for d in result.ready] == ["alpha.docx", "omega.docx"]
     assert all(d.pages == 1 and d.source == cached_pdf(index, d.sha256) for d in result.ready)
     assert [Path(p.path).name for p in result.problems] == ["hang.docx"]
-    assert "longer than 1 s" in result.problems[0].message and "\n" not in result.problems[0].message
+    assert "longer than 3 s" in result.problems[0].message and "\n" not in result.problems[0].message
     assert result.converted == 2 and result.pages == 2
-    again = convert_documents(docs[:1], index, MemoryPolicy(), timeout_s=1.0)  # kept: not converted again
+    again = convert_documents(docs[:1], index, MemoryPolicy(), timeout_s=3.0)  # kept: not converted again
     assert again.converted == 0 and again.ready[0].source == result.ready[0].source
 
 
