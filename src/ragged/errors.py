@@ -17,7 +17,8 @@ and carries a message that says what went wrong and what to do next::
     │   ├── CorruptDocumentError
     │   ├── EncryptedDocumentError
     │   ├── EmptyDocumentError
-    │   └── ImageTooLargeError
+    │   ├── ImageTooLargeError
+    │   └── ConverterMissingError  LibreOffice is needed for Office, web and text files
     ├── IndexStoreError             the index cannot be opened or written
     ├── EmptyQueryError
     └── ServeError                  the search server and its clients (each with an HTTP status)
@@ -95,6 +96,10 @@ class EmptyDocumentError(InputError):
 
 class ImageTooLargeError(InputError):
     """The image exceeds the safe decoding limit (decompression bomb)."""
+
+
+class ConverterMissingError(InputError):
+    """LibreOffice, which converts Office, web and text files, is not installed."""
 
 
 class IndexStoreError(RaggedError):

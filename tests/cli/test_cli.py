@@ -76,7 +76,7 @@ def test_bad_inputs_are_reported_and_the_rest_processed(ragged: Ragged, tmp_path
     assert "password" in messages["encrypted.pdf"]
     assert "no pages" in messages["empty.pdf"]
     assert "too large" in messages["bomb.png"]
-    assert "not a PDF or an image" in messages["notes.txt"]
+    assert "not a kind of file ragged reads" in messages["notes.xyz"]
     assert "damaged or truncated" in messages["truncated.pdf"]
 
 

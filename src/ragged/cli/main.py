@@ -20,6 +20,7 @@ import click
 from loguru import logger
 
 from ragged import __version__
+from ragged.cli.assistant import mcp
 from ragged.cli.gpu import gpu
 from ragged.cli.options import device_option, index_option, memory_target_option, policy
 from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
@@ -64,7 +65,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.version_option(__version__, prog_name="ragged")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """Private, local search over PDF pages seen as images (ColPali family).
+    """Private, local search over document pages seen as images (ColPali family).
 
     Settings come from flags, then RAGGED_* environment variables, then the
     config file (RAGGED_CONFIG or config.toml in the user config folder).
@@ -91,13 +92,17 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--workers", default=None, metavar="N|auto",
               help="Embed on Ray workers: N of them, or auto (one per GPU; one on a CPU-only machine).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@click.option("--convert-timeout", type=click.FloatRange(min=1), envvar="RAGGED_CONVERT_TIMEOUT", show_envvar=True,
+              default=120.0, help="Seconds LibreOffice may take over one Office, web or text file.")
 @memory_target_option
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
-           text_model: str | None, workers: str | None, ray_address: str | None, memory_target: float,
-           index_dir: Path, as_json: bool) -> None:
-    """Embed PDFs and images (files or folders) into the index.
+@click.pass_context
+def ingest(ctx: click.Context, paths: Sequence[Path], model: str | None, device: str, batch_size: int | None,
+           dpi: int, prune: bool, text_model: str | None, workers: str | None, ray_address: str | None,
+           convert_timeout: float, memory_target: float, index_dir: Path, as_json: bool) -> None:
+    """Embed documents (files or folders) into the index: PDFs, images, and
+    Office, HTML, Markdown and text files (converted by LibreOffice).
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
     from ragged.cli.progress import IngestProgress
@@ -125,7 +130,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
                                 text_model=text_model or stored_text or configured_text or DEFAULT_TEXT_MODEL,
                                 text_model_explicit=text_model is not None or (stored_text is None
                                                                                and configured_text is not None),
-                                scale=scale)
+                                scale=scale, convert_timeout_s=convert_timeout)
         with IngestProgress(err, enabled=not as_json) as progress:
             report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks(), runtime)
     for problem in report.problems:
@@ -135,7 +140,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     else:
         from ragged.cli.report import print_ingest_report
 
-        print_ingest_report(out, report)
+        print_ingest_report(out, report, verbose=bool(ctx.obj and ctx.obj.get("verbose")))
     if report.failed:
         sys.exit(1)
 
@@ -224,22 +229,14 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
-    from ragged.errors import ModelMismatchError, ServerError
-    from ragged.index.results import SearchHit, SearchResult
-    from ragged.serve.client import remote_search
+    from ragged.errors import ModelMismatchError
+    from ragged.serve.client import parse_result, remote_search
 
     data = remote_search(url, query, k, token, mode=mode)
-    try:
-        if model is not None and stored_name(model) != data["model"]:
-            raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
-        hits = [SearchHit(str(h["path"]), int(h["page"]), float(h["score"]), str(h["doc_hash"]),
-                          {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
-        return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
-                            int(data["pages_searched"]), float(data["ms"]) / 1000,
-                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
-                          f"{exc}); check --server.") from None
+    result = parse_result(data, url)
+    if model is not None and stored_name(model) != result.model:
+        raise ModelMismatchError(f"The index served at {url} was built with {result.model!r}, not {model!r}.")
+    return result
 
 
 @cli.command("list")
@@ -287,6 +284,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     """Remove documents (files, or every document under folders) from the index."""
     from ragged.index.store import IndexStore
     from ragged.ingest.changes import stored_under
+    from ragged.ingest.conversion import sweep
 
     meta = IndexStore.read_meta(index_dir)
     if meta is None:
@@ -295,6 +293,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     with IndexStore.open_for_writing(index_dir, meta.model) as store:
         found, unmatched = stored_under(store.documents(), [p.expanduser() for p in paths])
         pages = store.remove_documents([d.doc_hash for d in found])
+        sweep(index_dir, store.known_hashes())  # the converted PDFs of documents removed
     for path in unmatched:
         print_error(f"{path}: not in the index; see 'ragged list'.")
     if as_json:
@@ -308,6 +307,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
 
 cli.add_command(gpu)
 cli.add_command(serve)
+cli.add_command(mcp)
 
 
 def run() -> None:

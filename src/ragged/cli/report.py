@@ -18,6 +18,8 @@ def _summary(report: IngestReport) -> str:
         if count:
             parts.append(f"{count} {what}")
     parts.append(f"{report.documents_skipped} unchanged skipped")
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} other file(s) skipped")
     parts.append(f"{len(report.problems)} failed")
     return f"{', '.join(parts[:1])} to {safe(report.index)}; " + "; ".join(parts[1:]) + "."
 
@@ -53,11 +55,21 @@ def _sizes(batch_sizes: list[int]) -> str:
     return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
-def print_ingest_report(console: Console, report: IngestReport) -> None:
-    """Pages added and skipped, then device, batches, memory, OOMs and speed."""
+def print_ingest_report(console: Console, report: IngestReport, verbose: bool = False) -> None:
+    """Pages added and skipped, then device, batches, memory, OOMs and speed
+    (with ``verbose``, every skipped file by name)."""
     console.print(_summary(report), soft_wrap=True)
     for note in report.notes:
         console.print(f"  {safe(note)}", soft_wrap=True)
+    if report.skipped and verbose:
+        for skipped in report.skipped:
+            console.print(f"  skipped {safe(skipped.message)}", soft_wrap=True)
+    elif report.skipped:
+        console.print("  (--verbose or --json names the skipped files)", soft_wrap=True)
+    if report.documents_converted:
+        console.print(f"  converted {report.documents_converted} file(s), {report.pages_converted} page(s) with "
+                      f"LibreOffice in {report.convert_seconds:.1f} s ({report.convert_workers} at a time, "
+                      f"{gib(report.convert_peak_bytes)} at most)", soft_wrap=True)
     vision, text = report.vision, report.text
     if not vision.batch_sizes:
         return

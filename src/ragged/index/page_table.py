@@ -308,6 +308,20 @@ class PageTable:
             return table.search().where("text_vectors IS NOT NULL").select(
                 ["doc_hash", "page", "text_vectors"]).limit(None).to_arrow()
 
+    def page_texts(self, pairs: Sequence[tuple[str, int]], version: int | None) -> dict[tuple[str, int], str]:
+        """The stored text of the given (document hash, page) pairs at ``version``
+        ("" where a page has none; pairs the table does not hold are left out)."""
+        table = self.at(version)
+        wanted = sorted({(h, int(p)) for h, p in pairs})
+        if table is None or not wanted or "text" not in table.schema.names:
+            return {}
+        where = " OR ".join(f"(doc_hash = {sql_string(h)} AND page = {p})" for h, p in wanted)
+        with self.guard("reading page text"):
+            rows = table.search().where(where).select(["doc_hash", "page", "text"]).limit(None).to_arrow()
+        return {(h, int(p)): t or "" for h, p, t in zip(rows.column("doc_hash").to_pylist(),
+                                                         rows.column("page").to_pylist(),
+                                                         rows.column("text").to_pylist(), strict=True)}
+
     def without_text(self) -> set[str]:
         table = self.table()
         if table is None:

@@ -11,7 +11,7 @@ warning) until ingest embeds them again.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from ragged.index.catalog import Catalog, DocumentRecord, table_version
 from ragged.index.catalog_log import CATALOG_DIR, CatalogDamaged, CatalogLog, CatalogReader
 from ragged.index.catalog_log import stamp as log_stamp
 from ragged.index.catalog_state import CatalogState
-from ragged.index.files import refuse_link, storage_error
+from ragged.index.files import check_doc_id, refuse_link, storage_error
 from ragged.index.meta import FORMAT, IndexMeta
 from ragged.index.page_table import KeywordHit, PageTable
 from ragged.index.repair import rebuild
@@ -236,6 +236,12 @@ class IndexReader:
         if notices is not None:
             notices.extend(said)
         return hits
+
+    def page_texts(self, pairs: Sequence[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The stored text of the given (document hash, page) pairs, as of this
+        reader's catalog ("" where a page has none; unknown pairs left out)."""
+        self._check_table()
+        return self.pages.page_texts([(check_doc_id(h), p) for h, p in pairs], self.catalog().lance_version)
 
     def documents_without_text(self) -> set[str]:
         """Stored documents without passage vectors: built before the text side,

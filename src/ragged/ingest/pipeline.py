@@ -30,8 +30,9 @@ from ragged.index.store import IndexStore, StoredPage, absolute
 from ragged.ingest import commit as commit_module
 from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest.commit import Committer, Pending
+from ragged.ingest.conversion import DEFAULT_TIMEOUT_S, convert_documents, sweep
 from ragged.ingest.distributed import ScaleOptions
-from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
+from ragged.ingest.documents import Document, DocumentKind, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
 from ragged.ingest.text_side import TextSide, awaiting_text
 from ragged.text.model import DEFAULT_TEXT_MODEL, NO_TEXT_MODEL
@@ -66,6 +67,7 @@ class IngestOptions:
     text_model: str | None = DEFAULT_TEXT_MODEL  # None or "none": images only
     text_model_explicit: bool = False  # named by the user: it must load
     scale: ScaleOptions | None = None  # embed on Ray workers (--workers) instead of in this process
+    convert_timeout_s: float = DEFAULT_TIMEOUT_S  # per Office, web or text file converted by LibreOffice
 
 
 def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None,
@@ -74,6 +76,9 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
 
     ``runtime`` is the program's resource manager (one is built from
     ``options.policy`` when not given, and closed at the end)."""
+    if runtime is None:
+        with Runtime(policy=options.policy) as own:
+            return ingest(paths, options, progress, own)
     progress = progress or Progress()
     started = time.perf_counter()
     report = IngestReport(index=str(options.index_dir), model=options.model)
@@ -81,7 +86,8 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
     with IndexStore.open_for_writing(options.index_dir, options.model) as store:
         stored = store.documents()
         plan = plan_changes(files, stored)
-        report.problems.extend(problems)
+        report.problems.extend(p for p in problems if not p.skipped)
+        report.skipped.extend(p for p in problems if p.skipped)
         report.problems.extend(plan.problems)
         report.documents_skipped = plan.unchanged
         report.duplicates = len(plan.duplicates)
@@ -99,16 +105,17 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             report.documents_removed += len(gone)
             report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
             report.problems = [p for p in report.problems if not _pruned(p, gone)]
+        if any(d.kind is DocumentKind.CONVERTED for d in plan.embed):
+            converted = convert_documents(plan.embed, options.index_dir, runtime, options.convert_timeout_s)
+            plan.embed = converted.ready
+            report.absorb_conversion(converted)
         wants_text = options.text_model not in (None, NO_TEXT_MODEL)
         older = awaiting_text(store, store.documents()) if wants_text else []
         if plan.embed or older:
-            if runtime is not None:
-                _embed(store, plan.embed, plan.replaces, older, options, report, progress, runtime)
-            else:
-                with Runtime(policy=options.policy) as own:
-                    _embed(store, plan.embed, plan.replaces, older, options, report, progress, own)
+            _embed(store, plan.embed, plan.replaces, older, options, report, progress, runtime)
         elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
             store.finish()
+        sweep(options.index_dir, store.known_hashes())
     report.seconds = time.perf_counter() - started
     return report
 

@@ -11,7 +11,7 @@ through the one serialiser (:func:`ragged.gpu.stats.plain`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragged.embeddings.report import EmbeddingReport
 from ragged.gpu.stats import plain
@@ -37,6 +37,9 @@ class WorkerReport:
         """This worker's own throughput."""
         return self.pages / self.vision.seconds if self.vision.seconds > 0 else 0.0
 
+if TYPE_CHECKING:
+    from ragged.ingest.conversion import Conversion
+
 
 @dataclass
 class IngestReport:
@@ -59,6 +62,12 @@ class IngestReport:
     documents_text_added: int = 0  # stored before the text side, given it now
     duplicates: int = 0
     problems: list[InputProblem] = field(default_factory=list)
+    skipped: list[InputProblem] = field(default_factory=list)  # files not read, named (other kinds; no LibreOffice)
+    documents_converted: int = 0  # converted to PDF by LibreOffice in this run
+    pages_converted: int = 0
+    convert_seconds: float = 0.0
+    convert_peak_bytes: int = 0  # the largest LibreOffice process tree's resident memory
+    convert_workers: int = 0
     notes: list[str] = field(default_factory=list)
     workers: list[WorkerReport] = field(default_factory=list)  # a distributed run, one per worker
     device: str = ""  # where the pages were embedded (a summary of the workers' devices when distributed)
@@ -72,6 +81,16 @@ class IngestReport:
         """Add one page embedding call's figures."""
         self.vision.absorb(part)
         self.device = part.device or self.device
+
+    def absorb_conversion(self, part: Conversion) -> None:
+        """Add what converting Office, web and text files gave."""
+        self.problems.extend(part.problems)
+        self.skipped.extend(part.skipped)
+        self.documents_converted += part.converted
+        self.pages_converted += part.pages
+        self.convert_seconds += part.seconds
+        self.convert_peak_bytes = max(self.convert_peak_bytes, part.peak_rss_bytes)
+        self.convert_workers = max(self.convert_workers, part.workers)
 
     def absorb_worker(self, part: WorkerReport) -> None:
         """Add one distributed worker's figures."""
@@ -88,11 +107,17 @@ class IngestReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         data: dict[str, Any] = plain(self)
-        data.pop("problems")
+        for name in ("problems", "skipped", "documents_converted", "pages_converted", "convert_seconds",
+                     "convert_peak_bytes", "convert_workers"):
+            data.pop(name)
         data["pages_per_second"] = round(self.pages_per_second, 3)
         for worker, source in zip(data["workers"], self.workers, strict=True):
             worker["pages"], worker["pages_per_second"] = source.pages, round(source.pages_per_second, 3)
         data["errors"] = [{"path": p.path, "error": p.message} for p in self.problems]
+        data["skipped"] = [{"path": p.path, "reason": p.message} for p in self.skipped]
+        data["converted"] = {"documents": self.documents_converted, "pages": self.pages_converted,
+                             "seconds": round(self.convert_seconds, 3), "peak_bytes": self.convert_peak_bytes,
+                             "workers": self.convert_workers}
         return data
 
 

@@ -26,6 +26,7 @@ from ragged.gpu.device_manager import DeviceHint
 from ragged.gpu.runtime import Runtime
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage
+from ragged.ingest.conversion import with_kept_pdf
 from ragged.ingest.documents import file_sha256, inspect, page_texts
 from ragged.text.model import NO_TEXT_MODEL
 
@@ -109,7 +110,7 @@ class TextSide:
         for record in older:
             path = Path(record.path)
             try:
-                texts = page_texts(inspect(path))
+                texts = page_texts(with_kept_pdf(inspect(path), store.folder))
             except InputError as exc:
                 logger.warning("{}", exc)
                 continue

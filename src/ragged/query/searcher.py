@@ -79,6 +79,20 @@ class Searcher:
                                           runtime=self.runtime)
             return self._text
 
+    def refresh(self) -> bool:
+        """Search what was committed since the index was opened (the models
+        stay loaded); True when anything changed."""
+        stamp = self.store.stamp()
+        fresh = IndexStore.open(self.store.folder)
+        if fresh.stamp() == stamp:
+            return False
+        check_model(fresh, None)
+        with self._lock:
+            self.store, self.source = fresh, SegmentSource(fresh)
+            self.engine.source = self.source
+            self.engine.refresh(fresh)
+        return True
+
     def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None) -> SearchResult:
         """The ``k`` best pages for ``query``: exact MaxSim, text, keyword or
         hybrid (the default where the index has text)."""

@@ -199,7 +199,11 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
     async def search(request: Request) -> Response:
         started = time.perf_counter()
         notices: list[str] = []
-        queries, k, single, mode = _queries(await _json_body(request, max_body_bytes), service, notices)
+        data = await _json_body(request, max_body_bytes)
+        queries, k, single, mode = _queries(data, service, notices)
+        with_text = data.get("text", False)  # the pages' text, only when asked for
+        if not isinstance(with_text, bool):
+            raise ClientError("'text' must be true or false.")
         cost = estimate(queries, k, mode, service.pages, admission.limits)
         if (too_large := cost.refusal(admission.limits, len(queries), k)) is not None:
             raise ClientError(too_large, 413)
@@ -208,9 +212,14 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
                 raise ClientError("The server is busy with other searches; try again in a moment.", 429,
                                   {"Retry-After": "2"})
             answer = await asyncio.wrap_future(service.search(queries, k, mode))
+        texts = {}
+        if with_text:
+            pairs = [(h.doc_hash, h.page) for hits in answer.hits for h in hits]
+            texts = await asyncio.wrap_future(service.page_texts(pairs))
         results = [{"query": q, "hits": [
             {"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
-             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png"}
+             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png",
+             **({"text": texts.get((h.doc_hash, h.page), "")} if with_text else {})}
             for n, h in enumerate(hits, 1)]}
             for q, hits in zip(queries, answer.hits, strict=True)]
         seconds = time.perf_counter() - started

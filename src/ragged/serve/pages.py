@@ -34,6 +34,7 @@ from PIL import Image
 from ragged.errors import PageUnavailable, RaggedError
 from ragged.index.catalog import Catalog, PageRecord
 from ragged.index.files import atomic_write, check_doc_id
+from ragged.ingest.conversion import page_file
 from ragged.ingest.documents import DocumentKind, file_sha256, inspect_kind, render_pdf_page
 
 WIDTHS = (160, 320, 640, 1280, 2000)  # renders are cached at these widths only
@@ -90,6 +91,7 @@ class PageRenderer:
     """Renders and caches page images of one index."""
 
     def __init__(self, index_dir: Path) -> None:
+        self.index_dir = index_dir
         self.cache_dir = index_dir / ".cache" / "pages"
         self._hashes: dict[str, _Hash] = {}
         self._hashing: SingleFlight[str] = SingleFlight()
@@ -136,11 +138,11 @@ class PageRenderer:
         cached = self.cache_dir / doc_hash / f"{page}-{size}.png"
         if cached.is_file() and not cached.is_symlink():
             return cached.read_bytes()
-        return self._rendering.run((doc_hash, page, size), lambda: self._render(path, page, size, cached))
+        return self._rendering.run((doc_hash, page, size), lambda: self._render(path, doc_hash, page, size, cached))
 
-    def _render(self, path: Path, page: int, size: int, cached: Path) -> bytes:
+    def _render(self, path: Path, doc_hash: str, page: int, size: int, cached: Path) -> bytes:
         with self._decoders:
-            data = _encode(render(path, page, size))
+            data = _encode(render(page_file(self.index_dir, path, doc_hash), page, size))  # a converted one's PDF
         if os.access(self.cache_dir.parent.parent, os.W_OK):
             with suppress(RaggedError):  # serving works without the cache
                 atomic_write(cached, lambda fh: fh.write(data))

@@ -342,6 +342,15 @@ class SearchService:
             raise ServiceUnavailable(self.readiness()[1])
         return self.renderer.png(self.resident.catalog, doc_hash, page, width)
 
+    def page_texts(self, pairs: list[tuple[str, int]]) -> Future[dict[tuple[str, int], str]]:
+        """The stored text of these pages (on the worker, like every read of the index)."""
+        def read() -> dict[tuple[str, int], str]:
+            if self.resident is None:
+                raise ServiceUnavailable(self.readiness()[1])
+            return self.resident.store.page_texts(pairs)
+
+        return self._run(read)
+
     def heatmap(self, doc_hash: str, page: int, query: str) -> Future[dict[str, Any]]:
         """The MaxSim heat-map of ``query`` over one page (on the worker)."""
         return self._run(lambda: self._heatmap(doc_hash, page, query))
