@@ -86,18 +86,6 @@ def test_reopen_lists_documents_once(store: IndexStore) -> None:
     assert catalog.total_vectors == sum(len(p) for pages in docs.values() for p in pages)
 
 
-def test_missing_segment_is_rebuilt_from_lancedb(store: IndexStore) -> None:
-    rng = np.random.default_rng(3)
-    (doc_hash, pages), = random_docs(rng, docs=1, pages=3, equal=False).items()
-    store.add_document(doc_hash, "/d/p.pdf", pages)
-    segment = store.folder / "segments" / f"{doc_hash}.npy"
-    expected = np.load(segment)
-    segment.unlink()
-    rebuilt = IndexStore.open(store.folder).segment(doc_hash, expected.shape[0])
-    np.testing.assert_array_equal(rebuilt, expected)
-    assert segment.is_file()
-
-
 def test_orphan_segment_is_invisible(store: IndexStore) -> None:
     """A run killed between writing a segment and committing leaves a file search never reads."""
     store._write_segment("f" * 64, np.ones((4, DIM), dtype=np.float16))
