@@ -4,6 +4,7 @@ computes on the CPU, for placement and fallback)."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,13 +97,27 @@ class TestEmbedding:
                 assert (grid.rows > grid.cols) if h > w else (grid.rows < grid.cols) if w > h else \
                     grid.rows == grid.cols
 
-    def test_adaptive_and_fixed_agree(self, embedder: ColPaliEmbedder, model_cache: Path,
-                                      reference: list[np.ndarray]) -> None:
+    @pytest.mark.parametrize("prefetch", [None, True], ids=["in-line", "prefetched"])
+    def test_fixed_batches_match_single_pages_with_and_without_prefetch(
+            self, embedder: ColPaliEmbedder, model_cache: Path, reference: list[np.ndarray],
+            monkeypatch: pytest.MonkeyPatch, prefetch: bool | None) -> None:
+        """The same pages either way; with prefetch every batch is prepared in
+        the worker thread (by default, on the CPU, in the caller's)."""
         with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
-                             enable_adaptive_batching=False) as fixed:
+                             enable_adaptive_batching=False, prefetch=prefetch) as fixed:
+            threads: list[str] = []
+            real = fixed.processor.process_images
+
+            def process_images(images: list[object]) -> object:
+                threads.append(threading.current_thread().name)
+                return real(images)
+
+            monkeypatch.setattr(fixed.processor, "process_images", process_images)
             run = fixed.embed_pages(PAGES)
-            assert run.report.batch_sizes == [3, 3, 2]
         assert close([r.vectors for r in run.values()], reference)
+        assert run.report.batch_sizes == [3, 3, 2] and run.report.prepared_items == len(PAGES)
+        preparer = "ragged-prepare" if prefetch else "MainThread"
+        assert len(threads) == 3 and all(name.startswith(preparer) for name in threads), threads
 
     def test_oom_in_forward_loses_nothing(self, embedder: ColPaliEmbedder, reference: list[np.ndarray],
                                           model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,14 +134,6 @@ class TestEmbedding:
         for n, size in enumerate(seen):
             if size >= 3:  # an OOM: nothing later may be as large
                 assert all(later < size for later in seen[n + 1 :])
-
-    def test_prefetching_gives_the_same_pages(self, embedder: ColPaliEmbedder, model_cache: Path,
-                                              reference: list[np.ndarray]) -> None:
-        with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
-                             enable_adaptive_batching=False, prefetch=True) as piped:
-            run = piped.embed_pages(PAGES)
-            assert close([r.vectors for r in run.values()], reference)
-            assert run.report.batch_sizes == [3, 3, 2] and run.report.prepared_items == len(PAGES)
 
     def test_queries_and_exact_scores(self, embedder: ColPaliEmbedder) -> None:
         queries = embedder.embed_queries(["quarterly revenue", "which page has the table?"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ragged.errors import ModelDoesNotFitError, ModelError
-from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, MemoryPolicy, ModelManager
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, MemoryPolicy, ModelManager, Runtime
 from ragged.gpu.model_manager import ModelEvent
 from tests.fakes import BookedModule, FakeBackend, FakeCard, GiB, MiB, fake_cpu, oom_message
 
@@ -293,11 +293,18 @@ def test_reaper_thread_unloads_idle_models(rig) -> None:  # type: ignore[no-unty
 
 
 def test_policy_is_shared(rig) -> None:  # type: ignore[no-untyped-def]
+    """A runtime's one policy is the one its model manager admits by and the
+    one its batch sizers budget by, whatever policy a batch configuration carried."""
     backend, manager, _, _ = rig
-    generous = ModelManager(manager, policy=MemoryPolicy(target_utilisation=0.95))
-    held = generous.acquire("big", Loads(backend, 6 * GiB), 6 * GiB, manager.get_optimal_device("cuda:0"),
-                            work_bytes=1000 * MiB, allow_fallback=False)
+    gpu = manager.get_optimal_device("cuda:0")
+    strict = BatchSizeConfig(max_batch_size=64, policy=MemoryPolicy(target_utilisation=0.5))  # a 40% line
+    runtime = Runtime(manager, policy=MemoryPolicy(target_utilisation=0.95), batch_config=strict)  # an 85% line
+    held = runtime.model_manager.acquire("big", Loads(backend, 6 * GiB), 6 * GiB, gpu, work_bytes=1000 * MiB,
+                                         allow_fallback=False)  # the default 65% line refuses it (see above)
     assert held.device.label == "cuda:0"
+    for work, config in (("big/pages", None), ("big/queries", strict)):
+        sizer = runtime.sizer_for(gpu, work, config=config, prior_bytes_per_load=100 * MiB)
+        assert sizer.memory_limit() == 25  # (8.5 GiB line - 6 GiB held) / 100 MiB; at a 40% line: 1
 
 
 @pytest.mark.cuda

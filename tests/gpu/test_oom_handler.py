@@ -194,22 +194,14 @@ class TestDecorator:
 
         return work
 
-    def test_result_after_recovery_equals_an_oom_free_run(self, gpu_manager: DeviceManager) -> None:
-        calls: list[tuple[str, int]] = []
-        runtime = Runtime(gpu_manager)
-        work = self.chunked_squares(limit=3, calls=calls, runtime=runtime)
-        data = list(range(20))
-        got = work(data, device=gpu_manager.get_optimal_device("cuda:0"), batch_size=8)
-        assert got == [x * x for x in data]  # what one OOM-free pass gives
-        assert calls == [("cuda:0", 8), ("cuda:0", 4), ("cuda:0", 2)] and runtime.oom_handler.stats.ooms == 2
-
-    def test_learns_once_for_every_call(self, gpu_manager: DeviceManager) -> None:
+    def test_recovers_to_the_oom_free_result_and_learns_once_for_every_call(self, gpu_manager: DeviceManager) -> None:
         calls: list[tuple[str, int]] = []
         runtime = Runtime(gpu_manager)
         work = self.chunked_squares(limit=4, calls=calls, runtime=runtime)
         data = list(range(20))
-        assert work(data, device=gpu_manager.get_optimal_device("cuda:0"), batch_size=16) == [x * x for x in data]
-        assert calls == [("cuda:0", 16), ("cuda:0", 8), ("cuda:0", 4)]
+        got = work(data, device=gpu_manager.get_optimal_device("cuda:0"), batch_size=16)
+        assert got == [x * x for x in data]  # what one OOM-free pass gives
+        assert calls == [("cuda:0", 16), ("cuda:0", 8), ("cuda:0", 4)]  # two OOMs, each split in half
         calls.clear()
         assert work(data, device="cuda", batch_size=16) == [x * x for x in data]  # a hint string, same handler
         assert calls == [("cuda:0", 4)]  # no OOM on the second call

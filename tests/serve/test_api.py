@@ -88,7 +88,8 @@ def test_default_mode_is_hybrid_where_the_index_has_text(client: TestClient) -> 
     assert bad.status_code == 400 and "Unknown mode" in bad.json()["error"]
 
 
-def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path) -> None:
+def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     hit = client.post("/search", json={"query": "tart", "k": 1}).json()["hits"][0]
     response = client.get(hit["image"] + "?width=300")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -96,6 +97,13 @@ def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_ind
     assert image.width == 320  # the cached width at or above the one asked
     cached = sample_index / ".cache" / "pages" / hit["doc_hash"] / f"{hit['page']}-320.png"
     assert cached.read_bytes() == response.content
+
+    def render_again(*args: object) -> None:
+        raise AssertionError("a cached page was rendered again")
+
+    monkeypatch.setattr("ragged.serve.pages.render", render_again)
+    again = client.get(hit["image"] + "?width=250")  # the same cached width
+    assert again.status_code == 200 and again.content == response.content
 
 
 @pytest.mark.parametrize(("path", "status"), [
