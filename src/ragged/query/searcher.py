@@ -91,6 +91,7 @@ class Searcher:
             self.store, self.source = fresh, SegmentSource(fresh)
             self.engine.source = self.source
             self.engine.refresh(fresh)
+            self.engine.text = self.text if fresh.meta is not None and fresh.meta.text_model else None  # added later
         return True
 
     def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None) -> SearchResult:
