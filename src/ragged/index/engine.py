@@ -16,13 +16,13 @@ from ragged.embeddings.colpali_embedder import ColPaliEmbedder
 from ragged.gpu.device_manager import DeviceManager
 from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.policy import MemoryPolicy
+from ragged.index.fusion import Ranking, fuse
+from ragged.index.maxsim import maxsim_scores
 from ragged.index.results import SearchHit
 from ragged.index.retrieval import (
     Mode,
-    Ranking,
     TextVectors,
     depth_for,
-    fuse,
     hits,
     keyword_ranking,
     single,
@@ -30,6 +30,7 @@ from ragged.index.retrieval import (
 )
 from ragged.index.search import MaxSimSearcher, VectorSource
 from ragged.index.store import IndexStore
+from ragged.index.weights import SignalWeights, index_weights
 from ragged.text.embedder import TextEmbedder
 
 
@@ -48,6 +49,7 @@ class QueryEngine:
     policy: MemoryPolicy
     oom_handler: OOMHandler
     _text_vectors: TextVectors | None = None
+    _weights: SignalWeights | None = None
     notices: list[str] = field(default_factory=list)  # the last answer's (a query cut to a model's length)
 
     def refresh(self, store: IndexStore) -> None:
@@ -61,12 +63,30 @@ class QueryEngine:
             self._text_vectors = TextVectors.load(self.store)
         return self._text_vectors
 
+    def weights(self) -> SignalWeights:
+        """Each signal's weight in hybrid fusion, learned from this index once
+        (:mod:`ragged.index.weights`)."""
+        if self._weights is None:
+            self._weights = index_weights(self.store, self.source.catalog, self._vision_scores,
+                                          self._text_scores if self.text is not None else None)
+        return self._weights
+
+    def _vision_scores(self, queries: list[str], positions: list[int]) -> np.ndarray:
+        pages = self.source.catalog.pages
+        vectors = [np.asarray(self.store.page_vectors(pages[p].doc_hash, pages[p].page)) for p in positions]
+        return maxsim_scores(self.vision().embed_queries(queries), vectors)  # (queries, pages)
+
+    def _text_scores(self, queries: list[str], positions: list[int]) -> np.ndarray:
+        assert self.text is not None
+        return self._passages().best_of(self.text().embed_queries(queries), positions)  # (queries, pages)
+
     def answer(self, queries: list[str], k: int, mode: Mode) -> list[list[SearchHit]]:
         """The ``k`` best pages for each query."""
         catalog = self.source.catalog
         depth = depth_for(k) if mode is Mode.HYBRID else k
         per_query: list[dict[str, Ranking]] = [{} for _ in queries]
-        self.notices = []
+        weights = self.weights() if mode is Mode.HYBRID else SignalWeights()
+        self.notices = weights.notices()
         if mode in (Mode.VISION, Mode.HYBRID):
             embedder = self.vision()
             vectors = embedder.embed_queries(queries)
@@ -89,7 +109,7 @@ class QueryEngine:
         out = []
         for rankings in per_query:
             if mode is Mode.HYBRID:
-                out.append(hits(catalog, fuse(rankings, k)))
+                out.append(hits(catalog, fuse(rankings, k, weights)))
             else:
                 ranking = rankings.get(mode.value, Ranking(np.zeros(0, dtype=np.int64), np.zeros(0)))
                 out.append(hits(catalog, single(mode.value, ranking, k)))

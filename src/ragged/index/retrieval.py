@@ -6,33 +6,28 @@ mode        ranks pages by
 vision      exact MaxSim of the query's multi-vector against each page image
 text        cosine of the query's text vector with each page's best passage
 keyword     BM25 over page text (LanceDB's full-text index)
-hybrid      reciprocal rank fusion of the three
+hybrid      the three fused, each heard as far as it knows something
 ==========  ==================================================================
 
-Reciprocal rank fusion (Cormack, Clarke and Buettcher, 2009) scores a page
-by the sum over the rankings that found it of ``1 / (60 + rank)``. It needs
-no calibration between MaxSim sums, cosines and BM25 scores, which live on
-unrelated scales; the constant 60 is the one the paper found best across
-collections and that Elasticsearch, OpenSearch and LanceDB use by default:
-large enough that a page first in one list does not drown one found second
-and third by the others. Each ranking contributes its first ``depth`` pages.
+How the rankings are fused is in :mod:`ragged.index.fusion`; each ranking
+contributes its first ``depth`` pages.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 
 from ragged.errors import ConfigurationError
 from ragged.index.catalog import Catalog
+from ragged.index.fusion import Fused, Ranking, coverage
 from ragged.index.results import SearchHit
 from ragged.index.search import top_k
 from ragged.index.store import IndexStore
 
-RRF_K = 60
 MIN_DEPTH = 100  # each ranking contributes at least this many pages to a fusion
 
 
@@ -52,19 +47,11 @@ def parse_mode(value: str | Mode | None, has_text: bool) -> Mode:
     try:
         mode = Mode(value)
     except ValueError:
-        raise ConfigurationError(f"Unknown mode {value!r}: use vision, text, keyword or hybrid.") from None
+        raise ConfigurationError(f"Unknown mode {value!r}: use auto, vision, text, keyword or hybrid.") from None
     if mode is not Mode.VISION and not has_text:
         raise ConfigurationError(f"Mode {mode.value} needs page text, and this index has none: search it in "
                                  "vision mode, or run 'ragged ingest' again to add the text side.")
     return mode
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """One signal's ranking: catalog positions best first, and their scores."""
-
-    positions: np.ndarray  # (n,) int64
-    scores: np.ndarray  # (n,) float
 
 
 @dataclass
@@ -91,6 +78,16 @@ class TextVectors:
         order = found[top_k(best[found], depth)]
         return Ranking(order, best[order])
 
+    def best_of(self, queries: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        """Each query's cosine with the best passage of each page at
+        ``positions`` ((queries, pages); -inf for a page without passages)."""
+        out = np.full((len(queries), len(positions)), -np.inf, dtype=np.float32)
+        for j, position in enumerate(positions):
+            mine = self.vectors[self.owners == position]  # (passages, dim)
+            if len(mine):
+                out[:, j] = (np.asarray(queries, dtype=np.float32) @ mine.T).max(axis=1)  # (queries,)
+        return out
+
 
 def vision_ranking(scores: np.ndarray, depth: int) -> Ranking:
     """Pages by MaxSim (a column of the searcher's (pages, queries) scores)."""
@@ -99,32 +96,12 @@ def vision_ranking(scores: np.ndarray, depth: int) -> Ranking:
 
 
 def keyword_ranking(store: IndexStore, catalog: Catalog, query: str, depth: int) -> Ranking:
-    """Pages by BM25 over their text (only pages in ``catalog``)."""
+    """Pages by BM25 over their text (only pages in ``catalog``), each with the
+    share of the query's words it holds (its confidence in a fusion)."""
     position = {(p.doc_hash, p.page): n for n, p in enumerate(catalog.pages)}
-    found = [(position[(h.doc_hash, h.page)], h.score) for h in store.keyword(query, depth)
-             if (h.doc_hash, h.page) in position]
-    return Ranking(np.array([p for p, _ in found], dtype=np.int64), np.array([s for _, s in found]))
-
-
-@dataclass(frozen=True)
-class Fused:
-    """A page's place in the fused list."""
-
-    position: int
-    score: float
-    signals: dict[str, int] = field(default_factory=dict)  # signal -> 1-based rank in it
-
-
-def fuse(rankings: dict[str, Ranking], k: int) -> list[Fused]:
-    """Reciprocal rank fusion of ``rankings``: the ``k`` best pages."""
-    scores: dict[int, float] = {}
-    signals: dict[int, dict[str, int]] = {}
-    for name, ranking in rankings.items():
-        for rank, position in enumerate(ranking.positions.tolist(), 1):
-            scores[position] = scores.get(position, 0.0) + 1.0 / (RRF_K + rank)
-            signals.setdefault(position, {})[name] = rank
-    best = sorted(scores, key=lambda p: (-scores[p], p))[:k]
-    return [Fused(p, scores[p], signals[p]) for p in best]
+    found = [h for h in store.keyword(query, depth) if (h.doc_hash, h.page) in position]
+    return Ranking(np.array([position[(h.doc_hash, h.page)] for h in found], dtype=np.int64),
+                   np.array([h.score for h in found]), coverage(query, [h.text for h in found]))
 
 
 def hits(catalog: Catalog, fused: Sequence[Fused]) -> list[SearchHit]:

@@ -76,6 +76,7 @@ class KeywordHit:
     doc_hash: str
     page: int
     score: float
+    text: str = ""  # the page's text, to tell how much of the query it holds
 
 
 def _lancedb() -> Any:
@@ -504,11 +505,22 @@ class IndexStore:
         if table is None or "text" not in table.schema.names or not self._has_fts(table):
             return []
         with self._guard("searching page text"):
-            rows = (table.search(query, query_type="fts").select(["doc_hash", "page", "_score"])
+            rows = (table.search(query, query_type="fts").select(["doc_hash", "page", "_score", "text"])
                     .limit(limit).to_arrow())
-        return [KeywordHit(h, int(p), float(s)) for h, p, s in zip(
+        return [KeywordHit(h, int(p), float(s), t or "") for h, p, s, t in zip(
             rows.column("doc_hash").to_pylist(), rows.column("page").to_pylist(), rows.column("_score").to_pylist(),
-            strict=True)]
+            rows.column("text").to_pylist(), strict=True)]
+
+    def page_texts(self, limit: int) -> list[tuple[str, int, str]]:
+        """(document, page, text) of up to ``limit`` stored pages that have text."""
+        table = self._table_or_none()
+        if table is None or "text" not in table.schema.names:
+            return []
+        with self._guard("reading page text"):
+            rows = (table.search().where("text IS NOT NULL AND text != ''").select(["doc_hash", "page", "text"])
+                    .limit(limit).to_arrow())
+        return list(zip(rows.column("doc_hash").to_pylist(), [int(p) for p in rows.column("page").to_pylist()],
+                        rows.column("text").to_pylist(), strict=True))
 
     @staticmethod
     def _has_fts(table: Any) -> bool:
