@@ -67,11 +67,12 @@ class Probe:
 
 def probes(texts: Sequence[tuple[int, str]], count: int = PROBES) -> list[Probe]:
     """Up to ``count`` probes from (catalog position, page text) pairs, spread
-    evenly; pages with fewer than ``2 x PROBE_WORDS`` words are skipped."""
-    usable = [(p, t.split()) for p, t in texts if len(t.split()) >= 2 * PROBE_WORDS]
+    evenly: ``PROBE_WORDS`` words from a third of the way into the page;
+    pages with fewer than ``PROBE_WORDS + 4`` words are skipped."""
+    usable = [(p, t.split()) for p, t in texts if len(t.split()) >= PROBE_WORDS + 4]
     step = max(1, len(usable) // count)
     chosen = usable[::step][:count]
-    return [Probe(p, " ".join(w[len(w) // 3 : len(w) // 3 + PROBE_WORDS])) for p, w in chosen]
+    return [Probe(p, " ".join(w[min(len(w) // 3, len(w) - PROBE_WORDS):][:PROBE_WORDS])) for p, w in chosen]
 
 
 def listening(scores: np.ndarray) -> float:
