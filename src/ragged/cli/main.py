@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from loguru import logger
 from ragged import __version__
 from ragged.cli.gpu import gpu
 from ragged.cli.options import device_option, index_option, memory_target_option, policy
-from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
+from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe, shorten_left
 from ragged.cli.serve import serve
 from ragged.config import setting
 from ragged.errors import RaggedError
@@ -55,6 +56,9 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
+    # Pillow warns (two raw lines) about an image over its pixel limit as it opens it; ragged's own, lower,
+    # limit then refuses that image with a one-line error that says what to do.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -72,7 +76,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-@cli.command()
+@cli.command(short_help="Embed PDFs and images into the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--model", envvar="RAGGED_MODEL", show_envvar=True, default=None,
               help="Hub id, local folder or tiny preset. Default: the index's model, else the config's, "
@@ -148,7 +152,7 @@ def _scale(workers: str | None, address: str | None) -> Any:
     return ScaleOptions(workers=count, address=address)
 
 
-@cli.command()
+@cli.command(short_help="Find the pages that best answer QUERY.")
 @click.argument("query")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1, max=1000), default=10, help="How many pages to return.")
 @index_option
@@ -166,8 +170,6 @@ def _scale(workers: str | None, address: str | None) -> Any:
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
            server: str | None, token: str | None, local: bool, mode: str, as_json: bool) -> None:
     """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
-    from rich.table import Table
-
     from ragged.index.results import check_query
     from ragged.serve.client import find_server
 
@@ -188,19 +190,45 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
         out.print_json(json.dumps(result.to_dict()))
         return
     shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
-    table = Table(title=plain(f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
-                              f"({result.mode}; {result.model}, {result.device}, {result.seconds:.2f} s)"))
+    header = (f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
+              f"({result.mode}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
+    if not result.hits:
+        out.print(plain(f"{header}. {_no_hits_advice(result.mode, result.pages_searched)}"), soft_wrap=True)
+        return
+    out.print(_hits_table(result, header, out.width))
+
+
+def _no_hits_advice(mode: str, pages: int) -> str:
+    """What to try when a search found nothing."""
+    if not pages:
+        return "The index has no pages: add documents with 'ragged ingest'."
+    if mode == "keyword":
+        return "No page holds these words: try other words, or --mode text or hybrid for questions."
+    return "No page matched: try other words, or another --mode."
+
+
+def _hits_table(result: Any, header: str, width: int) -> Any:
+    """The hits as a table that fits ``width`` columns: paths shortened from
+    the left, so the file name stays."""
+    from rich.table import Table
+
     fused = result.mode == "hybrid"
-    for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    if fused:
-        table.add_column("found by (rank)")
+    rows: list[list[str]] = []
     for n, hit in enumerate(result.hits, 1):
-        row: list[Any] = [str(n), f"{hit.score:.4f}" if fused else f"{hit.score:.3f}", plain(hit.path), str(hit.page)]
+        row = [str(n), f"{hit.score:.3f}", printable(hit.path), str(hit.page)]
         if fused:
             row.append(", ".join(f"{name} {rank}" for name, rank in hit.signals.items()))
-        table.add_row(*row)
-    out.print(table)
+        rows.append(row)
+    columns = ["#", "score", "file", "page"] + (["found by (rank)"] if fused else [])
+    others = sum(max(len(columns[c]), *(len(r[c]) for r in rows)) for c in range(len(columns)) if c != 2)
+    room = max(16, width - others - 3 * len(columns) - 1)  # each column: padding 2 and a border; and the edge
+    table = Table(title=plain(header))
+    for column, justify in zip(columns, ("right", "right", "left", "right", "left"), strict=False):
+        table.add_column(column, justify=justify, no_wrap=column == "file")  # type: ignore[arg-type]
+    for row in rows:
+        row[2] = shorten_left(row[2], room)
+        table.add_row(*(plain(cell) if c == 2 else cell for c, cell in enumerate(row)))
+    return table
 
 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
@@ -218,13 +246,14 @@ def _remote_search(url: str, query: str, k: int, token: str | None, model: str |
                           {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
         return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
                             int(data["pages_searched"]), float(data["ms"]) / 1000,
-                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
+                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")),
+                            str(data["text_model"]) if data.get("text_model") else None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
                           f"{exc}); check --server.") from None
 
 
-@cli.command("list")
+@cli.command("list", short_help="The documents in the index, and files gone.")
 @index_option
 @click.option("--missing", is_flag=True, help="Only documents whose files no longer exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -261,7 +290,7 @@ def list_documents(index_dir: Path, missing: bool, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Remove documents or folders from the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

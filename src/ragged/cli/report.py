@@ -34,6 +34,29 @@ def _memory(report: IngestReport) -> str:
     return f"{peak}, of a {gib(report.budget_bytes)} budget{used}"
 
 
+def _speed(report: IngestReport) -> str:
+    """Pages a second over the whole run, then where the time went: the
+    images, the text, and the rest (reading, rendering, committing)."""
+    parts = [f"{report.seconds:.1f} s in all"]
+    if report.embed_seconds:
+        images = f"images {report.embed_seconds:.1f} s ({_rate(report.pages_per_second)} pages/s"
+        if not report.workers:
+            images += (f"; waiting for preprocessing {100 * report.prepare_seconds / report.embed_seconds:.0f}%, "
+                       f"in the model {100 * report.compute_seconds / report.embed_seconds:.0f}%")
+        parts.append(images + ")")
+    if report.text_seconds:
+        parts.append(f"text {report.text_seconds:.1f} s")
+    rest = report.seconds - report.embed_seconds - report.text_seconds
+    if not report.workers and (report.embed_seconds or report.text_seconds) and rest > 0:
+        parts.append(f"the rest {rest:.1f} s")
+    return f"{_rate(report.overall_pages_per_second)} pages/s ({'; '.join(parts)})"
+
+
+def _rate(value: float) -> str:
+    """A rate with two significant digits below 10 (0.0083, 1.2), whole above."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def print_ingest_report(console: Console, report: IngestReport) -> None:
     """Pages added and skipped, then device, batches, memory, OOMs and speed."""
     console.print(_summary(report), soft_wrap=True)
@@ -66,11 +89,7 @@ def print_ingest_report(console: Console, report: IngestReport) -> None:
     if report.budget_warning:
         table.add_row("", f"[yellow]{safe(report.budget_warning)}[/]")
     table.add_row("out of memory", ooms)
-    speed = f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all"
-    if report.embed_seconds and not report.workers:
-        speed += (f"; waiting for preprocessing {100 * report.prepare_seconds / report.embed_seconds:.0f}%, "
-                  f"in the model {100 * report.compute_seconds / report.embed_seconds:.0f}%")
-    table.add_row("speed", speed + ")")
+    table.add_row("speed", _speed(report))
     if report.text_model:
         text = f"{safe(report.text_model)}: {report.passages} passage(s) in {report.text_seconds:.1f} s"
         if report.documents_text_added:

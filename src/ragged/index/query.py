@@ -93,7 +93,7 @@ class Searcher:
         used = made.get("vision") or made.get("text")
         return SearchResult(text, hits, self.store.meta.model, used.device.label if used else "index only",
                             len(self.source.catalog.pages), time.perf_counter() - started,
-                            list(self.engine.notices), chosen.value)
+                            list(self.engine.notices), chosen.value, self.store.meta.text_model)
 
     def close(self) -> None:
         """Release the models."""

@@ -41,6 +41,7 @@ from ragged.gpu.types import DeviceType
 from ragged.index.store import IndexStore
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.documents import Document, render_pages
+from ragged.ingest.ray_output import quiet_ray
 from ragged.ingest.report import IngestReport
 from ragged.ingest.text_side import TextSide
 from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig, WorkerReport
@@ -109,6 +110,7 @@ def connect(ray: Any, address: str | None) -> bool:
             "ragged's driver reads the documents and writes the index, so it must run on a node of the cluster: "
             "run 'ray start --address=HEAD:6379' on this machine, then use --ray-address auto."
         )
+    quiet_ray(ray)  # its raylet's "worker died" lines: ragged reports a lost worker itself
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -53,8 +53,13 @@ class IngestReport:
 
     @property
     def pages_per_second(self) -> float:
-        """Embedding throughput over the run."""
+        """Image embedding throughput (pages over the vision model's time)."""
         return self.pages_added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+
+    @property
+    def overall_pages_per_second(self) -> float:
+        """Pages over the whole run: rendering, both models, commits."""
+        return self.pages_added / self.seconds if self.seconds > 0 else 0.0
 
     def absorb(self, part: EmbeddingReport) -> None:
         """Add one embedding call's figures."""
@@ -95,6 +100,7 @@ class IngestReport:
             "placement_note": self.placement_note,
             "seconds": round(self.seconds, 3),
             "pages_per_second": round(self.pages_per_second, 3),
+            "overall_pages_per_second": round(self.overall_pages_per_second, 3),
             "prepare_seconds": round(self.prepare_seconds, 3),
             "compute_seconds": round(self.compute_seconds, 3),
             "batch_sizes": sorted(set(self.batch_sizes)),

@@ -179,8 +179,13 @@ class SearchService:
     @property
     def has_text(self) -> bool:
         """True when the index has a text side (text, keyword and hybrid modes)."""
+        return self.text_model is not None
+
+    @property
+    def text_model(self) -> str | None:
+        """The index's text model (None: it has no text side)."""
         meta = self.resident.store.meta if self.resident is not None else self.store.meta
-        return meta is not None and meta.text_model is not None
+        return meta.text_model if meta is not None else None
 
     def _vision(self) -> ColPaliEmbedder:
         self._load_model()
