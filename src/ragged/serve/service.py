@@ -43,6 +43,7 @@ from ragged.index.retrieval import Mode
 from ragged.index.store import IndexStore
 from ragged.serve.heatmap import heatmap
 from ragged.serve.pages import PageRenderer, PageUnavailable
+from ragged.serve.query_words import words_of
 from ragged.text.embedder import TextEmbedder
 
 T = TypeVar("T")
@@ -362,10 +363,8 @@ class SearchService:
                                   "before ragged stored them).", 404)
         embedder = self._vision()
         vectors = embedder.embed_queries([query])[0]  # (tokens, dim)
-        tokens, special = embedder.query_tokens(query)
-        if len(tokens) != len(vectors):
-            tokens = [f"#{i}" for i in range(len(vectors))]
+        words = words_of(embedder, query, len(vectors))
         page_vectors = np.asarray(self.resident.store.page_vectors(doc_hash, page))  # (n, dim)
-        result = heatmap(vectors, tokens, special, page_vectors, record.grid).to_dict()
+        result = heatmap(vectors, words, page_vectors, record.grid).to_dict()
         result["score"] = float(maxsim_scores([vectors], [page_vectors])[0, 0])  # what search gives this page
         return result
