@@ -45,9 +45,11 @@ from loguru import logger
 from benchmarks import retrieval_corpus, retrieval_corpus_reference
 from benchmarks._table import print_table
 from benchmarks.retrieval_corpus import Query
+from benchmarks.retrieval_fusion import Scored, variants
 from examples.make_examples import text_pdf
 from ragged.embeddings import ColPaliEmbedder
 from ragged.index.query import Searcher
+from ragged.index.weights import SignalWeights
 from ragged.ingest.documents import inspect, render_pages
 from ragged.ingest.pipeline import IngestOptions, ingest
 from ragged.ingest.report import IngestReport
@@ -95,11 +97,12 @@ def write_corpus(folder: Path, documents: Documents) -> None:
 Key = tuple[str, int]  # (document file name, 1-based page)
 
 
-def ranked(searcher: Searcher, query: Query, mode: str, pages: int) -> tuple[list[Key], float]:
-    """The pages returned for ``query`` in ``mode``, best first, and the query's seconds."""
+def ranked(searcher: Searcher, query: Query, mode: str, pages: int) -> tuple[list[tuple[Key, float]], float]:
+    """The pages returned for ``query`` in ``mode`` with their scores, best
+    first, and the query's seconds."""
     started = time.perf_counter()
     result = searcher.search(query.text, k=pages, mode=mode)
-    return [(Path(h.path).name, h.page) for h in result.hits], time.perf_counter() - started
+    return [((Path(h.path).name, h.page), h.score) for h in result.hits], time.perf_counter() - started
 
 
 def ranks_of(chosen: list[Query], found: dict[Query, list[Key]]) -> list[int | None]:
@@ -125,29 +128,37 @@ def row(label: str, kind: str, chosen: list[Query], found: dict[Query, list[Key]
 
 @dataclass
 class Measured:
-    """What one corpus gave: the table's rows, each mode's ranks, the learned weights."""
+    """What one corpus gave: the table's rows, each mode's ranks and scored
+    rankings, the learned weights."""
 
     rows: list[tuple[object, ...]]
     ranks: dict[str, list[int | None]]
-    weights: str
+    scored: Scored
+    learned: SignalWeights
+
+    @property
+    def weights(self) -> str:
+        return (f"vision {self.learned.vision:.2f}, text {self.learned.text:.2f}, keyword per hit "
+                f"({self.learned.probes} probes)")
 
 
 def quality(index: Path, pages: int, queries: list[Query]) -> Measured:
     """One row per mode and query kind (and all kinds together)."""
     rows: list[tuple[object, ...]] = []
     ranks: dict[str, list[int | None]] = {}
+    scored: Scored = {}
     with Searcher(index, cache_dir=cache_dir()) as searcher:
         for mode in MODES:
             searcher.search(queries[0].text, k=1, mode=mode)  # warm-up: load the mode's models
             answers = {q: ranked(searcher, q, mode, pages) for q in queries}
-            found = {q: a[0] for q, a in answers.items()}
+            scored[mode] = {q: a[0] for q, a in answers.items()}
+            found = {q: [key for key, _ in a[0]] for q, a in answers.items()}
             ranks[mode] = ranks_of(queries, found)
             for kind in ("paraphrase", "exact", "all"):
                 chosen = [q for q in queries if kind in ("all", q.kind)]
                 rows.append(row(mode, kind, chosen, found, {q: a[1] for q, a in answers.items()}))
         learned = searcher.engine.weights()
-    weights = f"vision {learned.vision:.2f}, text {learned.text:.2f}, keyword per hit ({learned.probes} probes)"
-    return Measured(rows, ranks, weights)
+    return Measured(rows, ranks, scored, learned)
 
 
 def versus_best(name: str, measured: Measured) -> list[tuple[object, ...]]:
@@ -191,7 +202,7 @@ def run_corpus(work: Path, name: str, documents: Documents, queries: list[Query]
           f"({sum(q.kind == 'paraphrase' for q in queries)} paraphrase)")
     slips = [(q.text, sorted(shared_words(documents, q))) for q in queries
              if q.kind == "paraphrase" and shared_words(documents, q)]
-    print(f"  paraphrases sharing a content word with their page: {len(slips)}", slips or "")
+    print(f"  paraphrases sharing a content word with their page: {len(slips)}", slips if len(slips) <= 5 else "")
     report = ingest([docs], IngestOptions(index_dir=index, model=model, dpi=dpi, cache_dir=cache_dir()))
     if report.pages_added != pages or report.problems:
         raise SystemExit(f"ingest went wrong: {report.pages_added} pages, problems {report.problems}")
@@ -232,13 +243,17 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vision rows mean nothing with a "
           "random-weight preset")
     comparison: list[tuple[object, ...]] = []
+    replayed: list[tuple[object, ...]] = []
     first: tuple[IngestReport, Path] | None = None
     for name, documents, queries in corpora(args.corpus):
         measured, report, docs = run_corpus(args.work, name, documents, queries, args.model, args.dpi)
         comparison.extend(versus_best(name, measured))
+        replayed.extend(variants(name, measured.scored, documents, queries, measured.learned))
         first = first or (report, docs)
     print(f"\nHybrid against the best single mode (target: hybrid >= {TARGET} x best)")
     print_table(["corpus", "metric", *SINGLE, "hybrid", "best single", "hybrid / best", "met"], comparison)
+    print("\nFusion variants replayed on the same rankings (K: the rank constant; see benchmarks/retrieval_fusion.py)")
+    print_table(["corpus", "K", "weights", "recall@1", "MRR"], replayed)
     assert first is not None
     report, docs = first
 

@@ -67,8 +67,10 @@ class Fused:
     signals: dict[str, int]  # signal -> 1-based rank in it
 
 
-def fuse(rankings: Mapping[str, Ranking], k: int, weights: SignalWeights | None = None) -> list[Fused]:
-    """The ``k`` best pages of ``rankings`` fused (see the module's docstring)."""
+def fuse(rankings: Mapping[str, Ranking], k: int, weights: SignalWeights | None = None,
+         constant: int = FUSION_K) -> list[Fused]:
+    """The ``k`` best pages of ``rankings`` fused (see the module's docstring;
+    ``constant`` is its K)."""
     weights = weights or SignalWeights()
     scores: dict[int, float] = {}
     best_rank: dict[int, int] = {}
@@ -77,10 +79,10 @@ def fuse(rankings: Mapping[str, Ranking], k: int, weights: SignalWeights | None 
     for name, ranking in rankings.items():
         weight = weights.of(name)
         if len(ranking.positions):
-            most += weight / (FUSION_K + 1)
+            most += weight / (constant + 1)
         confidence = ranking.confidence if ranking.confidence is not None else np.ones(len(ranking.positions))
         for rank, (position, sure) in enumerate(zip(ranking.positions.tolist(), confidence.tolist(), strict=True), 1):
-            scores[position] = scores.get(position, 0.0) + weight * sure / (FUSION_K + rank)
+            scores[position] = scores.get(position, 0.0) + weight * sure / (constant + rank)
             best_rank[position] = min(best_rank.get(position, rank), rank)
             signals.setdefault(position, {})[name] = rank
     best = sorted(scores, key=lambda p: (-scores[p], best_rank[p], p))[:k]

@@ -130,8 +130,8 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
                 response = RedirectResponse("/", status_code=303)
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
                 return response
-            return HTMLResponse(_static("login.html").replace("<!--error-->", "<p class=error role=alert>Wrong token: check it and try again.</p>"),
-                                status_code=401)
+            wrong = "<p class=error role=alert>Wrong token: check it and try again.</p>"
+            return HTMLResponse(_static("login.html").replace("<!--error-->", wrong), status_code=401)
         return HTMLResponse(_static("login.html"))
 
     async def health(request: Request) -> Response:
