@@ -23,7 +23,7 @@ from loguru import logger
 from ragged import __version__
 from ragged.cli.gpu import gpu
 from ragged.cli.options import device_option, index_option, memory_target_option, policy
-from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe, shorten_left
+from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
 from ragged.cli.serve import serve
 from ragged.config import setting
 from ragged.errors import RaggedError
@@ -192,43 +192,12 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
     header = (f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
               f"({result.mode}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
+    from ragged.cli.hits import hits_table, no_hits_advice
+
     if not result.hits:
-        out.print(plain(f"{header}. {_no_hits_advice(result.mode, result.pages_searched)}"), soft_wrap=True)
+        out.print(plain(f"{header}. {no_hits_advice(result.mode, result.pages_searched)}"), soft_wrap=True)
         return
-    out.print(_hits_table(result, header, out.width))
-
-
-def _no_hits_advice(mode: str, pages: int) -> str:
-    """What to try when a search found nothing."""
-    if not pages:
-        return "The index has no pages: add documents with 'ragged ingest'."
-    if mode == "keyword":
-        return "No page holds these words: try other words, or --mode text or hybrid for questions."
-    return "No page matched: try other words, or another --mode."
-
-
-def _hits_table(result: Any, header: str, width: int) -> Any:
-    """The hits as a table that fits ``width`` columns: paths shortened from
-    the left, so the file name stays."""
-    from rich.table import Table
-
-    fused = result.mode == "hybrid"
-    rows: list[list[str]] = []
-    for n, hit in enumerate(result.hits, 1):
-        row = [str(n), f"{hit.score:.3f}", printable(hit.path), str(hit.page)]
-        if fused:
-            row.append(", ".join(f"{name} {rank}" for name, rank in hit.signals.items()))
-        rows.append(row)
-    columns = ["#", "score", "file", "page"] + (["found by (rank)"] if fused else [])
-    others = sum(max(len(columns[c]), *(len(r[c]) for r in rows)) for c in range(len(columns)) if c != 2)
-    room = max(16, width - others - 3 * len(columns) - 1)  # each column: padding 2 and a border; and the edge
-    table = Table(title=plain(header))
-    for column, justify in zip(columns, ("right", "right", "left", "right", "left"), strict=False):
-        table.add_column(column, justify=justify, no_wrap=column == "file")  # type: ignore[arg-type]
-    for row in rows:
-        row[2] = shorten_left(row[2], room)
-        table.add_row(*(plain(cell) if c == 2 else cell for c, cell in enumerate(row)))
-    return table
+    out.print(hits_table(result, header, out.width))
 
 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:

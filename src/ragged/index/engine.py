@@ -85,8 +85,7 @@ class QueryEngine:
         catalog = self.source.catalog
         depth = depth_for(k) if mode is Mode.HYBRID else k
         per_query: list[dict[str, Ranking]] = [{} for _ in queries]
-        weights = self.weights() if mode is Mode.HYBRID else SignalWeights()
-        self.notices = weights.notices()
+        self.notices = []
         if mode in (Mode.VISION, Mode.HYBRID):
             embedder = self.vision()
             vectors = embedder.embed_queries(queries)
@@ -106,6 +105,8 @@ class QueryEngine:
         if mode in (Mode.KEYWORD, Mode.HYBRID):
             for i, query in enumerate(queries):
                 per_query[i][Mode.KEYWORD.value] = keyword_ranking(self.store, catalog, query, depth)
+        weights = self.weights() if mode is Mode.HYBRID else SignalWeights()  # after the queries' own model work
+        self.notices.extend(weights.notices())
         out = []
         for rankings in per_query:
             if mode is Mode.HYBRID:

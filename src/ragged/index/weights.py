@@ -55,8 +55,6 @@ class SignalWeights:
                 for name, value in (("image", self.vision), ("text", self.text)) if value < QUIET_WEIGHT]
 
 
-
-
 @dataclass(frozen=True)
 class Probe:
     """A page and a run of its own words."""
