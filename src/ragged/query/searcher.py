@@ -104,7 +104,7 @@ class Searcher:
         answer = self.engine.answer([text], k, chosen)
         return SearchResult(text, answer.hits[0], self.store.meta.model, answer.device or "index only",
                             answer.pages_searched, time.perf_counter() - started, list(answer.notices[0]),
-                            chosen.value, answer.reports)
+                            chosen.value, text_model=self.store.meta.text_model, reports=answer.reports)
 
     def close(self) -> None:
         """Release the models (and the runtime, if this searcher made it)."""

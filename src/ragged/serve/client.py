@@ -106,7 +106,8 @@ def parse_result(data: dict[str, Any], url: str) -> SearchResult:
                           {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
         return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
                             int(data["pages_searched"]), float(data["ms"]) / 1000,
-                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
+                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")),
+                            str(data["text_model"]) if data.get("text_model") else None)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
                           f"{exc}); check --server.") from None
