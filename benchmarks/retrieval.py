@@ -157,7 +157,7 @@ def quality(index: Path, pages: int, queries: list[Query]) -> Measured:
             for kind in ("paraphrase", "exact", "all"):
                 chosen = [q for q in queries if kind in ("all", q.kind)]
                 rows.append(row(mode, kind, chosen, found, {q: a[1] for q, a in answers.items()}))
-        learned = searcher.engine.weights()
+        learned = searcher.engine.weights(searcher.source.catalog)
     return Measured(rows, ranks, scored, learned)
 
 
@@ -215,11 +215,11 @@ def run_corpus(work: Path, name: str, documents: Documents, queries: list[Query]
 
 def cost_rows(report: IngestReport, real: tuple[str, float] | None) -> list[tuple[object, ...]]:
     """The text side's throughput and share of ingest, as run and projected."""
-    text_per_page = report.text_seconds / report.pages_added
-    vision_per_page = report.embed_seconds / report.pages_added
+    text_per_page = report.text.seconds / report.pages_added
+    vision_per_page = report.vision.seconds / report.pages_added
     rows: list[tuple[object, ...]] = [
-        (report.model, report.pages_added, report.passages, f"{report.passages / report.text_seconds:.1f}",
-         f"{vision_per_page:.3f}", f"{text_per_page:.3f}", f"{report.text_seconds / report.seconds:.0%}",
+        (report.model, report.pages_added, report.text.items, f"{report.text.items / report.text.seconds:.1f}",
+         f"{vision_per_page:.3f}", f"{text_per_page:.3f}", f"{report.text.seconds / report.seconds:.0%}",
          "measured (whole ingest)")]
     if real is not None:
         name, seconds = real
