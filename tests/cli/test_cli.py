@@ -177,16 +177,28 @@ def test_gpu_commands(ragged: Ragged) -> None:
 
 
 def test_gpu_benchmark(ragged: Ragged, tmp_path: Path) -> None:
-    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "4", "--max-batch", "2", "--json")
-    rows = json.loads(result.stdout)
+    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "4", "--max-batch", "2",
+                    "--rounds", "2", "--json")
     assert result.exit_code == 0
-    assert [r["label"] for r in rows][:2] == ["fixed 1", "fixed 2"] and rows[-1]["label"].startswith("adaptive")
-    assert all(r["pages_per_second"] > 0 for r in rows)
+    data = json.loads(result.stdout)
+    rows = data["rows"]
+    assert [r["label"] for r in rows] == ["fixed 1", "fixed 2", "adaptive", "adaptive, new sizer"]
+    for r in rows:  # one rate a round, warm-up excluded; the median of them
+        assert len(r["rates"]) == 2 and all(x > 0 for x in r["rates"])
+        assert r["slowest"] <= r["pages_per_second"] <= r["fastest"]
+    adaptive = rows[2]
+    assert [sum(s) for s in adaptive["sizes"]] == [4, 4] and sum(adaptive["warmup_sizes"]) == 4
+    assert data["sizing"]["chosen"][0]["why"] == "start"
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         plot = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "x.png"))
-        assert plot.exit_code == 1 and "ragged[plot]" in plot.stderr
+        assert plot.exit_code == 1 and "pip install matplotlib" in plot.stderr
+        return
+    chart = tmp_path / "x.png"
+    plot = ragged("gpu", "benchmark", "--pages", "2", "--max-batch", "2", "--rounds", "1", "--plot", str(chart))
+    assert plot.exit_code == 0 and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "adaptive: batch sizes" in plot.stdout
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path, model_cache: Path) -> None:

@@ -34,6 +34,7 @@ from ragged.gpu.batch_sizer import MEASURE_EVERY, AdaptiveBatchSizer, measured_p
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.oom_detection import is_oom_error
 from ragged.gpu.oom_handler import OOMHandler, OOMStats, Recovery, RecoveryStrategy, summarise_oom
+from ragged.gpu.throughput import SizingRecord
 from ragged.gpu.types import DeviceInfo
 
 R = TypeVar("R")
@@ -139,6 +140,7 @@ class RunStats:
     failed_items: int = 0
     prepared_items: int = 0
     oom: OOMStats = field(default_factory=OOMStats)
+    sizing: SizingRecord | None = None  # what the sizer has learnt by the end of the run (None: fixed batches)
 
     @property
     def work_seconds(self) -> float:
@@ -240,6 +242,7 @@ class BatchRunner(Generic[R]):
         if self.sizer is not None:
             stats.budget_bytes = self.sizer.last_budget_bytes
             stats.budget_warning = self.sizer.budget_warning
+            stats.sizing = self.sizer.record()
         return results, stats
 
     def _run(self, costs: Sequence[int], stages: Stages[Any, R], on_batch: Callable[[int], None] | None,
