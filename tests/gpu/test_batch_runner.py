@@ -72,6 +72,9 @@ def test_first_batch_is_the_memory_plan_and_fits(clock: FakeClock) -> None:
     best = (budget - 100 * MiB) // (200 * MiB)
     assert stats.oom.ooms == 0
     assert stats.batch_sizes[0] == budget // (200 * MiB)  # from memory, not 1 or 2
+    assert stats.sizing is not None and stats.sizing.chosen[0].size == stats.batch_sizes[0]  # the run says so
+    assert stats.sizing.batches == len(stats.batch_sizes) and {r.size for r in stats.sizing.rates} <= set(
+        stats.batch_sizes)
     assert max(stats.batch_sizes) <= best + 1 and stats.batch_sizes[-2] <= best
     assert stats.peak_bytes is not None and stats.peak_bytes <= budget
 

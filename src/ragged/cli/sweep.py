@@ -231,9 +231,19 @@ def size_runs(sizes: Sequence[int]) -> str:
 
 
 def plot_sweep(sweep: Sweep, path: Path, title: str) -> None:
-    """A PNG in three panels: pages/s and peak memory by batch size (fixed:
-    median with the slowest and fastest round; adaptive: a marker at the size
-    it used most and a dashed line), and adaptive's batch sizes over time."""
+    """Save :func:`sweep_figure` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(sweep, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep_figure(sweep: Sweep, title: str) -> Any:
+    """Three panels: pages/s and peak memory by batch size (fixed: median with
+    the slowest and fastest round; adaptive: a marker at the size it used most
+    and a dashed line, on both), and adaptive's batch sizes over time. Batch
+    sizes are labelled as plain integers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,5 +284,4 @@ def plot_sweep(sweep: Sweep, path: Path, title: str) -> None:
     sizes.legend(fontsize="small")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig

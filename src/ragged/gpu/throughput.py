@@ -227,7 +227,7 @@ class SizeSearch:
             probe = None
         if probe is None and self.incumbent in self._seen:  # the incumbent's own warm-up comes first
             probe = self._start_probe(limit)
-        return self.incumbent if probe is None else self._probe_step(probe, probe.candidate)
+        return self.incumbent if probe is None else self._probe_step(probe)
 
     def predict_after(self, size: int, limit: int) -> int:
         """What :meth:`next_size` will likely say once a usable batch of
@@ -250,10 +250,12 @@ class SizeSearch:
                 return neighbour
         return inc
 
-    def _probe_step(self, probe: _Probe, candidate: int) -> int:
-        if candidate not in self._seen or probe.pending is None:
-            return candidate
-        return self.incumbent if probe.pending[0] == candidate else candidate  # type: ignore[return-value]
+    def _probe_step(self, probe: _Probe) -> int:
+        """The candidate (its warm-up, or a pair's first half), else the incumbent to close the pair."""
+        assert self.incumbent is not None
+        if probe.candidate not in self._seen or probe.pending is None:
+            return probe.candidate
+        return self.incumbent if probe.pending[0] == probe.candidate else probe.candidate
 
     def _start_probe(self, limit: int) -> _Probe | None:
         assert self.incumbent is not None
@@ -303,11 +305,11 @@ class SizeSearch:
     def _end_probe(self, verdict: Verdict, note: str, *, penalise: bool) -> None:
         probe, self._probe = self._probe, None
         assert probe is not None and self.incumbent is not None
-        ratio = math.exp(statistics.median(probe.ratios)) if probe.ratios else float("nan")
+        mid = statistics.median(probe.ratios) if probe.ratios else math.nan
         if len(probe.ratios) >= PAIRS_MIN:
-            self._deviations.extend(abs(math.log(ratio) - x) for x in probe.ratios)
+            self._deviations.extend(abs(mid - x) for x in probe.ratios)
         logger.debug("{}: batch {}: size {} vs {}: {} (median rate ratio {:.3f}, {})", self.name, self.batches,
-                     probe.candidate, self.incumbent, verdict.value, ratio, note)
+                     probe.candidate, self.incumbent, verdict.value, math.exp(mid), note)
         if verdict is Verdict.FASTER or (verdict is Verdict.SAME and probe.candidate < self.incumbent):
             loser = self.incumbent
             self._choose(probe.candidate, Why.FASTER if verdict is Verdict.FASTER else Why.SMALLER)
@@ -339,6 +341,8 @@ class SizeSearch:
         self._recent.clear()
 
     def _choose(self, size: int, why: Why) -> None:
+        if why is Why.MEMORY:
+            self._probe = None  # its pairs were against the size memory no longer allows
         if size != self.incumbent:
             logger.debug("{}: batch {}: size {} chosen ({})", self.name, self.batches, size, why.value)
             self._chosen.append(SizeChoice(self.batches, size, why))
