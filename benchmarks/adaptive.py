@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,17 +132,31 @@ def main() -> None:
     if args.rounds < 5:
         print("note: fewer than 5 rounds; the medians are less steady", file=sys.stderr)
     logger.disable("ragged")
-    results = [measure(model, condition, args) for model in args.models for condition in args.conditions]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a stopped run still stops its competing load
+    results = []
+    for model in args.models:
+        for condition in args.conditions:
+            results.append(measure(model, condition, args))
+            print_result(results[-1])  # as it comes: a long run that is stopped still leaves its figures
     print(f"\n{args.pages} pages a run, median of {args.rounds} interleaved rounds after a warm-up; "
           f"{os.cpu_count()} CPUs; load: a busy loop on one core")
-    print_table(
-        ["model", "condition", "best fixed: pages/s", "adaptive pages/s", "adaptive / best", "target met",
-         "new sizer / best", "adaptive's sizes, per round", "OOMs (timed)", "adaptive peak of budget", "took"],
-        [row(r) for r in results],
-    )
-    for r in results:
-        if r.sweep.sizing is not None:
-            print(f"{r.model}, {r.condition}: {r.sweep.sizing.describe()}")
+    print_table(HEADERS, [row(r) for r in results])
+
+
+def print_result(result: Result) -> None:
+    """One result in full: every configuration's median and spread, then the summary row."""
+    print(f"\n{result.model}, {result.condition}:")
+    print_table(["configuration", "pages/s (median)", "slowest-fastest", "peak", "OOMs (timed)"],
+                [(r.label, f"{r.pages_per_second:.2f}", f"{r.spread[0]:.2f}-{r.spread[1]:.2f}", mib(r.peak_bytes),
+                  r.ooms) for r in result.sweep.rows])
+    if result.sweep.sizing is not None:
+        print(f"adaptive learnt: {result.sweep.sizing.describe()}")
+    print_table(HEADERS, [row(result)])
+    sys.stdout.flush()
+
+
+HEADERS = ["model", "condition", "best fixed: pages/s", "adaptive pages/s", "adaptive / best", "target met",
+           "new sizer / best", "adaptive's sizes, per round", "OOMs (timed)", "adaptive peak of budget", "took"]
 
 
 if __name__ == "__main__":

@@ -109,6 +109,16 @@ class TestSearch:
             search.next_size(8)
         assert search.incumbent == 8 and search.record().chosen[-1].why is Why.MEMORY
 
+    def test_a_probe_above_a_falling_limit_is_dropped(self) -> None:
+        search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)
+        search.begin(4)
+        search.observe(search.next_size(64), 20.0)
+        assert search.next_size(64) == 8  # probing 8
+        search.observe(8, 30.0)
+        assert search.predict_after(4, 2) == 2  # memory below the choice: the limit it is
+        assert search.next_size(6) == 6  # 8 no longer fits: the step up is now 6
+        assert search.incumbent == 4 and search.probes == 2
+
     def test_each_decision_is_logged(self) -> None:
         lines: list[str] = []
         sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{message}")

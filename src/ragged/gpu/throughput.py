@@ -11,8 +11,10 @@ works out. What it does:
 - **Paired probes.** A neighbour is compared with the incumbent by
   alternating them (c, i, c, i, ...); each adjacent pair gives the log of
   their rates' ratio. Both halves of a pair see the same machine, so a
-  co-tenant that comes and goes moves both. After ``PAIRS_MIN`` pairs the
-  median log ratio is held against a band: the larger of the minimum gain
+  co-tenant that comes and goes moves both. After ``PAIRS_FIRST`` pairs
+  (``PAIRS_MIN`` once earlier probes have measured the noise, so a large
+  difference is acted on quickly) the median log ratio is held against a
+  band: the larger of the minimum gain
   and twice its robust standard error (from the MAD of these pairs, or of
   earlier probes' pairs where that is larger). Above it the
   neighbour wins and becomes the incumbent (the search goes on in that
@@ -45,7 +47,8 @@ from typing import Any
 
 from loguru import logger
 
-PAIRS_MIN = 4  # pairs before a probe may decide
+PAIRS_FIRST = 4  # pairs before a probe may decide while the noise is not yet known
+PAIRS_MIN = 2  # once earlier probes have measured the noise
 PAIRS_MAX = 10  # pairs after which an undecided probe counts as a loss
 PROBE_MAX_BATCHES = 3 * PAIRS_MAX  # a probe that cannot gather its pairs (unusable samples) ends unsure
 BACKOFF_START = 16  # batches before a neighbour that lost is tried again
@@ -238,7 +241,7 @@ class SizeSearch:
         probe = self._probe
         if probe is not None:
             pairs = len(probe.ratios) + (probe.pending is not None and probe.pending[0] != size)
-            if pairs >= PAIRS_MIN:
+            if pairs >= (PAIRS_MIN if len(self._deviations) >= PAIRS_FIRST else PAIRS_FIRST):
                 return inc  # it may decide now; staying is the likelier outcome
             if size == probe.candidate and size not in self._seen:
                 return size  # that was the warm-up: the pair starts now
@@ -295,9 +298,10 @@ class SizeSearch:
         candidate_rate, incumbent_rate = (rate, first_rate) if size == probe.candidate else (first_rate, rate)
         probe.ratios.append(math.log(candidate_rate / incumbent_rate))
         probe.pending = None
-        if len(probe.ratios) < PAIRS_MIN:
+        noise_known = len(self._deviations) >= PAIRS_FIRST
+        if len(probe.ratios) < (PAIRS_MIN if noise_known else PAIRS_FIRST):
             return
-        typical = statistics.median(self._deviations) if self._deviations else 0.0
+        typical = statistics.median(self._deviations) if noise_known else 0.0
         verdict = compare(probe.ratios, self.min_gain, typical)
         if verdict is not Verdict.UNSURE or len(probe.ratios) >= PAIRS_MAX:
             self._end_probe(verdict, f"{len(probe.ratios)} pairs", penalise=True)
@@ -306,8 +310,9 @@ class SizeSearch:
         probe, self._probe = self._probe, None
         assert probe is not None and self.incumbent is not None
         mid = statistics.median(probe.ratios) if probe.ratios else math.nan
-        if len(probe.ratios) >= PAIRS_MIN:
-            self._deviations.extend(abs(mid - x) for x in probe.ratios)
+        n = len(probe.ratios)
+        if n >= PAIRS_MIN:  # deviations from a median of n lie closer than the noise: widened to make up
+            self._deviations.extend(abs(mid - x) * math.sqrt(n / (n - 1)) for x in probe.ratios)
         logger.debug("{}: batch {}: size {} vs {}: {} (median rate ratio {:.3f}, {})", self.name, self.batches,
                      probe.candidate, self.incumbent, verdict.value, math.exp(mid), note)
         if verdict is Verdict.FASTER or (verdict is Verdict.SAME and probe.candidate < self.incumbent):
