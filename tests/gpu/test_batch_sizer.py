@@ -24,6 +24,7 @@ from ragged.gpu import (
     plan_batch_size,
 )
 from ragged.gpu.batch_sizer import CPU_START, UNREADABLE_START, measured_peak
+from ragged.gpu.throughput import Why
 from ragged.gpu.types import AllocatorCounters
 from tests.fakes import FakeBackend, FakeCard, GiB, MiB, fake_cpu
 
@@ -325,3 +326,17 @@ class TestThroughputSearch:
             size = sizer.next_batch_size()
             misses += guess != size
         assert misses <= 15
+
+    def test_memory_taken_by_another_process_does_not_erase_what_was_measured(self) -> None:
+        backend = fake_cpu(total=16 * GiB, others=2 * GiB)
+        manager = DeviceManager([backend])
+        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager, prior_bytes_per_load=1.0)
+        before = drive(sizer, table(PEAK), 80, noise=0.02)
+        assert before[-10:] == [8] * 10
+        backend.cards[0].others = 15 * GiB  # above the 65% line: batches of one, as the policy says
+        crowded = drive(sizer, table(PEAK), 20, noise=0.02)
+        assert set(crowded) == {1} and sizer.record().current == 1
+        backend.cards[0].others = 2 * GiB
+        after = drive(sizer, table(PEAK), 5, noise=0.02)
+        assert after == [8] * 5  # straight back to the size measured best, no climb from 1
+        assert [c.why for c in sizer.record().chosen][-2:] == [Why.MEMORY, Why.ROOM]

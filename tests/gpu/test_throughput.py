@@ -108,6 +108,10 @@ class TestSearch:
             search.observe(8, 10.0)
             search.next_size(8)
         assert search.incumbent == 8 and search.record().chosen[-1].why is Why.MEMORY
+        assert search.predict_after(8, 12) == 4  # below the old choice the search goes on (probing 4)
+        assert search.predict_after(8, 64) == 16
+        assert search.next_size(64) == 16  # room again: the size measured before comes straight back
+        assert search.record().chosen[-1].why is Why.ROOM
 
     def test_a_probe_above_a_falling_limit_is_dropped(self) -> None:
         search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)

@@ -30,6 +30,12 @@ works out. What it does:
   it is tried again, twice as long after each further loss, at most
   ``BACKOFF_MAX``: a stop is never for good, and probing stays a bounded
   share of the batches.
+- **Memory.** The caller's memory limit always wins. While it holds
+  batches below the incumbent they run at the limit; after
+  ``CLAMP_STREAK`` such batches the limit becomes the incumbent (and the
+  search goes on below it), and the earlier choice comes back as soon as
+  memory allows it again: a co-tenant's memory does not erase what was
+  measured.
 - **Change.** The incumbent's recent median rate is compared with its
   median when it was chosen; a shift beyond ``CHANGE`` (a co-tenant arrived
   or left) makes both neighbours due at once, so a size that became slow is
@@ -101,6 +107,7 @@ class Why(Enum):
     FASTER = "faster"  # a probe showed the new size faster
     SMALLER = "smaller"  # a probe showed the smaller size as fast: the same speed for less memory
     MEMORY = "memory"  # the memory limit (budget or OOM ceiling) held batches below it
+    ROOM = "room"  # memory allows the size chosen before it held batches below that again
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,7 @@ class SizeSearch:
         self._reference: list[float] = []  # the incumbent's first samples since it was chosen
         self._recent: deque[float] = deque(maxlen=CHANGE_WINDOW)
         self._clamped = 0  # consecutive batches the limit held below the incumbent
+        self._before_memory: int | None = None  # the choice memory pushed down, taken back when room returns
         self._chosen: list[SizeChoice] = []
         self.batches = 0
         self.probes = 0
@@ -218,6 +226,8 @@ class SizeSearch:
         if self.incumbent is None:
             self.begin(limit)
         assert self.incumbent is not None
+        if self._before_memory is not None and limit >= self._before_memory:
+            self._choose(self._before_memory, Why.ROOM)
         if limit < self.incumbent:
             self._clamped += 1
             if self._clamped >= CLAMP_STREAK:
@@ -236,6 +246,8 @@ class SizeSearch:
         """What :meth:`next_size` will likely say once a usable batch of
         ``size`` is recorded (changes nothing): prepared-ahead batches use it."""
         inc = self.incumbent if self.incumbent is not None else limit
+        if self._before_memory is not None and limit >= self._before_memory:
+            return self._before_memory  # room again: the earlier choice comes back (any probe is dropped)
         if limit < inc:
             return max(self.min_size, limit)
         probe = self._probe
@@ -348,6 +360,10 @@ class SizeSearch:
     def _choose(self, size: int, why: Why) -> None:
         if why is Why.MEMORY:
             self._probe = None  # its pairs were against the size memory no longer allows
+            self._before_memory = max(self._before_memory or 0, self.incumbent or 0)
+        elif why is Why.ROOM:
+            self._probe = None
+            self._before_memory = None
         if size != self.incumbent:
             logger.debug("{}: batch {}: size {} chosen ({})", self.name, self.batches, size, why.value)
             self._chosen.append(SizeChoice(self.batches, size, why))
