@@ -1,6 +1,6 @@
 """Adaptive batch sizing against the best fixed batch, idle and under a competing load.
 
-    python -m benchmarks.adaptive [--models tiny-colpali ...] [--pages 32] [--rounds 5]
+    python -m benchmarks.adaptive [--models tiny-colpali ...] [--pages 64] [--rounds 5]
 
 For each model and condition this runs the comparison behind
 ``ragged gpu benchmark`` (:func:`ragged.cli.sweep.run_sweep`): fixed batches
@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--conditions", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    parser.add_argument("--pages", type=int, default=32, help="pages per run (one call of the embedder)")
+    parser.add_argument("--pages", type=int, default=64, help="pages per run (one call of the embedder)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds after the warm-up")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--device", default="auto")

@@ -305,16 +305,24 @@ class TestThroughputSearch:
                                    prior_bytes_per_load=1.0)
         assert sizer.next_batch_size() == UNREADABLE_START
 
-    def test_slow_measured_and_cut_short_batches_are_not_rate_samples(self) -> None:
+    def test_warm_ups_and_slow_measured_batches_are_not_rate_samples(self) -> None:
         sizer = cpu_sizer()
-        sizer.record_batch(4, 4, None, 0.2)  # warm-up
+        sizer.record_batch(4, 4, None, 0.02)  # warm-up: first batch at this size, however fast
         for _ in range(3):
             sizer.record_batch(4, 4, None, 0.2)  # 20 items/s
         assert sizer.wants_measurement(4)  # measuring where it is costly: this batch's time is off
         sizer.record_batch(4, 4, 10 * MiB, 2.0)
-        sizer.record_batch(4, 2, None, 1.0, full=False)  # cut short by the end of the items
         rate = next(r for r in sizer.record().rates if r.size == 4)
         assert (rate.samples, rate.median) == (3, pytest.approx(20.0))
+
+    def test_a_batch_cut_short_is_a_sample_of_its_own_size(self) -> None:
+        sizer = cpu_sizer()
+        sizer.next_batch_size()
+        sizer.record_batch(4, 4, None, 0.2)
+        for _ in range(2):
+            sizer.record_batch(2, 2, None, 0.25, full=False)  # the end of the items: 2 of a planned 4
+        assert {r.size: r.samples for r in sizer.record().rates} == {2: 1}  # its first was its warm-up
+        assert sizer.next_batch_size() != 2 and sizer.measurements[-1].batch_size == 2  # planned from 4 on
 
     def test_prepared_ahead_guesses_match_the_next_size(self) -> None:
         sizer = sizer_on(FakeCard(total=80 * GiB), prior_bytes_per_load=1.0)

@@ -62,9 +62,9 @@ class TestSearch:
     def test_warm_up_then_paired_probe_then_a_move(self) -> None:
         search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)
         search.begin(4)
-        sizes = run(search, {2: 10.0, 4: 20.0, 8: 30.0, 16: 31.0}, 11)
-        # 4 warms up, 8 warms up, then 8/4 alternate until four pairs decide for 8.
-        assert sizes == [4, 8, 8, 4, 8, 4, 8, 4, 8, 4, 16]
+        sizes = run(search, {2: 10.0, 4: 20.0, 8: 30.0, 16: 31.0}, 9)
+        # 4 warms up, 8 warms up, then 8/4 alternate until three pairs decide for 8; 16 is next.
+        assert sizes == [4, 8, 8, 4, 8, 4, 8, 4, 16]
         assert search.incumbent == 8
         chosen = search.record().chosen
         assert [(c.size, c.why) for c in chosen] == [(4, Why.START), (8, Why.FASTER)]
@@ -137,7 +137,7 @@ class TestSearch:
         record = search.record()
         assert record.current == 8 and record.probes >= 3
         assert {r.size for r in record.rates} >= {4, 8, 16} and "8 (faster" in record.describe()
-        assert record.as_dict()["chosen"][-1] == {"batch": 10, "size": 8, "why": "faster"}
+        assert record.as_dict()["chosen"][-1] == {"batch": 8, "size": 8, "why": "faster"}
 
     @pytest.mark.parametrize("pairs", [PAIRS_MAX])
     def test_undecided_probes_end_at_the_pair_limit(self, pairs: int) -> None:

@@ -362,11 +362,11 @@ class AdaptiveBatchSizer:
         """Feed back one finished batch (``peak_bytes`` None when unknown).
 
         ``full`` is False for a batch cut short by the end of the items: its
-        memory is learnt, its speed is not (a short batch is not a sample of
-        the size it was meant to have); nor is the speed of a batch whose
-        peak was measured where measuring slows it (:meth:`wants_measurement`)."""
+        speed counts for the size it had, but the next batch is planned from
+        the size before it. The speed of a batch whose peak was measured where
+        measuring slows it (:meth:`wants_measurement`) is not a sample."""
         self._measurements.append(BatchMeasurement(batch_size, load, peak_bytes, seconds))
-        usable = full and not self._costly_sample
+        usable = not self._costly_sample
         self._costly_sample = False
         self._search.observe(batch_size, load / seconds if seconds > 0 else None, usable=usable)
         if full or self._last_size is None:

@@ -53,7 +53,7 @@ from typing import Any
 
 from loguru import logger
 
-PAIRS_FIRST = 4  # pairs before a probe may decide while the noise is not yet known
+PAIRS_FIRST = 3  # pairs before a probe may decide while the noise is not yet known
 PAIRS_MIN = 2  # once earlier probes have measured the noise
 PAIRS_MAX = 10  # pairs after which an undecided probe counts as a loss
 PROBE_MAX_BATCHES = 3 * PAIRS_MAX  # a probe that cannot gather its pairs (unusable samples) ends unsure
