@@ -8,15 +8,8 @@ from itertools import pairwise
 import pytest
 from loguru import logger
 
-from ragged.gpu.throughput import (
-    BACKOFF_START,
-    PAIRS_MAX,
-    PROBE_MAX_BATCHES,
-    SizeSearch,
-    Verdict,
-    Why,
-    compare,
-)
+from ragged.gpu.size_search import BACKOFF_START, PAIRS_MAX, PROBE_MAX_BATCHES, SizeSearch
+from ragged.gpu.throughput import Verdict, Why, compare
 
 
 def logs(*ratios: float) -> list[float]:

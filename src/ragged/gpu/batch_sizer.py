@@ -27,7 +27,8 @@ from ragged.gpu.device_manager import DeviceManager, default_device_manager
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.policy import MemoryPolicy
-from ragged.gpu.throughput import SizeSearch, SizingRecord
+from ragged.gpu.size_search import SizeSearch
+from ragged.gpu.throughput import SizingRecord
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
