@@ -32,6 +32,13 @@ class TestCompare:
         # A median gain of ~10% inside samples that swing by +-40%: not shown.
         assert compare(logs(1.5, 0.7, 1.1, 1.4, 0.75, 1.1), 0.03) is Verdict.UNSURE
 
+    def test_the_last_look_takes_the_side_the_evidence_leans_to(self) -> None:
+        leaning = [-0.3, -0.2, -0.06, 0.0, 0.2, 0.2, 0.4, 0.45, 0.5, 0.6]  # median +0.2, noisy
+        assert compare(leaning, 0.03) is Verdict.UNSURE
+        assert compare(leaning, 0.03, last=True) is Verdict.FASTER
+        assert compare([-x for x in leaning], 0.03, last=True) is Verdict.SLOWER
+        assert compare([x - 0.2 for x in leaning], 0.03, last=True) is Verdict.UNSURE  # no lean: stay
+
     def test_nothing_is_unsure(self) -> None:
         assert compare([], 0.03) is Verdict.UNSURE
 

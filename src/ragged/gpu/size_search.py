@@ -18,8 +18,9 @@ works out. What it does:
   becomes the incumbent (and the search goes on in that direction). The
   same: the smaller of the two is kept (the same speed for less memory;
   on a plateau this pulls back a size that noise once carried too far).
-  Slower: it loses. Undecided: more pairs, up to ``PAIRS_MAX``, after
-  which the incumbent stays. So one slow sample never decides, and a
+  Slower: it loses. Undecided: more pairs, up to ``PAIRS_MAX``, where the
+  side the evidence leans to (by the gain and one standard error) wins, or
+  else the incumbent stays. So one slow sample never decides, and a
   plateau or a peak stops the search.
 - **Warm-up.** The first batch at a size pays one-off costs (kernels chosen
   per shape, memory grown); it is not a sample.
@@ -52,7 +53,7 @@ from ragged.gpu.throughput import SizeChoice, SizeRate, SizingRecord, Verdict, W
 
 PAIRS_FIRST = 3  # pairs before a probe may decide while the noise is not yet known
 PAIRS_MIN = 2  # once earlier probes have measured the noise
-PAIRS_MAX = 10  # pairs after which an undecided probe counts as a loss
+PAIRS_MAX = 10  # the last look of a probe: the side the evidence leans to wins, else the incumbent stays
 PROBE_MAX_BATCHES = 3 * PAIRS_MAX  # a probe that cannot gather its pairs (unusable samples) ends unsure
 BACKOFF_START = 16  # batches before a neighbour that lost is tried again
 BACKOFF_MAX = 512  # the longest wait after repeated losses
@@ -217,8 +218,9 @@ class SizeSearch:
         if len(probe.ratios) < (PAIRS_MIN if noise_known else PAIRS_FIRST):
             return
         typical = statistics.median(self._deviations) if noise_known else 0.0
-        verdict = compare(probe.ratios, self.min_gain, typical)
-        if verdict is not Verdict.UNSURE or len(probe.ratios) >= PAIRS_MAX:
+        last = len(probe.ratios) >= PAIRS_MAX
+        verdict = compare(probe.ratios, self.min_gain, typical, last=last)
+        if verdict is not Verdict.UNSURE or last:
             self._end_probe(verdict, f"{len(probe.ratios)} pairs", penalise=True)
 
     def _end_probe(self, verdict: Verdict, note: str, *, penalise: bool) -> None:

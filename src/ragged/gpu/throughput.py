@@ -29,7 +29,7 @@ class Verdict(Enum):
     UNSURE = "unsure"
 
 
-def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0) -> Verdict:
+def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, *, last: bool = False) -> Verdict:
     """Judge a neighbour from log(rate_neighbour / rate_incumbent) pairs.
 
     The median is held against a band from the noise: the standard error of
@@ -37,14 +37,16 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0) 
     of earlier probes: a few pairs alone often look quieter than they are).
     Faster means above ``min_gain`` plus one standard error and above two
     standard errors; slower, the same below zero; the same, within
-    ``min_gain`` with two standard errors inside it too; else unsure."""
+    ``min_gain`` with two standard errors inside it too; else unsure. The
+    ``last`` look of a probe drops the two-error condition: the samples are
+    spent, and the side the evidence leans to is the better bet."""
     if not log_ratios:
         return Verdict.UNSURE
     mid = statistics.median(log_ratios)
     mad = max(typical_mad, statistics.median(abs(x - mid) for x in log_ratios))
     error = MEDIAN_SE * MAD_TO_SD * mad / math.sqrt(len(log_ratios))
     gain = math.log1p(min_gain)
-    band = max(gain + GAIN_SIGMAS * error, SIGMAS * error)
+    band = gain + GAIN_SIGMAS * error if last else max(gain + GAIN_SIGMAS * error, SIGMAS * error)
     if mid > band:
         return Verdict.FASTER
     if mid < -band:
