@@ -177,8 +177,15 @@ def test_gpu_commands(ragged: Ragged) -> None:
 
 
 def test_gpu_benchmark(ragged: Ragged, tmp_path: Path) -> None:
-    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "4", "--max-batch", "2",
-                    "--rounds", "2", "--json")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        plot = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "x.png"))
+        assert plot.exit_code == 1 and "pip install matplotlib" in plot.stderr
+        return
+    chart = tmp_path / "x.png"
+    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "3", "--max-batch", "2",
+                    "--rounds", "2", "--json", "--plot", str(chart))
     assert result.exit_code == 0
     data = json.loads(result.stdout)
     rows = data["rows"]
@@ -187,18 +194,9 @@ def test_gpu_benchmark(ragged: Ragged, tmp_path: Path) -> None:
         assert len(r["rates"]) == 2 and all(x > 0 for x in r["rates"])
         assert r["slowest"] <= r["pages_per_second"] <= r["fastest"]
     adaptive = rows[2]
-    assert [sum(s) for s in adaptive["sizes"]] == [4, 4] and sum(adaptive["warmup_sizes"]) == 4
+    assert [sum(s) for s in adaptive["sizes"]] == [3, 3] and sum(adaptive["warmup_sizes"]) == 3
     assert data["sizing"]["chosen"][0]["why"] == "start"
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        plot = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "x.png"))
-        assert plot.exit_code == 1 and "pip install matplotlib" in plot.stderr
-        return
-    chart = tmp_path / "x.png"
-    plot = ragged("gpu", "benchmark", "--pages", "2", "--max-batch", "2", "--rounds", "1", "--plot", str(chart))
-    assert plot.exit_code == 0 and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "adaptive: batch sizes" in plot.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "chart written" in result.stderr
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path, model_cache: Path) -> None:

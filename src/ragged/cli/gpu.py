@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ragged.cli.output import fail, gib, out, plain, safe
+from ragged.cli.output import err, fail, gib, out, plain, safe
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -199,7 +199,7 @@ def benchmark(model: str, device: str, pages: int, max_batch: int, rounds: int, 
         from ragged.cli.sweep import plot_sweep
 
         plot_sweep(sweep, plot, f"{model} on {target.label}, {pages} pages, {rounds} rounds")
-        out.print(f"chart written to {safe(plot)}")
+        (err if as_json else out).print(f"chart written to {safe(plot)}")  # JSON output stays parseable
 
 
 def _print_sweep(sweep: Sweep, title: str) -> None:
