@@ -209,7 +209,7 @@ def _print_sweep(sweep: Sweep, title: str) -> None:
 
     best = sweep.best_fixed
     table = Table(title=plain(title))
-    for column in ("configuration", "pages/s", "slowest-fastest", "vs best fixed", "peak memory", "OOMs"):
+    for column in ("configuration", "pages/s", "range", "vs best fixed", "peak memory", "OOMs"):
         table.add_column(column)
     for r in sweep.rows:
         low, high = r.spread
