@@ -2,7 +2,7 @@
 
 The planner part is pure (:func:`memory_budget`, :meth:`MemoryFit.fit`,
 :func:`plan_batch_size`, and the throughput search in
-:mod:`ragged.gpu.throughput`); :class:`AdaptiveBatchSizer` keeps the state
+:mod:`ragged.gpu.size_search`); :class:`AdaptiveBatchSizer` keeps the state
 of one device and applies them: memory sets the largest batch, throughput
 chooses below it. "Load" is what a batch costs: padded tokens (items
 x longest item) when token counts are known, else the item count.
@@ -34,9 +34,10 @@ from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
 MIN_MEASURED = 4  # peaks the fit gets before sampling starts, where measuring is costly
 MEASURE_EVERY = 16  # then one batch in this many is measured
-# The first batch on a CPU: the tiny presets (ColPali, ColQwen2, ColModernVBert) run fastest at 4-8
-# pages a batch on 2 cores and lose little at 4 anywhere from 2 to 16 (docs/benchmarks.md); memory
-# still caps it. Without any memory reading the first batch is small.
+# The first batch on a CPU: on 2 idle cores the tiny presets (ColPali, ColQwen2, ColModernVBert) were
+# fastest at or near 4 pages a batch (docs/benchmarks.md, "Adaptive batching"); where a busy machine
+# favours larger batches the search climbs from there. Memory still caps it. Without any memory
+# reading the first batch is small.
 CPU_START = 4
 UNREADABLE_START = 2
 
@@ -187,7 +188,7 @@ class AdaptiveBatchSizer:
     a fit of peak memory against load, and the budget now. OOMs are learnt
     by the :class:`OOMHandler` (one owner of the ceilings): the sizer never
     proposes a size above it. Below that limit a
-    :class:`~ragged.gpu.throughput.SizeSearch` chooses the size from paired,
+    :class:`~ragged.gpu.size_search.SizeSearch` chooses the size from paired,
     repeated rate samples. The first batch is the memory plan on an
     accelerator and ``CPU_START`` on the CPU (see :class:`BatchSizeConfig`).
     """
