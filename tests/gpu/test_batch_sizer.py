@@ -230,7 +230,7 @@ class TestThroughputSearch:
     """Scripted timings with noise: decisions come from evidence, not one sample."""
 
     def test_one_slow_sample_does_not_stop_growth(self) -> None:
-        sizer = cpu_sizer()
+        sizer = cpu_sizer(config=BatchSizeConfig(initial_batch_size=4))
         sizes = drive(sizer, table(RISING), 60, noise=0.03, slow=frozenset({2, 3, 4, 5}))
         # The first usable samples at 8 (batches 2-5) took twice as long; growth went on regardless.
         assert sizes[0] == 4 and sizes[-1] == 32
@@ -238,7 +238,7 @@ class TestThroughputSearch:
 
     @pytest.mark.parametrize("seed", range(5))
     def test_a_real_plateau_stops_growth(self, seed: int) -> None:
-        sizer = cpu_sizer()
+        sizer = cpu_sizer(config=BatchSizeConfig(initial_batch_size=4))
         sizes = drive(sizer, table(PLATEAU), 400, noise=0.03, seed=seed)
         assert sizer.record().current in (8, 16)  # flat past 8: either, never on to 32 for nothing
         assert sizes[100:].count(32) <= 0.05 * 300  # 32 only as a probe
@@ -247,11 +247,11 @@ class TestThroughputSearch:
     @pytest.mark.parametrize("seed", range(5))
     @pytest.mark.parametrize("where", ["cpu", "cuda"])
     def test_a_peak_is_found_from_below_and_from_above(self, where: str, seed: int) -> None:
-        # From 4 on the CPU (growing), from the memory plan (32) on a card (shrinking).
-        sizer = cpu_sizer(config=BatchSizeConfig()) if where == "cpu" else sizer_on(
+        # From 2 on the CPU (growing), from the memory plan (32) on a card (shrinking).
+        sizer = cpu_sizer(config=BatchSizeConfig(initial_batch_size=2)) if where == "cpu" else sizer_on(
             FakeCard(total=80 * GiB), prior_bytes_per_load=1.0)
         sizes = drive(sizer, table(PEAK), 300, noise=0.05, seed=seed)
-        assert sizes[0] == (4 if where == "cpu" else 32)
+        assert sizes[0] == (2 if where == "cpu" else 32)
         assert sizer.record().current == 8
         assert sizes[150:].count(8) >= 0.85 * 150
 

@@ -34,11 +34,11 @@ from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
 MIN_MEASURED = 4  # peaks the fit gets before sampling starts, where measuring is costly
 MEASURE_EVERY = 16  # then one batch in this many is measured
-# The first batch on a CPU: on 2 idle cores the tiny presets (ColPali, ColQwen2, ColModernVBert) were
-# fastest at or near 4 pages a batch (docs/benchmarks.md, "Adaptive batching"); where a busy machine
-# favours larger batches the search climbs from there. Memory still caps it. Without any memory
-# reading the first batch is small.
-CPU_START = 4
+# The first batch on a CPU. Measured on 2 cores (docs/benchmarks.md, "Adaptive batching"): on a busy
+# machine the tiny presets ran at 0.80-0.96 of their best fixed batch at 8 but 0.36-0.73 at 4 (16-32
+# were best there); on idle cores an earlier measurement found them fastest at about 4. 8 is one growth
+# step from either; memory still caps it. Without any memory reading the first batch is small.
+CPU_START = 8
 UNREADABLE_START = 2
 
 
