@@ -28,7 +28,7 @@ from loguru import logger
 
 from benchmarks._process import process_seconds
 from benchmarks._table import print_table
-from ragged.gpu import AdaptiveBatchSizer, DeviceInfo, DeviceManager, MemoryMonitor, OOMHandler
+from ragged.gpu import AdaptiveBatchSizer, DeviceInfo, DeviceManager, MemoryMonitor, Runtime
 
 
 def median_seconds(fn: Callable[[], object], repeat: int) -> float:
@@ -57,7 +57,7 @@ def oom_recovery_overhead(manager: DeviceManager, device: DeviceInfo) -> float:
         finally:
             work_time += time.perf_counter() - start
 
-    handler = OOMHandler(manager)
+    handler = Runtime(manager).oom_handler
     start = time.perf_counter()
     handler.run(work, device, 8)
     return time.perf_counter() - start - work_time
@@ -66,14 +66,14 @@ def oom_recovery_overhead(manager: DeviceManager, device: DeviceInfo) -> float:
 def prefetch_ratio() -> tuple[float, str]:
     """Items prepared per item used, with preparation ahead while sizes grow
     (a fake 80 GiB card; compute costs a fixed 20 ms a batch plus 1 ms an item)."""
-    from ragged.gpu import AdaptiveBatchSizer, BatchRunner, BatchSizeConfig, Stages
+    from ragged.gpu import BatchRunner, BatchSizeConfig, Stages
     from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu
 
     manager = DeviceManager([FakeBackend(cards=[FakeCard(total=80 * GiB)]), fake_cpu()])
     device = manager.get_optimal_device("cuda:0")
-    handler = OOMHandler(manager)
-    sizer = AdaptiveBatchSizer(device, MemoryMonitor(device, manager), BatchSizeConfig(max_batch_size=64),
-                               manager, prior_bytes_per_load=1.0, oom_handler=handler)
+    runtime = Runtime(manager, batch_config=BatchSizeConfig(max_batch_size=64))
+    handler = runtime.oom_handler
+    sizer = runtime.sizer_for(device, "prefetch", prior_bytes_per_load=1.0)
 
     def compute(prepared: list[int], dev: DeviceInfo) -> list[int]:
         time.sleep(0.02 + 0.001 * len(prepared))
@@ -112,7 +112,8 @@ def main() -> None:
     monitor = MemoryMonitor(device, manager)
     snapshot = median_seconds(monitor.take_snapshot, 200)
     counters = median_seconds(lambda: manager.counters(device), 2000)
-    sizer = AdaptiveBatchSizer(device, None, None, manager)  # no monitor: every call reads the device
+    # No monitor: every call reads the device.
+    sizer = AdaptiveBatchSizer(device, None, None, oom_handler=Runtime(manager).oom_handler)
     calc = median_seconds(sizer.calculate_batch_size, 200)
     oom = statistics.median(oom_recovery_overhead(manager, device) for _ in range(5))
     print(f"device: {device} | torch {torch.__version__} | {platform.machine()} | python {platform.python_version()}")

@@ -49,14 +49,15 @@ MAX_REQUESTS = 2000  # per client: a load loop always ends
 def in_process_maxsim(index: Path, cache: str, repeats: int = 5) -> tuple[float, int]:
     """(median seconds, query tokens) of one query over the resident vectors."""
     from ragged.embeddings import ColPaliEmbedder
-    from ragged.gpu import DeviceManager
+    from ragged.gpu import Runtime
     from ragged.index.resident import ResidentIndex
     from ragged.index.search import MaxSimSearcher
     from ragged.index.store import IndexStore
 
-    manager = DeviceManager()
+    runtime = Runtime()
+    manager = runtime.device_manager
     resident = ResidentIndex(IndexStore.open(index), manager.cpu(), manager)
-    searcher = MaxSimSearcher(resident, manager.cpu(), manager)
+    searcher = MaxSimSearcher(resident, manager.cpu(), runtime)
     rng = np.random.default_rng(3)
     with ColPaliEmbedder("tiny-colpali", device="cpu", cache_dir=cache) as embedder:
         queries = [embedder.embed_queries([" ".join(rng.choice(WORDS, 3))]) for _ in range(repeats)]

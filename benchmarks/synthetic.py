@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ragged.index.catalog import CATALOG
 from ragged.index.store import IndexStore
 
 DIM = 128
@@ -30,7 +29,7 @@ def pages(rng: np.random.Generator, count: int) -> list[np.ndarray]:
 
 def build_index(folder: Path, count: int, seed: int = 0) -> Path:
     """An index of ``count`` synthetic pages in documents of 100 (reused if present)."""
-    if (folder / CATALOG).is_file() and len(IndexStore.open(folder).catalog().pages) == count:
+    if IndexStore.read_meta(folder) is not None and len(IndexStore.open(folder).catalog().pages) == count:
         return folder
     rng = np.random.default_rng(seed)
     with IndexStore.open_for_writing(folder, MODEL) as store:

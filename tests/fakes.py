@@ -190,3 +190,12 @@ class BookedModule(torch.nn.Module):
             self.backend.release(0, self.nbytes)  # the cache keeps it until cleared, like torch's
             self.on_card = False
         return result
+
+
+def cpu_searcher(source: object) -> object:
+    """An exact MaxSim searcher over ``source`` (a store or a vector source) on the CPU, under a runtime of its own."""
+    from ragged.gpu import DeviceManager, Runtime
+    from ragged.index.search import MaxSimSearcher
+
+    runtime = Runtime(DeviceManager())
+    return MaxSimSearcher(source, runtime.device("cpu"), runtime)  # type: ignore[arg-type]

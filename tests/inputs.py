@@ -42,7 +42,7 @@ def make_bad_inputs(folder: Path) -> dict[str, Path]:
     files["good_pdf"].write_bytes(good)
     files["good_png"] = folder / "good.png"
     Image.new("RGB", (300, 400), "white").save(files["good_png"])
-    files["not_a_document"] = folder / "notes.txt"
+    files["not_a_document"] = folder / "notes.xyz"
     files["not_a_document"].write_text("just text")
     files["truncated_pdf"] = folder / "truncated.pdf"
     whole = (EXAMPLES / "annual-report.pdf").read_bytes()

@@ -27,9 +27,9 @@ def test_gpu_exports_are_pinned() -> None:
         "CPUBackend", "CUDABackend", "DeviceBackend", "DeviceInfo", "DeviceManager", "DeviceProperties",
         "DeviceType", "ItemFailure", "MPSBackend", "ManagedBatchJob", "MemoryFit", "MemoryInfo", "MemoryLevel",
         "MemoryMonitor", "MemoryPolicy", "MemorySnapshot", "ModelManager", "OOMHandler", "OOMStats", "Placement",
-        "ProcessMemory", "ROCmBackend", "Recovery", "RecoveryStep", "RecoveryStrategy", "RunStats", "Stages",
-        "XPUBackend", "default_device_manager", "is_oom_error", "memory_budget", "parse_device_hint",
-        "plan_batch_size", "with_oom_handling",
+        "ProcessMemory", "ROCmBackend", "Recovery", "RecoveryOptions", "RecoveryStep", "RecoveryStrategy",
+        "RunStats", "Runtime", "Stages", "XPUBackend", "default_device_manager", "is_oom_error", "memory_budget",
+        "parse_device_hint", "plan_batch_size", "register_backend", "with_oom_handling",
     }
     for name in gpu.__all__:  # each is defined inside ragged.gpu, not re-exported from elsewhere
         assert getattr(gpu, name).__module__.startswith("ragged.gpu"), name
@@ -67,14 +67,22 @@ def test_one_exception_tree_drawn_in_its_docstring() -> None:
 def test_import_has_no_side_effects() -> None:
     code = (
         "import ragged.gpu, ragged.embeddings, ragged.cli.main, torch;"
-        "from ragged.gpu.device_manager import default_device_manager;"
-        "print(default_device_manager.cache_info().currsize, torch.cuda.is_initialized())"
+        "from ragged.gpu.device_manager import _detected;"
+        "print(_detected.cache_info().currsize, torch.cuda.is_initialized())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", "False"] and out.stderr == ""  # no detection, no CUDA context, no output
 
 
 HEAVY = ("torch", "transformers", "lancedb", "pyarrow")
+
+
+@pytest.mark.parametrize("module", ["ragged.gpu", "ragged.gpu.types", "ragged.gpu.registry", "ragged.gpu.policy",
+                                    "ragged.query", "ragged.query.modes", "ragged.index.results"])
+def test_light_modules_do_not_load_torch(module: str) -> None:
+    code = f"import sys, json, {module}; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
 
 
 def loaded_after(args: list[str]) -> set[str]:

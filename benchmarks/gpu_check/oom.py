@@ -37,7 +37,7 @@ from benchmarks.gpu_check.probe import (
 )
 from benchmarks.gpu_check.worker import Context
 from ragged.gpu import BatchSizeConfig
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.runtime import Runtime
 
 HEADROOM = 3  # the cap leaves room for this many one-page batches above the weights
 SMOKE_CAP_PAGES = 1
@@ -70,7 +70,7 @@ def _model(ctx: Context, name: str, imgs: list[Image.Image]) -> None:
     if not (folder / "config.json").is_file():
         raise RuntimeError(f"{name} was not built (see the build section)")
     meter = Meter()
-    with ModelManager(idle_timeout_s=None) as held:
+    with Runtime() as held:
         FULL.apply(meter)
         run_one = partial(_run, ctx, held, folder, meter, imgs)
         ref = ctx.attempt(f"{name} reference", partial(run_one, RunSpec("batch 1 (reference)", False, 1), True))
@@ -100,7 +100,7 @@ def _model(ctx: Context, name: str, imgs: list[Image.Image]) -> None:
             FULL.apply(meter)
 
 
-def _run(ctx: Context, held: ModelManager, folder: Path, meter: Meter, imgs: list[Image.Image], spec: RunSpec,
+def _run(ctx: Context, held: Runtime, folder: Path, meter: Meter, imgs: list[Image.Image], spec: RunSpec,
          keep: bool) -> dict[str, Any]:
     emb = new_embedder(spec, held, folder, ctx.cache, ctx.device)
     result = embed(spec, emb, meter, imgs, keep=keep)

@@ -144,8 +144,7 @@ def _import_ragged(ctx: Context) -> list[str]:
     try:
         import ragged
         from ragged.embeddings import ColPaliEmbedder  # noqa: F401
-        from ragged.gpu import BatchSizeConfig, OOMHandler  # noqa: F401
-        from ragged.gpu.model_manager import ModelManager  # noqa: F401
+        from ragged.gpu import BatchSizeConfig, Runtime  # noqa: F401
     except Exception as exc:
         return [f"ragged cannot be imported: {type(exc).__name__}: {exc}"]
     where = Path(ragged.__file__).resolve().parent

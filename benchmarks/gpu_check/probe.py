@@ -26,8 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ragged.embeddings import ColPaliEmbedder
-from ragged.gpu import BatchSizeConfig, OOMHandler
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu import BatchSizeConfig, RecoveryOptions, Runtime
 
 GIB = 1024**3
 MIB = 1024**2
@@ -225,13 +224,13 @@ class RunSpec:
     config: BatchSizeConfig | None = None
 
 
-def new_embedder(spec: RunSpec, models: ModelManager, folder: Path, cache: Path, device: str) -> ColPaliEmbedder:
-    """An embedder for ``spec`` sharing the loaded model in ``models``."""
-    handler = OOMHandler(enable_cache_clearing=spec.recover, enable_batch_reduction=spec.recover,
-                         enable_cpu_fallback=False)
+def new_embedder(spec: RunSpec, runtime: Runtime, folder: Path, cache: Path, device: str) -> ColPaliEmbedder:
+    """An embedder for ``spec`` sharing the model loaded in ``runtime``, with an OOM engine of its own."""
+    recovery = RecoveryOptions(enable_cache_clearing=spec.recover, enable_batch_reduction=spec.recover,
+                               enable_cpu_fallback=False)
     emb = ColPaliEmbedder(str(folder), device=device, batch_size=spec.batch, cache_dir=cache,
-                          enable_adaptive_batching=spec.adaptive, batch_config=spec.config, oom_handler=handler,
-                          model_manager=models, prefetch=spec.prefetch)
+                          enable_adaptive_batching=spec.adaptive, batch_config=spec.config,
+                          runtime=runtime.with_recovery(recovery), prefetch=spec.prefetch)
     where = next(emb.model.parameters()).device.type
     if where != device:
         raise RuntimeError(f"the model was loaded on {where}, not {device}: too little free memory?")
@@ -247,16 +246,17 @@ def embed(spec: RunSpec, emb: ColPaliEmbedder, meter: Meter, imgs: Sequence[Imag
     sync()
     began = time.perf_counter()
     out: list[np.ndarray] | None = None
+    report = None
     failure = ""
     try:
-        out = emb.embed_images(list(imgs))
+        run = emb.embed_pages(list(imgs), keep_going=False)
+        out, report = [page.vectors for page in run.values()], run.report
     except Exception as exc:
         if not looks_like_oom(exc):
             raise
         failure = f"{type(exc).__name__}: {exc}"[:500]
     wall = time.perf_counter() - began
     result = summarise(spec, meter, len(imgs), wall, weights)
-    report = emb.last_report
     if failure:
         result.update(status="oom", error=failure)
     else:

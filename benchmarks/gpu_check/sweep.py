@@ -39,7 +39,7 @@ from benchmarks.gpu_check.probe import (
 from benchmarks.gpu_check.worker import Context
 from ragged.embeddings import ColPaliEmbedder
 from ragged.gpu import BatchSizeConfig
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.runtime import Runtime
 
 MODEL = "colqwen2-2b"
 FIXED = (1, 2, 4, 8, 16, 32)
@@ -62,7 +62,7 @@ def specs(smoke: bool) -> list[RunSpec]:
 class Sweep:
     """The state of one sweep: loaded model, pages in both orders, fixed embedders."""
 
-    def __init__(self, ctx: Context, held: ModelManager, folder: Path, imgs: list[Image.Image]) -> None:
+    def __init__(self, ctx: Context, held: Runtime, folder: Path, imgs: list[Image.Image]) -> None:
         self.ctx, self.held, self.folder = ctx, held, folder
         self.imgs = imgs
         self.sorted_imgs = imgs
@@ -151,7 +151,7 @@ def run(ctx: Context) -> None:
                "`torch.cuda.set_per_process_memory_fraction`. Pages/s is wall clock; *model* is the time "
                "inside the forward passes (GPU), *prepare* the preprocessing (CPU, overlapped with the model "
                "when prefetching); peak is the largest batch's allocator peak, weights included.", "")
-    with ModelManager(idle_timeout_s=None) as held:
+    with Runtime() as held:
         sweep = Sweep(ctx, held, folder, imgs)
         try:
             sweep.warm_up()

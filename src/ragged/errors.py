@@ -17,9 +17,19 @@ and carries a message that says what went wrong and what to do next::
     │   ├── CorruptDocumentError
     │   ├── EncryptedDocumentError
     │   ├── EmptyDocumentError
-    │   └── ImageTooLargeError
+    │   ├── ImageTooLargeError
+    │   └── ConverterMissingError  LibreOffice is needed for Office, web and text files
     ├── IndexStoreError             the index cannot be opened or written
-    └── EmptyQueryError
+    ├── EmptyQueryError
+    └── ServeError                  the search server and its clients (each with an HTTP status)
+        ├── ClientError             a request the server will not answer as asked (400, 413, 429)
+        ├── PageUnavailable         a page image that cannot be shown (404, 410)
+        ├── ServiceUnavailable      the server cannot answer now (503)
+        └── ServerError             'ragged search' could not use a server
+
+The server answers each kind with its own status (:data:`HTTP_STATUS`):
+a mistake in the request is the client's (4xx), a damaged index or a model
+that cannot load is the server's (503), never one status for all.
 
 Torch and driver errors are translated at one boundary with
 ``raise ... from exc``; user mistakes never surface as raw tracebacks.
@@ -88,9 +98,70 @@ class ImageTooLargeError(InputError):
     """The image exceeds the safe decoding limit (decompression bomb)."""
 
 
+class ConverterMissingError(InputError):
+    """LibreOffice, which converts Office, web and text files, is not installed."""
+
+
 class IndexStoreError(RaggedError):
     """The index folder cannot be opened, read or written."""
 
 
 class EmptyQueryError(RaggedError, ValueError):
     """The search query is empty."""
+
+
+class ServeError(RaggedError):
+    """An error of the search server or of talking to it; ``status`` is its HTTP status."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        self.headers = headers  # extra response headers (e.g. Retry-After on 429)
+
+
+class ClientError(ServeError):
+    """A request the server will not answer as asked (400 by default; 413, 429)."""
+
+    status = 400
+
+
+class PageUnavailable(ServeError):
+    """A page image that cannot be served: unknown (404), or its file is gone or changed (410)."""
+
+    status = 404
+
+
+class ServiceUnavailable(ServeError):
+    """The service cannot answer now (503)."""
+
+    status = 503
+
+
+class ServerError(ServeError):
+    """'ragged search' got an error from a server, or could not reach one."""
+
+    status = 502
+
+
+# The HTTP status of each kind of error the server may meet (the first matching class wins).
+HTTP_STATUS: tuple[tuple[type[RaggedError], int], ...] = (
+    (EmptyQueryError, 400),
+    (ConfigurationError, 400),
+    (InputError, 400),
+    (ModelMismatchError, 409),
+    (UnknownModelError, 503),
+    (ModelError, 503),
+    (OutOfMemoryRecoveryError, 503),
+    (DeviceError, 503),
+    (IndexStoreError, 503),
+)
+
+
+def http_status(error: RaggedError) -> int:
+    """The HTTP status that answers ``error``."""
+    if isinstance(error, ServeError):
+        return error.status
+    return next((status for kind, status in HTTP_STATUS if isinstance(error, kind)), 500)

@@ -233,7 +233,7 @@ def test_ctrl_c_says_what_it_kept(ragged: Ragged, monkeypatch: pytest.MonkeyPatc
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ragged.index.query.search", interrupted)
+    monkeypatch.setattr("ragged.query.searcher.search", interrupted)
     monkeypatch.setattr("ragged.ingest.pipeline.ingest", interrupted)
     args = ["search", "x"] if command == "search" else ["ingest", str(EXAMPLES / "annual-report.pdf")]
     result = ragged(*args)

@@ -53,8 +53,11 @@ def test_ingest_report_as_json(ragged: Ragged) -> None:
     result = ragged("ingest", str(EXAMPLES / "recipe-card.pdf"), "--model", "tiny-colqwen2", "--json",
                     "--batch-size", "2", "--dpi", "72")
     report = json.loads(result.stdout)
-    assert report["pages_added"] == 1 and report["device"] == "cpu" and report["ooms"] == 0
-    assert report["peak_bytes"] > 0 and report["pages_per_second"] > 0 and max(report["batch_sizes"]) <= 2
+    vision, text = report["vision"], report["text"]
+    assert report["pages_added"] == 1 and report["device"] == "cpu" and vision["ooms"] == 0
+    assert vision["peak_bytes"] > 0 and report["pages_per_second"] > 0 and max(vision["batch_sizes"]) <= 2
+    assert vision["items"] == 1 and vision["model"] == "tiny-colqwen2" and vision["recoveries"]["reduce_batch"] == 0
+    assert text["model"] == report["text_model"] == "all-MiniLM-L6-v2" and text["items"] >= 1  # passages
 
 
 def test_bad_inputs_are_reported_and_the_rest_processed(ragged: Ragged, tmp_path: Path) -> None:
@@ -70,10 +73,10 @@ def test_bad_inputs_are_reported_and_the_rest_processed(ragged: Ragged, tmp_path
     report = json.loads(result.stdout)
     assert report["documents_added"] == 2
     messages = {Path(e["path"]).name: e["error"] for e in report["errors"]}
-    assert "password" in messages.get("encrypted.pdf", "password")
+    assert "password" in messages["encrypted.pdf"]
     assert "no pages" in messages["empty.pdf"]
     assert "too large" in messages["bomb.png"]
-    assert "not a PDF or an image" in messages["notes.txt"]
+    assert "not a kind of file ragged reads" in messages["notes.xyz"]
     assert "damaged or truncated" in messages["truncated.pdf"]
 
 
@@ -154,6 +157,25 @@ def test_settings_from_environment_and_config(ragged: Ragged, tmp_path: Path) ->
     assert bad.exit_code == 1 and "unknown keys" in bad.stderr
 
 
+def test_the_index_text_model_wins_over_the_config_file(ragged: Ragged, tmp_path: Path) -> None:
+    """As for the vision model: an index built with a text model keeps it
+    whatever the config file names (with the config winning, this run would
+    fail on a model that is not there); a flag is the user's explicit choice
+    and must load."""
+    from ragged.config import forget_config
+
+    first = ragged("ingest", str(EXAMPLES / "recipe-card.pdf"), "--model", "tiny-colpali", "--dpi", "72", "--json")
+    assert first.exit_code == 0 and json.loads(first.stdout)["text_model"] == "all-MiniLM-L6-v2"
+    config = tmp_path / "no-config.toml"
+    config.write_text(f'text_model = "{tmp_path / "another-text-model"}"\n')
+    forget_config()
+    second = ragged("ingest", str(EXAMPLES / "annual-report.pdf"), "--dpi", "72", "--json")
+    assert second.exit_code == 0, second.stderr
+    assert json.loads(second.stdout)["text_model"] == "all-MiniLM-L6-v2"
+    flag = ragged("ingest", str(EXAMPLES / "rental-contract.pdf"), "--text-model", str(tmp_path), "--dpi", "72")
+    assert flag.exit_code == 1
+
+
 def test_help_lists_environment_variables(ragged: Ragged) -> None:
     text = ragged("ingest", "--help").stdout
     for name in ("RAGGED_MODEL", "RAGGED_DEVICE", "RAGGED_BATCH_SIZE", "RAGGED_DPI", "RAGGED_INDEX"):
@@ -176,17 +198,11 @@ def test_gpu_commands(ragged: Ragged) -> None:
     assert ragged("gpu", "info", "tpu").exit_code == 1
 
 
-def test_gpu_benchmark(ragged: Ragged, tmp_path: Path) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        plot = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "x.png"))
-        assert plot.exit_code == 1 and "pip install matplotlib" in plot.stderr
-        return
-    chart = tmp_path / "x.png"
+def test_gpu_benchmark(ragged: Ragged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chart = tmp_path / "x.png"  # matplotlib comes with the README's [dev] install: the chart just works
     result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "3", "--max-batch", "2",
                     "--rounds", "2", "--json", "--plot", str(chart))
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = data["rows"]
     assert [r["label"] for r in rows] == ["fixed 1", "fixed 2", "adaptive", "adaptive, new sizer"]
@@ -197,6 +213,10 @@ def test_gpu_benchmark(ragged: Ragged, tmp_path: Path) -> None:
     assert [sum(s) for s in adaptive["sizes"]] == [3, 3] and sum(adaptive["warmup_sizes"]) == 3
     assert data["sizing"]["chosen"][0]["why"] == "start"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "chart written" in result.stderr
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the extra, whatever is installed here
+    missing = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "y.png"))
+    assert missing.exit_code == 1 and "pip install matplotlib" in missing.stderr
+    assert not (tmp_path / "y.png").exists()
 
 
 def test_real_process_exit_status_and_no_traceback(tmp_path: Path, model_cache: Path) -> None:

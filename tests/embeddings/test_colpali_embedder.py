@@ -4,6 +4,7 @@ computes on the CPU, for placement and fallback)."""
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ragged.errors import (
     OutOfMemoryRecoveryError,
     UnknownModelError,
 )
-from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, ItemFailure
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, ItemFailure, Runtime
 from ragged.gpu.batch_sizer import CPU_START
 from ragged.gpu.throughput import Why
 from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
@@ -84,7 +85,7 @@ class TestEmbedding:
         assert embedder.prompt_tokens > 0
 
     def test_patch_grids_where_the_model_has_one(self, embedder: ColPaliEmbedder) -> None:
-        pages = embedder.embed_pages(PAGES[:2])
+        pages = embedder.embed_pages(PAGES[:2]).results
         grids = [p.grid for p in pages if isinstance(p, PageVectors)]
         if embedder.source.family.name == "colmodernvbert":  # tiles with separators: no single grid
             assert grids == [None, None]
@@ -98,37 +99,43 @@ class TestEmbedding:
                 assert (grid.rows > grid.cols) if h > w else (grid.rows < grid.cols) if w > h else \
                     grid.rows == grid.cols
 
-    def test_adaptive_and_fixed_agree(self, embedder: ColPaliEmbedder, model_cache: Path,
-                                      reference: list[np.ndarray]) -> None:
+    @pytest.mark.parametrize("prefetch", [None, True], ids=["in-line", "prefetched"])
+    def test_fixed_batches_match_single_pages_with_and_without_prefetch(
+            self, embedder: ColPaliEmbedder, model_cache: Path, reference: list[np.ndarray],
+            monkeypatch: pytest.MonkeyPatch, prefetch: bool | None) -> None:
+        """The same pages either way; with prefetch every batch is prepared in
+        the worker thread (by default, on the CPU, in the caller's)."""
         with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
-                             enable_adaptive_batching=False) as fixed:
-            out = fixed.embed_images(PAGES)
-            assert fixed.last_report is not None and fixed.last_report.batch_sizes == (3, 3, 2)
-        assert close(out, reference)
+                             enable_adaptive_batching=False, prefetch=prefetch) as fixed:
+            threads: list[str] = []
+            real = fixed.processor.process_images
+
+            def process_images(images: list[object]) -> object:
+                threads.append(threading.current_thread().name)
+                return real(images)
+
+            monkeypatch.setattr(fixed.processor, "process_images", process_images)
+            run = fixed.embed_pages(PAGES)
+        assert close([r.vectors for r in run.values()], reference)
+        assert run.report.batch_sizes == [3, 3, 2] and run.report.prepared_items == len(PAGES)
+        preparer = "ragged-prepare" if prefetch else "MainThread"
+        assert len(threads) == 3 and all(name.startswith(preparer) for name in threads), threads
 
     def test_oom_in_forward_loses_nothing(self, embedder: ColPaliEmbedder, reference: list[np.ndarray],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(embedder.job, "_sizers", {})  # a fresh run that starts at 4 pages
-        monkeypatch.setattr(embedder.job, "batch_config", BatchSizeConfig(initial_batch_size=4))
-        monkeypatch.setattr(embedder.job, "oom_handler", type(embedder.oom_handler)(embedder.device_manager))
-        seen = inject_oom(monkeypatch, embedder.model, at_batch=3)
-        out = embedder.embed_images(PAGES)
-        assert close(out, reference)
-        report = embedder.last_report
-        assert report is not None and report.ooms >= 1 and report.recoveries["reduce_batch"] == report.ooms
+                                          model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        # A runtime of its own: a fresh sizer that starts at 4 pages, and a fresh OOM engine.
+        with Runtime(batch_config=BatchSizeConfig(initial_batch_size=4)) as runtime, \
+                ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, runtime=runtime) as fresh:
+            seen = inject_oom(monkeypatch, fresh.model, at_batch=3)
+            run = fresh.embed_pages(PAGES)
+        assert close([r.vectors for r in run.values()], reference)
+        report = run.report
+        assert report.ooms >= 1 and report.recoveries["reduce_batch"] == report.ooms
         assert sum(report.batch_sizes) == len(PAGES) and max(report.batch_sizes) <= 2
         assert seen[:2] == [4, 2]  # the failed 4 is split in halves
         for n, size in enumerate(seen):
             if size >= 3:  # an OOM: nothing later may be as large
                 assert all(later < size for later in seen[n + 1 :])
-
-    def test_prefetching_gives_the_same_pages(self, embedder: ColPaliEmbedder, model_cache: Path,
-                                              reference: list[np.ndarray]) -> None:
-        with ColPaliEmbedder(embedder.model_name, cache_dir=model_cache, batch_size=3,
-                             enable_adaptive_batching=False, prefetch=True) as piped:
-            assert close(piped.embed_images(PAGES), reference)
-            assert piped.last_report is not None and piped.last_report.batch_sizes == (3, 3, 2)
-            assert piped.last_report.prepared_items == len(PAGES)
 
     def test_queries_and_exact_scores(self, embedder: ColPaliEmbedder) -> None:
         queries = embedder.embed_queries(["quarterly revenue", "which page has the table?"])
@@ -140,9 +147,7 @@ class TestEmbedding:
         np.testing.assert_allclose(scores, manual, rtol=1e-4)
 
     def test_report(self, embedder: ColPaliEmbedder) -> None:
-        embedder.embed_images(PAGES)
-        report = embedder.last_report
-        assert report is not None
+        report = embedder.embed_pages(PAGES).report
         assert report.device == "cpu" and report.dtype == "float32" and report.items == len(PAGES)
         assert sum(report.batch_sizes) == len(PAGES) and report.items_per_second > 0
         assert report.model_bytes > 0 and report.placement_note is None
@@ -153,7 +158,7 @@ class TestEmbedding:
 
 def test_score_is_exact_when_every_similarity_is_negative() -> None:
     """Zero padding gave such a page a score of 0 instead of its true MaxSim."""
-    from ragged.index.maxsim import maxsim_scores
+    from ragged.multivector.maxsim import maxsim_scores
 
     query = [np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)]
     pages = [np.array([[-1.0, -2.0]], dtype=np.float32), np.array([[-3.0, -1.0], [-2.0, -0.5], [-1.0, -4.0]],
@@ -164,19 +169,16 @@ def test_score_is_exact_when_every_similarity_is_negative() -> None:
 class TestBehaviour:
     def test_batch_size_caps_adaptive_batches(self, model_cache: Path) -> None:
         with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, batch_size=3) as emb:
-            emb.embed_images(PAGES * 2)
-            assert emb.last_report is not None and max(emb.last_report.batch_sizes) <= 3
+            assert max(emb.embed_pages(PAGES * 2).report.batch_sizes) <= 3
 
     def test_sizer_learns_across_calls(self, model_cache: Path) -> None:
         with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
             sizer = emb.batch_sizer
             assert sizer is not None
-            emb.embed_images(PAGES)
-            first = emb.last_report
-            assert first is not None and first.batch_sizes[0] == min(CPU_START, len(PAGES))  # the CPU's first guess
-            emb.embed_images(PAGES)
-            second = emb.last_report
-            assert emb.batch_sizer is sizer and second is not None
+            first = emb.embed_pages(PAGES).report
+            assert first.batch_sizes[0] == min(CPU_START, len(PAGES))  # the CPU's first guess
+            second = emb.embed_pages(PAGES).report
+            assert emb.batch_sizer is sizer
             assert len(sizer.measurements) == len(first.batch_sizes) + len(second.batch_sizes)
             record = sizer.record()
             # One search over both calls: started once, its batches counted on.
@@ -189,7 +191,7 @@ class TestBehaviour:
             inject_oom(monkeypatch, emb.model, at_batch=1)
             with pytest.raises(OutOfMemoryRecoveryError, match="Out of memory on cpu"):
                 emb.embed_images(PAGES[:2])
-            results = emb.embed_pages(PAGES[:2])
+            results = emb.embed_pages(PAGES[:2]).results
             assert all(isinstance(r, ItemFailure) for r in results)
 
     def test_reading_the_device_never_reloads(self, model_cache: Path) -> None:
@@ -205,9 +207,11 @@ class TestBehaviour:
 
     def test_long_queries_are_cut_with_a_notice(self, model_cache: Path) -> None:
         with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache, max_query_tokens=16) as emb:
-            short, long = emb.embed_queries(["quarterly revenue", "quarterly revenue " * 200])
+            run = emb.encode_queries(["quarterly revenue", "quarterly revenue " * 200])
+            short, long = run.values()
             assert long.shape[0] <= 16 + 30  # the query's tokens plus the processor's own prompt
-            assert len(emb.last_query_notices) == 1 and "cut to its first 16 tokens" in emb.last_query_notices[0]
+            assert run.notices_of(0) == () and len(run.notices_of(1)) == 1
+            assert "cut to its first 16 tokens" in run.notices_of(1)[0]
 
     def test_page_view_size_keeps_what_the_model_sees(self, model_cache: Path) -> None:
         with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache) as emb:
@@ -274,28 +278,26 @@ class TestPlacement:
     def test_explicit_device_is_honoured(self, fake_card: tuple[FakeBackend, DeviceManager],
                                          model_cache: Path) -> None:
         _, manager = fake_card
-        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, runtime=Runtime(manager),
                              dtype=torch.float32) as emb:
             assert emb.device.label == "cuda:0" and emb.placement is not None and not emb.placement.fell_back
-            emb.embed_images(PAGES[:2])
-            assert emb.last_report is not None and emb.last_report.device == "cuda:0"
+            assert emb.embed_pages(PAGES[:2]).report.device == "cuda:0"
 
     def test_explicit_device_that_cannot_hold_it_is_refused(self, fake_card: tuple[FakeBackend, DeviceManager],
                                                             model_cache: Path) -> None:
         backend, manager = fake_card
         backend.cards[0].others = int(7.5 * GiB)  # someone else fills the card
         with pytest.raises(ModelDoesNotFitError, match="cuda:0 has"):
-            ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager)
+            ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, runtime=Runtime(manager))
 
     def test_auto_falls_back_and_the_report_says_why(self, fake_card: tuple[FakeBackend, DeviceManager],
                                                      model_cache: Path) -> None:
         backend, manager = fake_card
         backend.cards[0].others = int(7.5 * GiB)
-        with ColPaliEmbedder("tiny-colpali", "auto", cache_dir=model_cache, device_manager=manager) as emb:
+        with ColPaliEmbedder("tiny-colpali", "auto", cache_dir=model_cache, runtime=Runtime(manager)) as emb:
             assert emb.device.label == "cpu"
-            emb.embed_images(PAGES[:1])
-            report = emb.last_report
-            assert report is not None and report.device == "cpu" and report.dtype == "float32"
+            report = emb.embed_pages(PAGES[:1]).report
+            assert report.device == "cpu" and report.dtype == "float32"
             assert report.placement_note is not None and "under its 65% line" in report.placement_note
 
     def test_oom_fallback_runs_a_real_cpu_copy(self, fake_card: tuple[FakeBackend, DeviceManager],
@@ -303,12 +305,13 @@ class TestPlacement:
         _, manager = fake_card
         with ColPaliEmbedder("tiny-colpali", device="cpu", cache_dir=model_cache) as plain:
             reference = plain.embed_images(PAGES[:3])
-        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, runtime=Runtime(manager),
                              dtype=torch.float32) as emb:
             inject_oom(monkeypatch, emb.model, at_batch=1)  # the card's model fails every batch
-            out = emb.embed_images(PAGES[:3])
-            report = emb.last_report
-            assert report is not None and report.cpu_fallback_items == 3 and report.recoveries["cpu_fallback"] >= 1
+            run = emb.embed_pages(PAGES[:3])
+            out = [r.vectors for r in run.values()]
+            report = run.report
+            assert report.cpu_fallback_items == 3 and report.recoveries["cpu_fallback"] >= 1
             assert f"{emb.job.key}|cpu-fallback" in emb.model_manager.loaded  # admitted like any model
         assert close(out, reference)
 
@@ -317,8 +320,8 @@ class TestPlacement:
         monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
         manager = DeviceManager([FakeBackend(cards=[FakeCard(total=8 * GiB)]),
                                  fake_cpu(total=8 * GiB, others=int(5.2 * GiB))])
-        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, device_manager=manager,
+        with ColPaliEmbedder("tiny-colpali", "cuda:0", cache_dir=model_cache, runtime=Runtime(manager),
                              dtype=torch.float32) as emb:
             inject_oom(monkeypatch, emb.model, at_batch=1)
-            results = emb.embed_pages(PAGES[:2])
+            results = emb.embed_pages(PAGES[:2]).results
         assert all(isinstance(r, ItemFailure) and "no CPU fallback" in r.reason for r in results)

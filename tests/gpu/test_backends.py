@@ -175,22 +175,47 @@ def test_rocm_names_chips_by_gfx_target_and_owns_the_bf16_rule(fake_rocm: None) 
 
 
 def test_xpu_backend_answers_through_torch_xpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each question goes to torch.xpu for the right card, and the answers
+    drive selection: auto takes the card with most free memory."""
     from ragged.gpu.backends import XPUBackend
+
+    free = {0: 4 * GiB, 1: 12 * GiB}
+    calls: list[tuple[str, int]] = []
+
+    def reading(name: str, value: object):  # type: ignore[no-untyped-def]
+        def read(i: int) -> object:
+            calls.append((name, i))
+            return value(i) if callable(value) else value
+
+        return read
 
     xpu = SimpleNamespace(
         is_available=lambda: True, device_count=lambda: 2,
-        get_device_properties=lambda i: SimpleNamespace(name=f"Intel Arc {i}", total_memory=16 * GiB),
-        mem_get_info=lambda i: (12 * GiB, 16 * GiB), memory_allocated=lambda i: GiB,
-        memory_reserved=lambda i: 2 * GiB, max_memory_allocated=lambda i: 3 * GiB,
-        reset_peak_memory_stats=lambda i: None, empty_cache=lambda: None,
+        get_device_properties=lambda i: SimpleNamespace(name=f"Intel Arc {i}", total_memory=16 * GiB, device_id=86),
+        mem_get_info=reading("mem_get_info", lambda i: (free[i], 16 * GiB)),
+        memory_allocated=reading("memory_allocated", lambda i: (i + 1) * GiB),
+        memory_reserved=reading("memory_reserved", lambda i: (i + 2) * GiB),
+        max_memory_allocated=reading("max_memory_allocated", lambda i: (i + 3) * GiB),
+        reset_peak_memory_stats=reading("reset_peak_memory_stats", None),
+        empty_cache=lambda: calls.append(("empty_cache", -1)),
     )
     monkeypatch.setattr(torch, "xpu", xpu, raising=False)
     manager = DeviceManager([XPUBackend(), CPUBackend()])
     assert [d.label for d in manager.devices] == ["xpu:0", "xpu:1", "cpu"]
-    assert manager.get_optimal_device("xpu:1").name == "Intel Arc 1"
-    info = manager.get_device_memory_info(manager.get_optimal_device("xpu:0"))
-    assert (info.free, info.allocated, info.reserved) == (12 * GiB, GiB, 2 * GiB)
-    assert manager.compute_dtype(manager.devices[0]) == "bfloat16"
+    best = manager.get_optimal_device()
+    assert best.label == "xpu:1" and best.name == "Intel Arc 1" and best.arch == "86"
+    info = manager.get_device_memory_info(best)
+    assert (info.free, info.allocated, info.reserved) == (12 * GiB, 2 * GiB, 3 * GiB)
+    counters = manager.counters(best)
+    assert (counters.allocated, counters.reserved, counters.peak_allocated) == (2 * GiB, 3 * GiB, 4 * GiB)
+    calls.clear()
+    manager.reset_peak(best)
+    manager.clear_cache(best)
+    assert calls == [("reset_peak_memory_stats", 1), ("empty_cache", -1)]
+    assert manager.compute_dtype(best) == "bfloat16"
+    monkeypatch.delattr(torch, "xpu")  # a torch build without XPU support
+    assert XPUBackend().is_available() is False
+    assert [d.label for d in DeviceManager([XPUBackend(), CPUBackend()]).devices] == ["cpu"]
 
 
 def test_real_cpu_peak_sees_many_small_tensors() -> None:

@@ -31,7 +31,8 @@ from tests.fakes import FakeBackend, FakeCard, GiB, MiB, fake_cpu
 
 def sizer_on(card: FakeCard, config: BatchSizeConfig | None = None, **kwargs: object) -> AdaptiveBatchSizer:
     manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
-    return AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, config, manager, **kwargs)  # type: ignore[arg-type]
+    return AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, config, manager,  # type: ignore[arg-type]
+                              oom_handler=OOMHandler(manager), **kwargs)
 
 
 def test_memory_budget_reads_the_policy_from_config_or_policy() -> None:
@@ -103,7 +104,7 @@ class TestSizer:
 
     def test_cpu_is_bounded_by_available_ram(self) -> None:
         manager = DeviceManager([fake_cpu(total=16 * GiB, others=int(9.5 * GiB))])
-        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager)
+        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager, oom_handler=OOMHandler(manager))
         # 16 x 0.65 - 9.5 = 0.9 GiB of headroom at 100 MiB per page.
         assert sizer.calculate_batch_size(bytes_per_item=100 * MiB) == 9
 
@@ -175,7 +176,7 @@ class TestSizer:
         backend = FakeBackend(cards=[FakeCard(total=80 * GiB)])
         manager = DeviceManager([backend, fake_cpu()])
         sizer = AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, None, manager,
-                                   prior_bytes_per_load=1.0)
+                                   oom_handler=OOMHandler(manager), prior_bytes_per_load=1.0)
         size = sizer.next_batch_size()
         sizer.record_batch(size, size, 100, 0.1)
         backend.readable = False
@@ -187,7 +188,7 @@ class TestSizer:
         manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
         device = manager.get_optimal_device("cuda:0")
         monitor = MemoryMonitor(device, manager)
-        sizer = AdaptiveBatchSizer(device, monitor, None, manager)
+        sizer = AdaptiveBatchSizer(device, monitor, None, manager, oom_handler=OOMHandler(manager))
         monitor.take_snapshot()
         assert sizer.adjust_batch_size(16) == 12  # warning level: cut a quarter
         card.others = 40 * GiB
@@ -200,7 +201,8 @@ class TestSizer:
 def cpu_sizer(total: int = 16 * GiB, others: int = 2 * GiB, config: BatchSizeConfig | None = None,
               prior: float = 1.0) -> AdaptiveBatchSizer:
     manager = DeviceManager([fake_cpu(total=total, others=others)])
-    return AdaptiveBatchSizer(manager.cpu(), None, config, manager, prior_bytes_per_load=prior)
+    return AdaptiveBatchSizer(manager.cpu(), None, config, manager, oom_handler=OOMHandler(manager),
+                              prior_bytes_per_load=prior)
 
 
 def drive(sizer: AdaptiveBatchSizer, rate: Callable[[int, int], float], batches: int, *, noise: float = 0.0,
@@ -302,7 +304,7 @@ class TestThroughputSearch:
         backend = FakeBackend(cards=[FakeCard(total=80 * GiB)], readable=False)
         manager = DeviceManager([backend, fake_cpu()])
         sizer = AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None, None, manager,
-                                   prior_bytes_per_load=1.0)
+                                   oom_handler=OOMHandler(manager), prior_bytes_per_load=1.0)
         assert sizer.next_batch_size() == UNREADABLE_START
 
     def test_warm_ups_and_slow_measured_batches_are_not_rate_samples(self) -> None:
@@ -338,7 +340,8 @@ class TestThroughputSearch:
     def test_memory_taken_by_another_process_does_not_erase_what_was_measured(self) -> None:
         backend = fake_cpu(total=16 * GiB, others=2 * GiB)
         manager = DeviceManager([backend])
-        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager, prior_bytes_per_load=1.0)
+        sizer = AdaptiveBatchSizer(manager.cpu(), None, None, manager, oom_handler=OOMHandler(manager),
+                                   prior_bytes_per_load=1.0)
         before = drive(sizer, table(PEAK), 80, noise=0.02)
         assert before[-10:] == [8] * 10
         backend.cards[0].others = 15 * GiB  # above the 65% line: batches of one, as the policy says

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ragged.errors import ModelDoesNotFitError, ModelError
-from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, MemoryPolicy, ModelManager
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, MemoryPolicy, ModelManager, Runtime
 from ragged.gpu.model_manager import ModelEvent
 from tests.fakes import BookedModule, FakeBackend, FakeCard, GiB, MiB, fake_cpu, oom_message
 
@@ -105,6 +105,74 @@ def test_makes_room_by_unloading_least_recently_used(rig) -> None:  # type: igno
     assert next(a.parameters()).device.type == "cpu"  # a untouched (the fake computes on the CPU)
     assert backend.cards[0].allocated == 6 * GiB  # b's bytes really went back
     assert models.counts[ModelEvent.EVICT] == 1
+
+
+def test_a_small_model_runs_on_the_cpu_rather_than_unload_a_large_one(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("vision", Loads(backend, 6 * GiB), 6 * GiB, gpu)  # idle, but 6 GiB to reload
+    loader = Loads(backend, 200 * MiB)
+    held = models.acquire("text", loader, 200 * MiB, gpu, work_bytes=400 * MiB)  # auto: the CPU may take it
+    assert loader.devices == ["cpu"] and set(models.loaded) == {"vision", "text"}
+    assert held.placement.chose_cpu and held.placement.evicted == ()
+    assert held.placement.reason is not None and "costs less than unloading vision" in held.placement.reason
+    assert models.counts[ModelEvent.EVICT] == 0
+
+
+def test_an_explicit_device_makes_room_even_for_a_small_model(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("vision", Loads(backend, 6 * GiB), 6 * GiB, gpu)
+    held = models.acquire("text", Loads(backend, 200 * MiB), 200 * MiB, gpu, work_bytes=400 * MiB,
+                          allow_fallback=False)
+    assert held.device.label == "cuda:0" and held.placement.evicted == ("vision",)
+
+
+def test_a_model_of_similar_size_evicts_rather_than_runs_on_the_cpu(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("a", Loads(backend, 4 * GiB), 4 * GiB, gpu)
+    held = models.acquire("b", Loads(backend, 3 * GiB), 3 * GiB, gpu)  # only 4/3 times smaller than a
+    assert held.device.label == "cuda:0" and held.placement.evicted == ("a",) and not held.placement.chose_cpu
+
+
+def test_the_model_cheapest_to_reload_is_unloaded_first(rig) -> None:  # type: ignore[no-untyped-def]
+    backend, manager, clock, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("slow", Loads(backend, 3 * GiB), 3 * GiB, gpu)
+    clock.now = 1
+    models.load("quick", Loads(backend, 3 * GiB), 3 * GiB, gpu)  # used more recently...
+    models.loaded["slow"].load_seconds, models.loaded["quick"].load_seconds = 40.0, 2.0  # ...but cheap to reload
+    held = models.acquire("new", Loads(backend, 3 * GiB), 3 * GiB, gpu, allow_fallback=False)
+    assert held.placement.evicted == ("quick",) and set(models.loaded) == {"slow", "new"}
+
+
+def test_reading_what_is_loaded_never_waits_for_a_load(rig) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    backend, manager, _, models = rig
+    gpu = manager.get_optimal_device("cuda:0")
+    models.load("a", Loads(backend, 1 * GiB), 1 * GiB, gpu)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader(device: DeviceInfo) -> torch.nn.Module:
+        started.set()
+        assert release.wait(10)
+        return BookedModule(backend, 1 * GiB, on_card=True)
+
+    loading = threading.Thread(target=models.load, args=("b", slow_loader, 1 * GiB, gpu))
+    loading.start()
+    try:
+        assert started.wait(10)  # the loading thread holds the manager's lock now
+        seen: list[set[str]] = []
+        reader = threading.Thread(target=lambda: seen.append(set(models.loaded)))
+        reader.start()
+        reader.join(timeout=2)
+        assert not reader.is_alive() and seen == [{"a"}]  # answered at once, without the model in flight
+    finally:
+        release.set()
+        loading.join(timeout=10)
+    assert set(models.loaded) == {"a", "b"}
 
 
 def test_pinned_models_are_never_evicted(rig) -> None:  # type: ignore[no-untyped-def]
@@ -225,11 +293,18 @@ def test_reaper_thread_unloads_idle_models(rig) -> None:  # type: ignore[no-unty
 
 
 def test_policy_is_shared(rig) -> None:  # type: ignore[no-untyped-def]
+    """A runtime's one policy is the one its model manager admits by and the
+    one its batch sizers budget by, whatever policy a batch configuration carried."""
     backend, manager, _, _ = rig
-    generous = ModelManager(manager, policy=MemoryPolicy(target_utilisation=0.95))
-    held = generous.acquire("big", Loads(backend, 6 * GiB), 6 * GiB, manager.get_optimal_device("cuda:0"),
-                            work_bytes=1000 * MiB, allow_fallback=False)
+    gpu = manager.get_optimal_device("cuda:0")
+    strict = BatchSizeConfig(max_batch_size=64, policy=MemoryPolicy(target_utilisation=0.5))  # a 40% line
+    runtime = Runtime(manager, policy=MemoryPolicy(target_utilisation=0.95), batch_config=strict)  # an 85% line
+    held = runtime.model_manager.acquire("big", Loads(backend, 6 * GiB), 6 * GiB, gpu, work_bytes=1000 * MiB,
+                                         allow_fallback=False)  # the default 65% line refuses it (see above)
     assert held.device.label == "cuda:0"
+    for work, config in (("big/pages", None), ("big/queries", strict)):
+        sizer = runtime.sizer_for(gpu, work, config=config, prior_bytes_per_load=100 * MiB)
+        assert sizer.memory_limit() == 25  # (8.5 GiB line - 6 GiB held) / 100 MiB; at a 40% line: 1
 
 
 @pytest.mark.cuda

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ragged.errors import ConfigurationError, OutOfMemoryRecoveryError
-from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, OOMHandler, with_oom_handling
+from ragged.gpu import DeviceInfo, DeviceManager, DeviceType, OOMHandler, Runtime, with_oom_handling
 from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
 
 
@@ -181,8 +181,8 @@ class TestLessons:
 
 class TestDecorator:
     @staticmethod
-    def chunked_squares(limit: int, calls: list[tuple[str, int]]):  # type: ignore[no-untyped-def]
-        @with_oom_handling()
+    def chunked_squares(limit: int, calls: list[tuple[str, int]], runtime: Runtime | None = None):  # type: ignore[no-untyped-def]
+        @with_oom_handling(runtime)
         def work(data: list[int], *, device: DeviceInfo, batch_size: int) -> list[int]:
             calls.append((device.label, batch_size))
             if device.is_accelerator and batch_size > limit:
@@ -194,30 +194,31 @@ class TestDecorator:
 
         return work
 
-    def test_result_equals_oom_free_run_on_cpu(self) -> None:
+    def test_recovers_to_the_oom_free_result_and_learns_once_for_every_call(self, gpu_manager: DeviceManager) -> None:
         calls: list[tuple[str, int]] = []
-        work = self.chunked_squares(limit=3, calls=calls)
+        runtime = Runtime(gpu_manager)
+        work = self.chunked_squares(limit=4, calls=calls, runtime=runtime)
         data = list(range(20))
-        assert work(data, device=DeviceInfo(device_type=DeviceType.CPU), batch_size=8) == [x * x for x in data]
-        assert calls == [("cpu", 8)]
-
-    def test_learns_once_for_every_call(self, gpu_manager: DeviceManager, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("ragged.gpu.oom_handler.default_device_manager", lambda: gpu_manager)
-        calls: list[tuple[str, int]] = []
-        work = self.chunked_squares(limit=4, calls=calls)
-        data = list(range(20))
-        assert work(data, device=gpu_manager.get_optimal_device("cuda:0"), batch_size=16) == [x * x for x in data]
-        assert calls == [("cuda:0", 16), ("cuda:0", 8), ("cuda:0", 4)]
+        got = work(data, device=gpu_manager.get_optimal_device("cuda:0"), batch_size=16)
+        assert got == [x * x for x in data]  # what one OOM-free pass gives
+        assert calls == [("cuda:0", 16), ("cuda:0", 8), ("cuda:0", 4)]  # two OOMs, each split in half
         calls.clear()
         assert work(data, device="cuda", batch_size=16) == [x * x for x in data]  # a hint string, same handler
         assert calls == [("cuda:0", 4)]  # no OOM on the second call
-        assert work.oom_handler().stats.ooms == 2  # type: ignore[attr-defined]
+        assert work.oom_handler() is runtime.oom_handler and runtime.oom_handler.stats.ooms == 2  # type: ignore[attr-defined]
 
-    def test_device_may_be_omitted_when_defaulted(self, gpu_manager: DeviceManager,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("ragged.gpu.oom_handler.default_device_manager", lambda: gpu_manager)
+    def test_without_a_runtime_each_function_gets_a_private_engine(self) -> None:
+        first = self.chunked_squares(limit=4, calls=[])
+        second = self.chunked_squares(limit=4, calls=[])
+        assert first.oom_handler() is first.oom_handler()  # type: ignore[attr-defined]
+        assert first.oom_handler() is not second.oom_handler()  # type: ignore[attr-defined]
 
-        @with_oom_handling()
+    def test_recovery_options_are_checked_at_decoration(self) -> None:
+        with pytest.raises(TypeError, match="enable_cpu_fallbak"):
+            with_oom_handling(enable_cpu_fallbak=False)
+
+    def test_device_may_be_omitted_when_defaulted(self, gpu_manager: DeviceManager) -> None:
+        @with_oom_handling(Runtime(gpu_manager))
         def work(data: list[int], *, device: DeviceInfo | None = None, batch_size: int = 2) -> str:
             assert isinstance(device, DeviceInfo)
             return f"{device.label}:{batch_size}"

@@ -10,10 +10,12 @@ import torch
 
 from ragged.errors import IndexStoreError, ModelMismatchError
 from ragged.gpu import DeviceManager, DeviceType
+from ragged.gpu.runtime import Runtime
 from ragged.index import search as search_module
-from ragged.index.maxsim import segment_max
 from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
+from ragged.multivector.maxsim import segment_max
+from tests.fakes import cpu_searcher
 
 DIM = 16
 
@@ -45,7 +47,7 @@ def test_search_is_exact_and_ordered(store: IndexStore, equal: bool, monkeypatch
     for doc_hash, pages in docs.items():
         store.add_document(doc_hash, f"/docs/{doc_hash[-1]}.pdf", pages)  # absolute paths: one document each
     monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 100)  # many chunks, pages across boundaries
-    searcher = MaxSimSearcher(IndexStore.open(store.folder), DeviceManager().cpu())
+    searcher = cpu_searcher(IndexStore.open(store.folder))
     queries = [rng.standard_normal((n, DIM)).astype(np.float32) for n in (3, 7)]
     all_pages = [p for pages in docs.values() for p in pages]
     expected = brute_force(queries, all_pages)  # (pages, queries)
@@ -85,23 +87,32 @@ def test_reopen_lists_documents_once(store: IndexStore) -> None:
     assert catalog.total_vectors == sum(len(p) for pages in docs.values() for p in pages)
 
 
-def test_missing_segment_is_rebuilt_from_lancedb(store: IndexStore) -> None:
+def test_vectors_are_stored_once_and_read_in_place(store: IndexStore) -> None:
+    """Format 3: the vectors are in the segment files only (LanceDB has no
+    vectors column) and search reads them from the memory map."""
     rng = np.random.default_rng(3)
     (doc_hash, pages), = random_docs(rng, docs=1, pages=3, equal=False).items()
     store.add_document(doc_hash, "/d/p.pdf", pages)
-    segment = store.folder / "segments" / f"{doc_hash}.npy"
-    expected = np.load(segment)
-    segment.unlink()
-    rebuilt = IndexStore.open(store.folder).segment(doc_hash, expected.shape[0])
-    np.testing.assert_array_equal(rebuilt, expected)
-    assert segment.is_file()
+    reader = IndexStore.open(store.folder)
+    assert "vectors" not in reader.pages.table().schema.names
+    ((first, lengths, vectors),) = list(reader.runs(reader.catalog()))
+    assert first == 0 and lengths.tolist() == [len(p) for p in pages]
+    assert isinstance(vectors.base, np.memmap) or isinstance(vectors, np.memmap)
+    np.testing.assert_array_equal(vectors, np.concatenate(pages).astype(np.float16))
+    np.testing.assert_array_equal(reader.page_vectors(doc_hash, 2), pages[1].astype(np.float16))
 
 
-def test_orphan_segment_is_invisible(store: IndexStore) -> None:
-    """A run killed between writing a segment and committing leaves a file search never reads."""
-    store._write_segment("f" * 64, np.ones((4, DIM), dtype=np.float16))
-    assert store.known_hashes() == set()
-    assert MaxSimSearcher(store, DeviceManager().cpu()).catalog.pages == []
+def test_uncommitted_pieces_are_invisible(store: IndexStore) -> None:
+    """A run killed while writing a document in pieces leaves blocks and rows
+    that search never reads and the next writer clears."""
+    writer = store.begin_document("f" * 64, "/d/big.pdf", 4)
+    writer.add([np.ones((4, DIM), dtype=np.float32)] * 2)
+    assert IndexStore.open(store.folder).known_hashes() == set()
+    assert cpu_searcher(IndexStore.open(store.folder)).catalog.pages == []
+    store.close()
+    reopened = IndexStore.open_for_writing(store.folder, "org/model-a")
+    assert reopened.pages.doc_hashes() == set() and reopened.known_hashes() == set()
+    reopened.close()
 
 
 def test_model_mismatch_and_second_writer(store: IndexStore) -> None:
@@ -129,14 +140,14 @@ def test_unwritable_and_missing_indexes(tmp_path: Path) -> None:
 
 def test_search_recovers_from_oom_by_smaller_chunks(store: IndexStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scoring that runs out of memory with large chunks is retried smaller."""
-    from ragged.index.maxsim import QueryBlock
+    from ragged.multivector.maxsim import QueryBlock
     from tests.fakes import oom_message
 
     rng = np.random.default_rng(4)
     docs = random_docs(rng, docs=2, pages=40, equal=False)  # about 1,300 vectors a document
     for doc_hash, pages in docs.items():
         store.add_document(doc_hash, f"/d/{doc_hash}.pdf", pages)
-    searcher = MaxSimSearcher(store, DeviceManager().cpu())
+    searcher = cpu_searcher(store)
     queries = [rng.standard_normal((4, DIM)).astype(np.float32)]
     expected = searcher.score_all(queries)
     monkeypatch.setattr(search_module, "CPU_CHUNK_VECTORS", 4096)
@@ -172,10 +183,10 @@ def test_device_search_with_a_budget_smaller_than_a_page(store: IndexStore,
     rng = np.random.default_rng(9)
     pages = [rng.standard_normal((1030, DIM)).astype(np.float32) for _ in range(3)]
     store.add_document("f" * 64, "/d/long.pdf", pages)
-    expected = MaxSimSearcher(store, DeviceManager().cpu()).score_all([pages[1][:5]])
+    expected = cpu_searcher(store).score_all([pages[1][:5]])
     card = FakeCard(total=10 * GiB, allocated=int(6.6 * GiB), reserved=int(6.6 * GiB))  # above the 65% line
     manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])
     monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))
-    searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), manager)
+    searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), Runtime(manager))
     assert searcher._chunk_vectors(DIM, 5) == search_module.MIN_CHUNK_VECTORS < 1030
     np.testing.assert_allclose(searcher.score_all([pages[1][:5]]), expected, rtol=1e-5)

@@ -84,7 +84,7 @@ def test_a_page_that_fits_nowhere_fails_its_document_only(tmp_path: Path, model_
     assert [Path(p.path).name for p in report.problems] == ["huge.pdf"]
     assert "page 1 could not be embedded: Out of memory on cpu" in report.problems[0].message
     assert {n for n, _ in pages_stored(tmp_path / "index")} == {"small.pdf", "mixed.pdf"}
-    assert report.failed_pages == 1 and report.documents_added == 2
+    assert report.vision.failed_items == 1 and report.documents_added == 2
     assert counts.total == counts.done == 6  # each page counted once, the failed one too
 
 

@@ -43,9 +43,8 @@ def test_small_card_run_returns_every_page_and_learns_the_limit(model_cache: Pat
     config = BatchSizeConfig(initial_batch_size=8)
     with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, batch_config=config) as emb:
         calls = cap_forward(monkeypatch, emb.model, max_tokens=2500)
-        out = emb.embed_images(pages)
-        report = emb.last_report
-    assert report is not None
+        run = emb.embed_pages(pages)
+    out, report = [r.vectors for r in run.values()], run.report
     for got, want in zip(out, reference, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(np.abs(want).max()))
     assert sum(report.batch_sizes) == len(pages)
@@ -83,11 +82,11 @@ def test_real_cuda_embedding_with_a_capped_allocator(model_cache: Path) -> None:
     try:
         with ColPaliEmbedder("tiny-colqwen2", cache_dir=model_cache, device="cuda", dtype=torch.float32,
                              enable_adaptive_batching=False, batch_size=32) as emb:
-            out = emb.embed_images(pages)
-            report = emb.last_report
+            run = emb.embed_pages(pages)
+            out, report = [r.vectors for r in run.values()], run.report
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
-    assert report is not None and report.device.startswith("cuda")
+    assert report.device.startswith("cuda")
     assert report.ooms >= 1, "the cap did not cause an OOM: lower it"
     for got, want in zip(out, reference, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2)

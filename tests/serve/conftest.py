@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
 from tests.inputs import EXAMPLES
 
@@ -73,6 +75,7 @@ class Server:
 
     def __init__(self, index: Path, model_cache: Path, *args: str, port: int | None = None) -> None:
         self.index, self.port = index, port or free_port()
+        self.stdout = ""
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "RAGGED_CACHE_DIR": str(model_cache), "HF_HUB_OFFLINE": "1",
                "RAGGED_CONFIG": "/nonexistent"}
@@ -99,13 +102,14 @@ class Server:
         return self.proc.returncode, stderr
 
     def stop(self) -> tuple[int, str]:
+        """(exit status, stderr); what it printed on stdout is kept in ``stdout``."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, stderr = self.proc.communicate(timeout=60)
+            self.stdout, stderr = self.proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, stderr = self.proc.communicate()
+            self.stdout, stderr = self.proc.communicate()
         return self.proc.returncode, stderr
 
 
@@ -117,3 +121,17 @@ def server(sample_index: Path, model_cache: Path) -> Iterator[Server]:
         yield running
     finally:
         running.stop()
+
+
+def numpy_hits(index: Path, query: np.ndarray, k: int) -> list[tuple[str, int, float]]:
+    """The oracle for served hits: plain NumPy MaxSim in float64 over every
+    stored page, written here (it shares no code with the server's kernel or
+    its ranking): (doc_hash, page, score), best first."""
+    store = IndexStore.open(index)
+    q = np.asarray(query, dtype=np.float64)  # (tokens, dim)
+    scored = []
+    for record in store.catalog().pages:
+        page = np.asarray(store.page_vectors(record.doc_hash, record.page), dtype=np.float64)  # (n, dim)
+        scored.append((float((q @ page.T).max(axis=1).sum()), record.doc_hash, record.page))
+    scored.sort(key=lambda t: -t[0])
+    return [(h, p, score) for score, h, p in scored[:k]]

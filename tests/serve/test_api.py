@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,9 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from ragged.embeddings import ColPaliEmbedder
-from ragged.gpu import DeviceManager
-from ragged.index.search import MaxSimSearcher
-from ragged.index.store import IndexStore
 from ragged.serve.app import create_app
 from ragged.serve.service import SearchService, ServiceConfig
-from tests.serve.conftest import metric
+from tests.serve.conftest import metric, numpy_hits
 
 TOKEN = "s3cret-token"
 
@@ -33,7 +31,8 @@ def service(sample_index: Path, model_cache: Path) -> Iterator[SearchService]:
 
 @pytest.fixture(scope="module")
 def client(service: SearchService) -> Iterator[TestClient]:
-    with TestClient(create_app(service), raise_server_exceptions=False) as test_client:
+    with TestClient(create_app(service), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1") as test_client:
         yield test_client
 
 
@@ -41,11 +40,6 @@ def client(service: SearchService) -> Iterator[TestClient]:
 def reference(sample_index: Path, model_cache: Path) -> Iterator[ColPaliEmbedder]:
     with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
         yield emb
-
-
-def serial_hits(index: Path, embedder: ColPaliEmbedder, query: str, k: int) -> list[tuple[str, int, float]]:
-    searcher = MaxSimSearcher(IndexStore.open(index), DeviceManager().cpu())
-    return [(h.doc_hash, h.page, h.score) for h in searcher.search(embedder.embed_queries([query]), k)[0]]
 
 
 def test_search_answers_like_an_in_process_search(client: TestClient, sample_index: Path,
@@ -57,7 +51,7 @@ def test_search_answers_like_an_in_process_search(client: TestClient, sample_ind
     assert body["mode"] == "vision" and all(h["signals"] == {"vision": h["rank"]} for h in body["hits"])
     assert body["ms"] > 0 and body["model_load_ms"] is None  # kept loaded
     got = [(h["doc_hash"], h["page"], h["score"]) for h in body["hits"]]
-    want = serial_hits(sample_index, reference, "quarterly revenue", 4)
+    want = numpy_hits(sample_index, reference.embed_queries(["quarterly revenue"])[0], 4)
     assert [g[:2] for g in got] == [w[:2] for w in want]
     np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-4)
     assert [h["rank"] for h in body["hits"]] == [1, 2, 3, 4]
@@ -94,7 +88,8 @@ def test_default_mode_is_hybrid_where_the_index_has_text(client: TestClient) -> 
     assert bad.status_code == 400 and "Unknown mode" in bad.json()["error"]
 
 
-def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path) -> None:
+def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_index: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     hit = client.post("/search", json={"query": "tart", "k": 1}).json()["hits"][0]
     response = client.get(hit["image"] + "?width=300")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
@@ -102,6 +97,13 @@ def test_page_images_are_rendered_once_and_cached(client: TestClient, sample_ind
     assert image.width == 320  # the cached width at or above the one asked
     cached = sample_index / ".cache" / "pages" / hit["doc_hash"] / f"{hit['page']}-320.png"
     assert cached.read_bytes() == response.content
+
+    def render_again(*args: object) -> None:
+        raise AssertionError("a cached page was rendered again")
+
+    monkeypatch.setattr("ragged.serve.pages.render", render_again)
+    again = client.get(hit["image"] + "?width=250")  # the same cached width
+    assert again.status_code == 200 and again.content == response.content
 
 
 @pytest.mark.parametrize(("path", "status"), [
@@ -179,7 +181,14 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert metric(text, "ragged_search_failures_total") == metric(before, "ragged_search_failures_total")
     assert metric(text, "ragged_index_pages") == 6 and metric(text, "ragged_model_loaded") == 1
     assert metric(text, 'ragged_model_events_total{event="load"}') >= 1
+    for _ in range(100):  # the resident copy loads in the background; searches stream until it is there
+        if 'ragged_resident_bytes{form="f32 in RAM"}' in text:
+            break
+        client.post("/search", json={"query": "tart"})
+        time.sleep(0.05)
+        text = client.get("/metrics").text
     assert metric(text, 'ragged_resident_bytes{form="f32 in RAM"}') > 0
+    assert 'ragged_resident_form{chosen="f32 in RAM",form="f32 in RAM",loading="",reason="needs' in text
     assert 'ragged_oom_recoveries_total{strategy="reduce_batch"}' in text and "ragged_device_memory_bytes" in text
 
 
@@ -197,14 +206,16 @@ def test_heatmap_for_a_colpali_page(client: TestClient) -> None:
     body = response.json()
     assert (body["rows"], body["cols"]) == (32, 32) and len(body["overall"]) == 1024
     assert all(0.0 <= v <= 1.0 for v in body["overall"]) and max(body["overall"]) > 0
-    assert body["tokens"] and all(len(t["values"]) == 1024 for t in body["tokens"])
+    assert [w["text"] for w in body["words"]] == ["quarterly", "revenue"]  # words, not pieces; no prompt
+    assert all(len(w["values"]) == 1024 for w in body["words"])
     assert abs(body["score"] - hit["score"]) < 1e-2  # the same MaxSim the search gave
     bad = client.post("/heatmap", json={"doc_hash": hit["doc_hash"], "page": 99, "query": "x"})
     assert bad.status_code == 404
 
 
 def test_token_guards_everything_but_health(service: SearchService) -> None:
-    with TestClient(create_app(service, token=TOKEN), raise_server_exceptions=False) as guarded:
+    with TestClient(create_app(service, token=TOKEN), raise_server_exceptions=False,
+                    base_url="http://127.0.0.1") as guarded:
         assert guarded.get("/health").status_code == 200
         assert guarded.post("/search", json={"query": "tart"}).status_code == 401
         wrong = guarded.post("/search", json={"query": "tart"}, headers={"Authorization": "Bearer nope"})
@@ -234,7 +245,8 @@ def test_readiness_tells_the_truth_when_the_model_cannot_load(tmp_path: Path, mo
     broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
     broken.start()
     try:
-        with TestClient(create_app(broken), raise_server_exceptions=False) as test_client:
+        with TestClient(create_app(broken), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1") as test_client:
             assert test_client.get("/health").status_code == 200  # the process is up...
             ready = test_client.get("/ready")
             assert ready.status_code == 503 and "the model failed to load" in ready.json()["reason"]  # ...not ready

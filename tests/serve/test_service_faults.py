@@ -12,9 +12,10 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
-from ragged.index.retrieval import Mode
+from ragged.errors import ServiceUnavailable
+from ragged.query.modes import Mode
 from ragged.serve.app import create_app
-from ragged.serve.service import SearchService, ServiceConfig, ServiceUnavailable
+from ragged.serve.service import SearchService, ServiceConfig
 
 
 @pytest.fixture
@@ -50,12 +51,27 @@ def test_a_request_that_runs_out_of_memory_fails_alone(service: SearchService,
     assert all(len(answer.hits[0]) == 3 for answer in good)
     assert good[0].batch_queries == 3  # the three were one pass before the split
     assert service.failures_total == 1
-    assert service.oom_handler is not None and service.oom_handler.stats.recoveries.get("cpu_fallback", 0) == 0
+    assert service.runtime is not None and service.runtime.oom_handler.stats.recoveries.get("cpu_fallback", 0) == 0
+
+
+def test_requests_answered_in_one_pass_get_only_their_own_notices(service: SearchService) -> None:
+    """A query cut to the model's length says so to its own request, not to
+    the others that shared its pass (results are values, not shared state)."""
+    assert service.embedder is not None
+    long_query = "quarterly revenue " * 400  # over the 512 tokens the vision model takes
+    gate = threading.Event()
+    service._run(gate.wait)  # hold the worker so that the requests share one pass
+    futures = [service.search([q], 3, Mode.VISION) for q in ("lemon tart", long_query, "rent deposit")]
+    gate.set()
+    short, cut, other = (f.result(timeout=60) for f in futures)
+    assert short.batch_queries == 3  # one pass
+    assert short.notices == [] and other.notices == []
+    assert len(cut.notices) == 1 and "cut to its first 512 tokens" in cut.notices[0]
 
 
 def test_keyword_and_text_searches_never_load_the_vision_model(service: SearchService) -> None:
-    assert service.embedder is not None and service.models is not None
-    service.models.unload(service.embedder.job.key)  # as an idle unload would
+    assert service.embedder is not None and service.runtime is not None
+    service.runtime.model_manager.unload(service.embedder.job.key)  # as an idle unload would
     for mode in (Mode.KEYWORD, Mode.TEXT):
         answer = service.search(["lemon tart"], 3, mode).result(timeout=60)
         assert answer.hits[0] and answer.model_load_ms is None
@@ -71,11 +87,12 @@ def test_a_damaged_index_makes_the_service_not_ready_and_says_why(sample_index: 
     for data in (index / "lancedb" / "pages.lance" / "data").iterdir():
         data.unlink()
     shutil.rmtree(index / "segments")
-    (index / "catalog.json").unlink()
+    shutil.rmtree(index / "catalog")
     broken = SearchService(ServiceConfig(index_dir=index, cache_dir=model_cache, idle_unload_s=None))
     broken.start()
     try:
-        with TestClient(create_app(broken), raise_server_exceptions=False) as client:
+        with TestClient(create_app(broken), raise_server_exceptions=False,
+                        base_url="http://127.0.0.1") as client:
             ready = client.get("/ready")
             assert ready.status_code == 503 and "could not be loaded" in ready.json()["reason"]
             assert "is damaged" in ready.json()["reason"]

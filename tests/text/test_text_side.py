@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from ragged.errors import ConfigurationError
-from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType
-from ragged.index.query import search
+from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, Runtime
 from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
+from ragged.query.searcher import Searcher, search
 from ragged.text.embedder import TextEmbedder
 from ragged.text.model import packaged_default
 from tests.fakes import FakeBackend, FakeCard, fake_cpu, oom_message
@@ -46,7 +46,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def index(corpus: Path, model_cache: Path) -> Path:
     folder = corpus.parent / "index"
     report = ingest([corpus], IngestOptions(index_dir=folder, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert report.text_model == "all-MiniLM-L6-v2" and report.passages >= 6
+    assert report.text_model == "all-MiniLM-L6-v2" and report.text.items >= 6
     assert report.pages_without_text == 1  # the scan: searchable by its image only
     return folder
 
@@ -91,7 +91,16 @@ def test_hybrid_is_the_default_and_says_who_found_what(index: Path, model_cache:
     assert result.mode == "hybrid"
     top = result.hits[0]
     assert Path(top.path).name == "recipe-card.pdf" and {"vision", "text", "keyword"} <= set(top.signals)
-    assert abs(top.score - sum(1 / (60 + r) for r in top.signals.values())) < 1e-9
+    assert 0 < result.hits[1].score < top.score <= 1  # the fused score reads in [0, 1]
+
+
+def test_hybrid_does_not_listen_to_the_random_weight_vision_preset(index: Path, model_cache: Path) -> None:
+    with Searcher(index, cache_dir=model_cache) as searcher:
+        weights = searcher.engine.weights(searcher.source.catalog)  # learned by probing pages with their own words
+        assert weights.probes >= 4 and weights.vision < 0.5 <= weights.text
+        result = searcher.search("how much money did the firm bring in each quarter", k=3, mode="hybrid")
+    assert any("image ranking" in n for n in result.notices)
+    assert (index / ".cache" / "fusion-weights.json").is_file()  # the next process reads them back
 
 
 def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,8 +109,8 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
     with TextEmbedder(cache_dir=model_cache) as reference:
         passages = [p for t in texts for p in reference.passages(t)]
         expected = reference.embed_passages(passages)
-    with TextEmbedder(cache_dir=model_cache) as embedder:
-        embedder.job.batch_config = BatchSizeConfig(initial_batch_size=8, max_batch_size=8)
+    runtime = Runtime(batch_config=BatchSizeConfig(initial_batch_size=8, max_batch_size=8))
+    with runtime, TextEmbedder(cache_dir=model_cache, runtime=runtime) as embedder:
         model = embedder.job.model()
         seen: list[int] = []
         original = model.forward
@@ -114,9 +123,9 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
             return original(*args, **kwargs)
 
         monkeypatch.setattr(model, "forward", forward)
-        got = embedder.embed_passages(passages)
-        report = embedder.last_report
-    assert report is not None and report.ooms >= 1 and sum(report.batch_sizes) == len(passages)
+        run = embedder.encode_passages(passages)
+        got, report = np.stack(run.values()), run.report
+    assert report.ooms >= 1 and sum(report.batch_sizes) == len(passages)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, atol=1e-5)  # every passage once, as an OOM-free run gives it
     failed = [n for n, batch in enumerate(seen) if batch >= 4]
@@ -124,16 +133,33 @@ def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatc
 
 
 def _legacy_copy(source: Path, target: Path, workdir: Path) -> None:
-    """A format-1 index of the same pages: the old columns, paths as typed, no text."""
+    """A format-1 index of the same pages: the old columns (vectors in LanceDB
+    and in one .npy a document), paths as typed, no text."""
     import lancedb
     import pyarrow as pa
 
-    table = lancedb.connect(str(source / "lancedb")).open_table("pages")
-    rows = table.to_arrow().select(["doc_hash", "path", "page", "n_vectors", "model", "vectors"])
-    relative = pa.array([str(Path(p).relative_to(workdir)) for p in rows.column("path").to_pylist()])
-    rows = rows.set_column(rows.schema.get_field_index("path"), "path", relative)
-    lancedb.connect(str(target / "lancedb")).create_table("pages", data=rows)
-    shutil.copytree(source / "segments", target / "segments")
+    reader = IndexStore.open(source)
+    catalog = reader.catalog()
+    (target / "segments").mkdir(parents=True)
+    dim = reader.meta.dim  # type: ignore[union-attr]
+    table = None
+    for first, lengths, vectors in reader.runs(catalog):
+        pages = catalog.pages[first : first + len(lengths)]
+        np.save(target / "segments" / f"{pages[0].doc_hash}.npy", np.asarray(vectors))
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(vectors).reshape(-1), pa.float16()), dim)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        rows = pa.table({
+            "doc_hash": [p.doc_hash for p in pages],
+            "path": [str(Path(p.path).relative_to(workdir)) for p in pages],
+            "page": pa.array([p.page for p in pages], pa.int32()),
+            "n_vectors": pa.array([p.n_vectors for p in pages], pa.int32()),
+            "model": [reader.meta.model] * len(pages),  # type: ignore[union-attr]
+            "vectors": pa.ListArray.from_arrays(offsets, inner),
+        })
+        if table is None:
+            table = lancedb.connect(str(target / "lancedb")).create_table("pages", data=rows)
+        else:
+            table.add(rows)
     meta = json.loads((source / "ragged-index.json").read_text())
     (target / "ragged-index.json").write_text(json.dumps({"model": meta["model"], "dim": meta["dim"], "format": 1}))
 
@@ -156,10 +182,10 @@ def test_an_older_index_keeps_working_and_ingest_gives_it_text(index: Path, corp
     upgraded = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
     assert (upgraded.documents_added, upgraded.documents_text_added) == (0, 4)
     meta = IndexStore.read_meta(legacy)
-    assert meta is not None and meta.format == 2 and meta.text_model == "all-MiniLM-L6-v2"
+    assert meta is not None and meta.format == 3 and meta.text_model == "all-MiniLM-L6-v2"
     assert {Path(p.path).is_absolute() for p in IndexStore.open(legacy).catalog().pages} == {True}
     again = ingest([corpus], IngestOptions(index_dir=legacy, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert again.documents_text_added == 0 and again.passages == 0  # nothing done twice
+    assert again.documents_text_added == 0 and again.text.items == 0  # nothing done twice
     now = search("cancelling the tenancy agreement", legacy, k=1, cache_dir=model_cache, mode="text")
     assert Path(now.hits[0].path).name == "rental-contract.pdf"
 
@@ -170,7 +196,7 @@ def test_an_index_built_without_text_gets_it_later_for_every_document(corpus: Pa
     index = tmp_path / "no-text"
     first = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache,
                                            text_model="none"))
-    assert first.passages == 0 and IndexStore.read_meta(index).text_model is None  # type: ignore[union-attr]
+    assert first.text.items == 0 and IndexStore.read_meta(index).text_model is None  # type: ignore[union-attr]
     with pytest.raises(ConfigurationError, match="ingest' again"):
         search("tenancy", index, cache_dir=model_cache, mode="text")
 
@@ -179,7 +205,7 @@ def test_an_index_built_without_text_gets_it_later_for_every_document(corpus: Pa
 
     monkeypatch.setattr("ragged.ingest.pipeline.ColPaliEmbedder", no_images)
     later = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
-    assert later.documents_text_added == 4 and later.passages >= 6  # every document, not only new ones
+    assert later.documents_text_added == 4 and later.text.items >= 6  # every document, not only new ones
     hit = search("cancelling the tenancy agreement", index, k=1, cache_dir=model_cache, mode="text").hits[0]
     assert Path(hit.path).name == "rental-contract.pdf"
 
@@ -196,7 +222,8 @@ def test_keyword_search_works_after_a_first_run_that_never_finished(corpus: Path
     assert search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
     monkeypatch.undo()
     writer = IndexStore.open_for_writing(index, "tiny-colpali")
-    writer._table_or_none().drop_index("text_idx")  # an index from before ragged made it at once
+    writer.pages.table().drop_index("text_idx")  # an index from before ragged made it at once
+    writer._record({"op": "lance", "lance": writer.pages.version})  # readers read that version
     writer.close()
     assert not search("Okafor", index, k=3, cache_dir=model_cache, mode="keyword").hits
     again = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
@@ -232,11 +259,11 @@ def test_a_full_text_index_that_fails_at_the_first_commit_comes_with_the_run_end
     real = IndexStore._index_text
     calls: list[int] = []
 
-    def flaky(self: IndexStore, table: object) -> None:
+    def flaky(self: IndexStore, replace: bool = False) -> int:
         calls.append(1)
         if len(calls) == 1:
             raise IndexStoreError("The index is damaged: indexing page text failed (disk full)")
-        real(self, table)
+        return real(self, replace)
 
     monkeypatch.setattr(IndexStore, "_index_text", flaky)
     report = ingest([corpus], IngestOptions(index_dir=index, model="tiny-colpali", dpi=72, cache_dir=model_cache))
@@ -255,8 +282,6 @@ def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Pa
     monkeypatch.setattr(DeviceInfo, "torch_device", property(lambda self: torch.device("cpu")))  # computes on the CPU
     backend = FakeBackend(cards=[FakeCard(total=400 * MiB)])  # a 260 MiB line at the default 75% target
     manager = DeviceManager([backend, fake_cpu()])
-    monkeypatch.setattr("ragged.gpu.default_device_manager", lambda: manager)
-    monkeypatch.setattr("ragged.gpu.managed.default_device_manager", lambda: manager)
     monkeypatch.setattr("ragged.embeddings.colpali_embedder.estimate_model_bytes", lambda source, dtype: 230 * MiB)
     loads: list[str] = []
     real_acquire = ModelManager.acquire
@@ -281,9 +306,10 @@ def test_two_models_on_a_card_too_small_for_both(model_cache: Path, tmp_path: Pa
         return real_acquire(self, key, booked, size_bytes, device, **kwargs)
 
     monkeypatch.setattr(ModelManager, "acquire", acquire)
-    report = ingest([EXAMPLES], IngestOptions(index_dir=tmp_path / "index", model="tiny-colpali", dpi=72,
-                                              cache_dir=model_cache, device="cuda:0"))
-    assert report.documents_added == 3 and report.passages >= 6 and report.device == "cuda:0"
+    with Runtime(manager) as runtime:
+        report = ingest([EXAMPLES], IngestOptions(index_dir=tmp_path / "index", model="tiny-colpali", dpi=72,
+                                                  cache_dir=model_cache, device="cuda:0"), runtime=runtime)
+    assert report.documents_added == 3 and report.text.items >= 6 and report.device == "cuda:0"
     assert any("could not hold both models" in note for note in report.notes), report.notes
     assert [k.startswith("text:") for k in loads][:2] == [False, True]  # vision first, then text in its place
     assert backend.cards[0].allocated == 0  # both released at the end

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ragged.cli.output import err, fail, gib, out, plain, safe
+from ragged.gpu.registry import device_choices
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -40,7 +41,7 @@ def gpu() -> None:
     """Devices, memory and batch sizes."""
 
 
-@gpu.command("list")
+@gpu.command("list", short_help="Every device and which one auto picks.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_devices(as_json: bool) -> None:
     """Every device, its memory, and which one auto-selection picks."""
@@ -73,10 +74,10 @@ def _processes(manager: DeviceManager, device: DeviceInfo) -> str:
     return ", ".join(f"{safe(p.name)} (pid {p.pid}) {gib(p.used_bytes)}" for p in found[:5])
 
 
-@gpu.command()
+@gpu.command(short_help="Details of DEVICE.")
 @click.argument("device", default="auto")
 def info(device: str) -> None:
-    """Details of DEVICE (auto, cpu, mps, xpu, cuda or cuda:N)."""
+    """Details of DEVICE (auto, or a device such as cpu or cuda:1; see 'ragged gpu list')."""
     from rich.table import Table
 
     from ragged.gpu import MemoryPolicy, default_device_manager
@@ -118,8 +119,8 @@ def _stats_table(monitor: MemoryMonitor, manager: DeviceManager) -> Table:
     return table
 
 
-@gpu.command()
-@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
+@gpu.command(short_help="Memory of a device and who uses it.")
+@click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, help="Seconds between refreshes.")
 @click.option("--count", type=click.IntRange(min=1), default=None, help="With --watch: stop after this many.")
@@ -160,13 +161,13 @@ def stats(device: str, watch: bool, interval: float, count: int | None, warning:
         pass
 
 
-PLOT_HINT = ("--plot needs matplotlib: pip install matplotlib (it comes with the dev extra: "
-             "pip install -e '.[dev]' in a checkout, or pip install 'ragged[plot]').")
+PLOT_HINT = ("--plot needs matplotlib, which this Python lacks: pip install matplotlib (it comes with "
+             "ragged's dev and plot extras).")
 
 
-@gpu.command()
+@gpu.command(short_help="Compare fixed batch sizes with adaptive sizing.")
 @click.option("--model", default="tiny-colpali", help="Model to measure (hub id, folder or preset).")
-@click.option("--device", default="auto", help="auto, cpu, mps, xpu, cuda or cuda:N.")
+@click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--pages", type=click.IntRange(min=1), default=32, help="Synthetic pages per run.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, help="Largest fixed batch to try.")
 @click.option("--rounds", type=click.IntRange(min=1), default=5,

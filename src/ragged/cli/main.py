@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import click
 from loguru import logger
 
 from ragged import __version__
+from ragged.cli.assistant import mcp
 from ragged.cli.gpu import gpu
 from ragged.cli.options import device_option, index_option, memory_target_option, policy
 from ragged.cli.output import err, fail, gib, out, plain, print_error, printable, safe
@@ -50,11 +52,16 @@ class RaggedGroup(click.Group):
 
 def _setup_logging(verbose: bool) -> None:
     logger.remove()
+    # No frame locals (diagnose) and no frames above the catch (backtrace): a traceback must never print a
+    # token, a request body or a document's text held in a variable.
     logger.add(lambda m: err.print(printable(m.rstrip("\n")), markup=False), level="DEBUG" if verbose else "WARNING",
-               format="{level}: {message}", colorize=False)
+               format="{level}: {message}", colorize=False, diagnose=False, backtrace=False)
     if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
+    # Pillow warns (two raw lines) about an image over its pixel limit as it opens it; ragged's own, lower,
+    # limit then refuses that image with a one-line error that says what to do.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -62,7 +69,7 @@ def _setup_logging(verbose: bool) -> None:
 @click.version_option(__version__, prog_name="ragged")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
-    """Private, local search over PDF pages seen as images (ColPali family).
+    """Private, local search over document pages seen as images (ColPali family).
 
     Settings come from flags, then RAGGED_* environment variables, then the
     config file (RAGGED_CONFIG or config.toml in the user config folder).
@@ -72,7 +79,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-@cli.command()
+@cli.command(short_help="Embed PDFs and images into the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--model", envvar="RAGGED_MODEL", show_envvar=True, default=None,
               help="Hub id, local folder or tiny preset. Default: the index's model, else the config's, "
@@ -89,37 +96,47 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--workers", default=None, metavar="N|auto",
               help="Embed on Ray workers: N of them, or auto (one per GPU; one on a CPU-only machine).")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead of starting a local one.")
+@click.option("--convert-timeout", type=click.FloatRange(min=1), envvar="RAGGED_CONVERT_TIMEOUT", show_envvar=True,
+              default=120.0, help="Seconds LibreOffice may take over one Office, web or text file.")
 @memory_target_option
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: int | None, dpi: int, prune: bool,
-           text_model: str | None, workers: str | None, ray_address: str | None, memory_target: float,
-           index_dir: Path, as_json: bool) -> None:
-    """Embed PDFs and images (files or folders) into the index.
+@click.pass_context
+def ingest(ctx: click.Context, paths: Sequence[Path], model: str | None, device: str, batch_size: int | None,
+           dpi: int, prune: bool, text_model: str | None, workers: str | None, ray_address: str | None,
+           convert_timeout: float, memory_target: float, index_dir: Path, as_json: bool) -> None:
+    """Embed documents (files or folders) into the index: PDFs, images, and
+    Office, HTML, Markdown and text files (converted by LibreOffice).
 
     Unchanged files are skipped, changed ones replaced, moved ones re-pathed."""
     from ragged.cli.progress import IngestProgress
+    from ragged.embeddings.hf import silence_transformers
     from ragged.embeddings.loading import resolve_model
     from ragged.embeddings.names import DEFAULT_MODEL
-    from ragged.gpu import default_device_manager
+    from ragged.gpu.runtime import Runtime
     from ragged.index.store import IndexStore
     from ragged.ingest.pipeline import IngestOptions
     from ragged.ingest.pipeline import ingest as run_ingest
+    from ragged.text.model import DEFAULT_TEXT_MODEL
 
     scale = _scale(workers, ray_address)  # Ray missing: say so before any work
     meta = IndexStore.read_meta(index_dir)
     chosen = model or (meta.model if meta else None) or setting("model") or DEFAULT_MODEL
-    default_device_manager().get_optimal_device(device)  # a bad --device fails before any work
-    resolve_model(chosen, cache_dir())
-    from ragged.text.model import DEFAULT_TEXT_MODEL
-
-    named_text = text_model or setting("text_model")
-    options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
-                            cache_dir=cache_dir(), prune=prune, policy=policy(memory_target),
-                            text_model=named_text or (meta.text_model if meta else None) or DEFAULT_TEXT_MODEL,
-                            text_model_explicit=named_text is not None, scale=scale)
-    with IngestProgress(err, enabled=not as_json) as progress:
-        report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks())
+    # The text model as the vision model: the flag, else the index's, else the config's, else the default.
+    stored_text = meta.text_model if meta else None
+    configured_text = setting("text_model")
+    silence_transformers()
+    with Runtime(policy=policy(memory_target)) as runtime:
+        runtime.device(device)  # a bad --device fails before any work
+        resolve_model(chosen, cache_dir())
+        options = IngestOptions(index_dir=index_dir, model=chosen, device=device, batch_size=batch_size, dpi=dpi,
+                                cache_dir=cache_dir(), prune=prune, policy=runtime.policy,
+                                text_model=text_model or stored_text or configured_text or DEFAULT_TEXT_MODEL,
+                                text_model_explicit=text_model is not None or (stored_text is None
+                                                                               and configured_text is not None),
+                                scale=scale, convert_timeout_s=convert_timeout)
+        with IngestProgress(err, enabled=not as_json) as progress:
+            report = run_ingest([p.expanduser() for p in paths], options, progress.callbacks(), runtime)
     for problem in report.problems:
         print_error(problem.message)
     if as_json:
@@ -127,7 +144,7 @@ def ingest(paths: Sequence[Path], model: str | None, device: str, batch_size: in
     else:
         from ragged.cli.report import print_ingest_report
 
-        print_ingest_report(out, report)
+        print_ingest_report(out, report, verbose=bool(ctx.obj and ctx.obj.get("verbose")))
     if report.failed:
         sys.exit(1)
 
@@ -137,18 +154,23 @@ def _scale(workers: str | None, address: str | None) -> Any:
     if workers is None and address is None:
         return None
     from ragged.errors import ConfigurationError
-    from ragged.ingest.distributed import ScaleOptions, require_ray
+    from ragged.ingest.cluster import check_address, check_reachable, require_ray
+    from ragged.ingest.distributed import ScaleOptions
 
     count: int | None = None
     if workers not in (None, "auto"):
         if not str(workers).isdigit() or int(str(workers)) < 1:
             raise ConfigurationError(f"--workers takes a whole number of at least 1, or auto (got {workers!r}).")
         count = int(str(workers))
+    if address is not None:
+        check_address(address)  # malformed: said before Ray is imported
     require_ray()
+    if address is not None:
+        check_reachable(address)  # nothing there: said in seconds, before any work
     return ScaleOptions(workers=count, address=address)
 
 
-@cli.command()
+@cli.command(short_help="Find the pages that best answer QUERY.")
 @click.argument("query")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1, max=1000), default=10, help="How many pages to return.")
 @index_option
@@ -166,65 +188,55 @@ def _scale(workers: str | None, address: str | None) -> Any:
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
            server: str | None, token: str | None, local: bool, mode: str, as_json: bool) -> None:
     """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
-    from rich.table import Table
-
-    from ragged.index.results import check_query
+    from ragged.index.results import clean_query
     from ragged.serve.client import find_server
 
-    text = check_query(query)
-    url = server or (None if local else find_server(index_dir, token))
+    text, repaired = clean_query(query)
+    if repaired:
+        err.print(f"note: {safe(repaired)}", soft_wrap=True)
+    url = server or (None if local else find_server(index_dir))
     if url is not None:
         result = _remote_search(url, text, k, token, model, mode)
     else:
-        from ragged.gpu import default_device_manager
-        from ragged.index.query import search as run_search
+        from ragged.embeddings.hf import silence_transformers
+        from ragged.gpu.runtime import Runtime
+        from ragged.query.searcher import search as run_search
 
-        default_device_manager().get_optimal_device(device)
-        result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
-                            policy=policy(memory_target), mode=mode)
+        silence_transformers()
+        with Runtime(policy=policy(memory_target)) as runtime:
+            runtime.device(device)  # a bad --device fails before the index is opened
+            result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
+                                mode=mode, runtime=runtime)
     for notice in result.notices:
         err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
     shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
-    table = Table(title=plain(f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
-                              f"({result.mode}; {result.model}, {result.device}, {result.seconds:.2f} s)"))
-    fused = result.mode == "hybrid"
-    for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    if fused:
-        table.add_column("found by (rank)")
-    for n, hit in enumerate(result.hits, 1):
-        row: list[Any] = [str(n), f"{hit.score:.4f}" if fused else f"{hit.score:.3f}", plain(hit.path), str(hit.page)]
-        if fused:
-            row.append(", ".join(f"{name} {rank}" for name, rank in hit.signals.items()))
-        table.add_row(*row)
-    out.print(table)
+    header = (f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
+              f"({result.mode}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
+    from ragged.cli.hits import hits_table, no_hits_advice
+
+    if not result.hits:
+        out.print(plain(f"{header}. {no_hits_advice(result.mode, result.pages_searched)}"), soft_wrap=True)
+        return
+    out.print(hits_table(result, header, out.width))
 
 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
     from ragged.errors import ModelMismatchError
-    from ragged.index.results import SearchHit, SearchResult
-    from ragged.serve.client import ServerError, remote_search
+    from ragged.serve.client import parse_result, remote_search
 
     data = remote_search(url, query, k, token, mode=mode)
-    try:
-        if model is not None and stored_name(model) != data["model"]:
-            raise ModelMismatchError(f"The index served at {url} was built with {data['model']!r}, not {model!r}.")
-        hits = [SearchHit(str(h["path"]), int(h["page"]), float(h["score"]), str(h["doc_hash"]),
-                          {str(n): int(r) for n, r in dict(h.get("signals", {})).items()}) for h in data["hits"]]
-        return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
-                            int(data["pages_searched"]), float(data["ms"]) / 1000,
-                            [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
-                          f"{exc}); check --server.") from None
+    result = parse_result(data, url)
+    if model is not None and stored_name(model) != result.model:
+        raise ModelMismatchError(f"The index served at {url} was built with {result.model!r}, not {model!r}.")
+    return result
 
 
-@cli.command("list")
+@cli.command("list", short_help="The documents in the index, and files gone.")
 @index_option
 @click.option("--missing", is_flag=True, help="Only documents whose files no longer exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -261,7 +273,7 @@ def list_documents(index_dir: Path, missing: bool, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Remove documents or folders from the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -269,6 +281,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     """Remove documents (files, or every document under folders) from the index."""
     from ragged.index.store import IndexStore
     from ragged.ingest.changes import stored_under
+    from ragged.ingest.conversion import sweep
 
     meta = IndexStore.read_meta(index_dir)
     if meta is None:
@@ -277,6 +290,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
     with IndexStore.open_for_writing(index_dir, meta.model) as store:
         found, unmatched = stored_under(store.documents(), [p.expanduser() for p in paths])
         pages = store.remove_documents([d.doc_hash for d in found])
+        sweep(index_dir, store.known_hashes())  # the converted PDFs of documents removed
     for path in unmatched:
         print_error(f"{path}: not in the index; see 'ragged list'.")
     if as_json:
@@ -290,6 +304,7 @@ def remove(paths: Sequence[Path], index_dir: Path, as_json: bool) -> None:
 
 cli.add_command(gpu)
 cli.add_command(serve)
+cli.add_command(mcp)
 
 
 def run() -> None:

@@ -9,7 +9,10 @@ from typing import Any
 import click
 
 from ragged.config import setting
+from ragged.gpu.registry import device_choices
 from ragged.paths import default_index_dir
+
+DEVICE_HELP = f"{device_choices()}. Only auto may fall back to the CPU."
 
 
 def _expand(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -28,7 +31,7 @@ def index_option(f: Any) -> Any:
 def device_option(f: Any) -> Any:
     return click.option(
         "--device", envvar="RAGGED_DEVICE", show_envvar=True, default=lambda: setting("device", "auto"),
-        help="auto, cpu, cuda, cuda:N, xpu or mps. Only auto may fall back to the CPU.",
+        help=DEVICE_HELP,
     )(f)
 
 

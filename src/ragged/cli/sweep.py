@@ -30,10 +30,13 @@ import numpy as np
 from PIL import Image
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
+from ragged.embeddings.report import EmbeddingReport
 from ragged.errors import OutOfMemoryRecoveryError
-from ragged.gpu import DeviceInfo, DeviceManager, OOMHandler
-from ragged.gpu.model_manager import ModelManager
+from ragged.gpu.device_manager import DeviceManager
+from ragged.gpu.recovery import RecoveryOptions
+from ragged.gpu.runtime import Runtime
 from ragged.gpu.throughput import SizingRecord
+from ragged.gpu.types import DeviceInfo
 from ragged.paths import cache_dir
 
 ADAPTIVE = "adaptive"
@@ -147,13 +150,11 @@ class _Config:
                         tuple(self.sizes), self.warmup, self.warmup_ooms)
 
 
-def _timed(emb: ColPaliEmbedder, images: Sequence[Image.Image]) -> tuple[float, Any]:
-    """Seconds of one call and its report (kept in one place: the report's
-    home may move)."""
+def _timed(emb: ColPaliEmbedder, images: Sequence[Image.Image]) -> tuple[float, EmbeddingReport]:
+    """Seconds of one call and its report."""
     start = time.perf_counter()
-    emb.embed_images(images)
-    seconds = time.perf_counter() - start
-    return seconds, emb.last_report
+    report = emb.embed_pages(images, keep_going=False).report
+    return time.perf_counter() - start, report
 
 
 def _run_once(config: _Config, images: Sequence[Image.Image], *, timed: bool) -> None:
@@ -168,8 +169,6 @@ def _run_once(config: _Config, images: Sequence[Image.Image], *, timed: bool) ->
         config.ooms += timed
         config.warmup_ooms += not timed
         config.rates.clear()
-        return
-    if report is None:
         return
     config.ooms += report.ooms if timed else 0
     config.warmup_ooms += 0 if timed else report.ooms
@@ -188,18 +187,19 @@ def run_sweep(model: str, device: DeviceInfo, pages: int, max_batch: int, *, man
     """Fixed batches 1, 2, 4, ... up to ``max_batch`` (no OOM recovery) and the
     two adaptive runs, interleaved over ``rounds`` rounds after one warm-up each."""
     images = synthetic_pages(pages)
-    with ModelManager(manager, idle_timeout_s=None) as models:
+    # One runtime holds the model; each fixed size measures through a twin without recovery and with an
+    # engine of its own (an OOM is that size failing, and never clamps another size), the kept adaptive
+    # run through the runtime itself, and the new-sizer run through a fresh twin every round.
+    with Runtime(manager) as runtime:
 
-        def embedder(size: int | None) -> ColPaliEmbedder:
-            # Each fixed batch has its own handler, so one size's OOM never clamps another.
-            plain = OOMHandler(manager, enable_cache_clearing=False, enable_batch_reduction=False,
-                               enable_cpu_fallback=False)
+        def embedder(size: int | None, on: Runtime | None = None) -> ColPaliEmbedder:
+            if on is None:
+                on = runtime.with_recovery(RecoveryOptions.none()) if size else runtime.with_recovery(RecoveryOptions())
             return ColPaliEmbedder(model, device=device, batch_size=size or max_batch, cache_dir=cache_dir(),
-                                   enable_adaptive_batching=size is None, device_manager=manager,
-                                   model_manager=models, oom_handler=None if size is None else plain)
+                                   enable_adaptive_batching=size is None, runtime=on)
 
         configs = [_Config(f"fixed {s}", s, partial(embedder, s)) for s in batch_ladder(max_batch)]
-        configs += [_Config(ADAPTIVE, None, partial(embedder, None)),
+        configs += [_Config(ADAPTIVE, None, partial(embedder, None, runtime)),
                     _Config(FRESH, None, partial(embedder, None), fresh=True)]
         for config in configs:
             _run_once(config, images, timed=False)

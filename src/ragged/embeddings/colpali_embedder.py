@@ -4,7 +4,11 @@ Pages are PIL images; each comes back as a float32 array of shape
 (tokens, dim) with padded positions removed. Batches are planned by each
 page's visual tokens, sized from measured memory, and recovered on OOM
 without losing a page: the embedder is a thin layer over
-:class:`~ragged.gpu.managed.ManagedBatchJob`.
+:class:`~ragged.gpu.managed.ManagedBatchJob`, under the
+:class:`~ragged.gpu.runtime.Runtime` it is given (or a private one).
+Every call returns its results and report as values
+(:class:`~ragged.embeddings.report.Embedded`); nothing of a call is kept on
+the embedder, so threads can share it.
 """
 
 from __future__ import annotations
@@ -31,19 +35,21 @@ from ragged.embeddings.loading import (
     torch_dtype,
 )
 from ragged.embeddings.names import DEFAULT_MODEL
-from ragged.embeddings.report import EmbeddingReport
+from ragged.embeddings.report import Embedded, EmbeddingReport, Notice
 from ragged.errors import ConfigurationError
-from ragged.gpu.batch_runner import ItemFailure, RunStats, Stages, every_result
+from ragged.gpu.batch_runner import Stages
 from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
+from ragged.gpu.compat.methods import SpecEmbedding
 from ragged.gpu.device_manager import DeviceHint, DeviceManager
 from ragged.gpu.managed import ManagedBatchJob
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.model_manager import ModelManager, Placement
-from ragged.gpu.oom_handler import OOMHandler
-from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.recovery import OOMHandler
+from ragged.gpu.runtime import Runtime
+from ragged.gpu.stats import RunStats
 from ragged.gpu.types import DeviceInfo
-from ragged.index.catalog import PatchGrid
-from ragged.index.maxsim import maxsim_scores
+from ragged.multivector.grid import PatchGrid
+from ragged.multivector.maxsim import maxsim_scores
 from ragged.paths import cache_dir as default_cache_dir
 
 DEFAULT_FIXED_BATCH_SIZE = 4  # the spec's conservative baseline
@@ -63,7 +69,7 @@ class PageVectors:
     grid: PatchGrid | None = None
 
 
-class ColPaliEmbedder:
+class ColPaliEmbedder(SpecEmbedding):
     """Embeds page images and queries with a ColPali-family model.
 
     ``model_name`` is a hub id, a local folder or a tiny preset. ``device``
@@ -72,6 +78,9 @@ class ColPaliEmbedder:
     ``auto`` falls back to the CPU. With ``enable_adaptive_batching`` the
     batch size is planned from memory and throughput (``batch_size`` then
     caps it); without, every batch has ``batch_size`` pages (4 if not given).
+    ``runtime`` is the program's resource manager (device manager, memory
+    policy, OOM engine, model manager); without one the embedder makes a
+    private runtime and closes it with itself.
     """
 
     def __init__(
@@ -82,12 +91,9 @@ class ColPaliEmbedder:
         cache_dir: str | Path | None = None,
         enable_adaptive_batching: bool = True,
         *,
+        runtime: Runtime | None = None,
         dtype: torch.dtype | None = None,
-        device_manager: DeviceManager | None = None,
-        model_manager: ModelManager | None = None,
         batch_config: BatchSizeConfig | None = None,
-        policy: MemoryPolicy | None = None,
-        oom_handler: OOMHandler | None = None,
         local_files_only: bool = False,
         query_batch_size: int = 32,
         max_query_tokens: int = MAX_QUERY_TOKENS,
@@ -102,7 +108,9 @@ class ColPaliEmbedder:
         self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.max_query_tokens = max_query_tokens
-        config = batch_config or BatchSizeConfig()
+        self._owns_runtime = runtime is None
+        self.runtime = runtime if runtime is not None else Runtime()
+        config = batch_config or self.runtime.batch_config
         if batch_size is not None and enable_adaptive_batching:
             config = replace(config, max_batch_size=batch_size, min_batch_size=min(config.min_batch_size, batch_size))
         self.processor = load_processor(self.source, self.cache_dir)
@@ -112,22 +120,22 @@ class ColPaliEmbedder:
             self.source.location,
             self._load,
             lambda _device, name: estimate_model_bytes(self.source, torch_dtype(name)),
+            runtime=self.runtime,
+            name=model_name,
             device=device,
             dtype=dtype_name,
-            device_manager=device_manager,
-            model_manager=model_manager,
-            policy=policy,
             batch_config=config,
-            oom_handler=oom_handler,
             prefetch=prefetch,
         )
         prior = activation_bytes_per_token(self._config(), self.job.dtype)
         self.job.prior_bytes_per_load = prior
         page = Image.new("RGB", _TYPICAL_PAGE, "white")
         self.job.work_bytes = int(prior * (visual_tokens(self.processor, [page])[0] + self.prompt_tokens))
-        self.last_report: EmbeddingReport | None = None
-        self.last_query_notices: list[str] = []
-        self.job.model()  # load now, so errors surface at construction
+        try:
+            self.job.model()  # load now, so errors surface at construction
+        except BaseException:
+            self.close()
+            raise
 
     def _config(self) -> Any:
         try:
@@ -143,18 +151,18 @@ class ColPaliEmbedder:
 
     @property
     def device_manager(self) -> DeviceManager:
-        """The device manager every hardware question goes through."""
-        return self.job.device_manager
+        """The device manager every hardware question goes through (the runtime's)."""
+        return self.runtime.device_manager
 
     @property
     def model_manager(self) -> ModelManager:
-        """The manager that holds the model."""
-        return self.job.model_manager
+        """The manager that holds the model (the runtime's)."""
+        return self.runtime.model_manager
 
     @property
     def oom_handler(self) -> OOMHandler:
-        """The one recovery engine of this embedder (and what its OOMs taught)."""
-        return self.job.oom_handler
+        """The one recovery engine (the runtime's, with what its OOMs taught)."""
+        return self.runtime.oom_handler
 
     @property
     def batch_config(self) -> BatchSizeConfig:
@@ -189,7 +197,7 @@ class ColPaliEmbedder:
     @property
     def memory_monitor(self) -> MemoryMonitor:
         """The monitor of the model's device."""
-        return self.job.monitor_for(self.device)
+        return self.runtime.monitor_for(self.device)
 
     @property
     def batch_sizer(self) -> AdaptiveBatchSizer | None:
@@ -209,17 +217,18 @@ class ColPaliEmbedder:
         ``on_batch(n)`` is called after each batch of ``n`` pages (progress).
         A page that cannot be embedded even on the CPU raises
         :class:`~ragged.errors.OutOfMemoryRecoveryError`."""
-        results = self._embed_pages(images, on_batch, keep_going=False)
-        return [r.vectors for r in results if isinstance(r, PageVectors)]
+        return [r.vectors for r in self.embed_pages(images, on_batch, keep_going=False).values()]
 
     def embed_pages(
-        self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None = None
-    ) -> list[PageVectors | ItemFailure]:
-        """Like :meth:`embed_images`, with each page's patch grid; a page that
-        cannot be embedded comes back as an
+        self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None = None, *,
+        keep_going: bool = True,
+    ) -> Embedded[PageVectors]:
+        """Every page's vectors and patch grid, and the call's report. With
+        ``keep_going`` a page that cannot be embedded comes back as an
         :class:`~ragged.gpu.batch_runner.ItemFailure` and the others are still
-        embedded."""
-        return self._embed_pages(images, on_batch, keep_going=True)
+        embedded; without, it raises
+        :class:`~ragged.errors.OutOfMemoryRecoveryError`."""
+        return self._embed_pages(images, on_batch, keep_going=keep_going)
 
     def page_view_size(self, width: int, height: int) -> tuple[int, int]:
         """The largest size a page of ``width x height`` pixels needs to be for
@@ -232,13 +241,13 @@ class ColPaliEmbedder:
         return PageView.of(self.processor)
 
     def _embed_pages(self, images: Sequence[Image.Image], on_batch: Callable[[int], None] | None,
-                     keep_going: bool) -> list[PageVectors | ItemFailure]:
+                     keep_going: bool) -> Embedded[PageVectors]:
         pages = list(images)
         for i, page in enumerate(pages):
             if not isinstance(page, Image.Image):
                 raise ConfigurationError(f"Page {i} is a {type(page).__name__}, not a PIL image.")
         if not pages:
-            return []
+            return Embedded([], self._report(RunStats(device=self.device.label), self.placement))
         if self.enable_adaptive_batching:
             costs = [t + self.prompt_tokens for t in visual_tokens(self.processor, pages)]
         else:
@@ -248,34 +257,32 @@ class ColPaliEmbedder:
             compute=self._forward_pages,
         )
         fixed = None if self.enable_adaptive_batching else self.batch_size or DEFAULT_FIXED_BATCH_SIZE
-        results, stats = self.job.run(costs, stages, work=PAGES, fixed_batch_size=fixed, on_batch=on_batch,
-                                      keep_going=keep_going)
-        self.last_report = self._report(stats)
-        return results
-
-    def embed_batch(self, images: Sequence[Image.Image]) -> list[Embedding]:
-        """The spec's name for :meth:`embed_images`."""
-        return self.embed_images(images)
+        results, stats, placement = self.job.run(costs, stages, work=PAGES, fixed_batch_size=fixed,
+                                                 on_batch=on_batch, keep_going=keep_going)
+        return Embedded(results, self._report(stats, placement))
 
     def embed_queries(self, texts: Sequence[str]) -> list[Embedding]:
-        """One (tokens, dim) float32 array per query, in input order.
+        """One (tokens, dim) float32 array per query, in input order (see
+        :meth:`encode_queries` for the notices and the report)."""
+        return self.encode_queries(texts).values()
 
-        A query longer than ``max_query_tokens`` is cut there, with a notice
-        in :attr:`last_query_notices` (this call's notices) for the caller to
-        show (a CLI note, the server's answer)."""
+    def encode_queries(self, texts: Sequence[str]) -> Embedded[Embedding]:
+        """One (tokens, dim) float32 array per query, in input order, with
+        the call's report and notices: a query longer than
+        ``max_query_tokens`` is cut there, and a notice says so for the
+        caller to show (a CLI note, the server's answer)."""
         bounded = [self._bounded(t) for t in texts]
         queries = [text for text, _ in bounded]
-        self.last_query_notices = [notice for _, notice in bounded if notice is not None]  # this call's only
+        notices = tuple(Notice(i, notice) for i, (_, notice) in enumerate(bounded) if notice is not None)
         if not queries:
-            return []
+            return Embedded([], self._report(RunStats(device=self.device.label), self.placement), notices)
         costs = text_tokens(self.processor, queries)
         stages: Stages[Any, Embedding] = Stages(
             prepare=lambda indices: self.processor.process_queries([queries[i] for i in indices]),
             compute=self._forward_queries,
         )
-        results, stats = self.job.run(costs, stages, work=QUERIES, fixed_batch_size=self.query_batch_size)
-        self.last_report = self._report(stats)
-        return every_result(results)
+        results, stats, placement = self.job.run(costs, stages, work=QUERIES, fixed_batch_size=self.query_batch_size)
+        return Embedded(results, self._report(stats, placement), notices)
 
     def query_tokens(self, text: str) -> tuple[list[str], set[str]]:
         """The tokens whose vectors :meth:`embed_queries` gives for ``text``, in
@@ -295,11 +302,11 @@ class ColPaliEmbedder:
         logger.debug("{}", notice)  # the caller shows it (a note, the server's answer)
         return str(tokenizer.decode(ids[: self.max_query_tokens])), notice
 
-    def _report(self, stats: RunStats) -> EmbeddingReport:
-        device = self.device
+    def _report(self, stats: RunStats, placement: Placement | None) -> EmbeddingReport:
+        device = placement.device if placement is not None else self.device
         return EmbeddingReport.from_stats(
             stats, model=self.model_name, dtype=self.job.dtype_on(device),
-            device_total_bytes=device.total_memory, placement=self.placement, model_bytes=self.job.size_on(device),
+            device_total_bytes=device.total_memory, placement=placement, model_bytes=self.job.size_on(device),
         )
 
     def _forward_queries(self, inputs: Any, device: DeviceInfo) -> list[Embedding]:
@@ -348,9 +355,12 @@ class ColPaliEmbedder:
     # -- lifetime ---------------------------------------------------------
 
     def close(self) -> None:
-        """Release the model if this embedder owns its model manager; a shared
-        manager keeps it for other users and unloads it when idle."""
-        self.job.close()
+        """Release the model if this embedder owns its runtime; a shared
+        runtime keeps it for other users (and unloads it when idle or closed)."""
+        if hasattr(self, "job"):
+            self.job.release_fallback()
+        if self._owns_runtime:
+            self.runtime.close()
 
     def __enter__(self) -> ColPaliEmbedder:
         return self

@@ -67,10 +67,14 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
         RepositoryNotFoundError,
     )
 
+    hub_cache = str(cache_dir / "hub")
     try:
-        config_path = hf_hub_download(
-            name, "config.json", cache_dir=str(cache_dir / "hub"), local_files_only=local_files_only
-        )
+        try:  # downloaded before: no network at all
+            config_path = hf_hub_download(name, "config.json", cache_dir=hub_cache, local_files_only=True)
+        except LocalEntryNotFoundError:
+            if local_files_only or _offline() or not _hub_answers(name):
+                raise
+            config_path = hf_hub_download(name, "config.json", cache_dir=hub_cache)
     except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not downloaded before
         raise ModelError(
             f"Model {name!r} is not in the cache ({cache_dir}) and the Hugging Face hub cannot be reached "
@@ -97,6 +101,28 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
     return ModelSource(name, name, family_for_config(config), config, is_local=False)
 
 
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_answers(name: str) -> bool:
+    """True unless one request to the hub fails to connect (within
+    ``HUB_PROBE_TIMEOUT_S``). The hub client retries a failed connection
+    five times with back-off (about 25 s) before it says it is offline; one
+    try decides it at once, and an answer of any kind (the model, a 404, a
+    gated repository) leaves the real download, and its errors, to it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError:  # the hub answered (404, 401, 429, 5xx...)
+        return True
+    except Exception as exc:  # no connection, DNS, proxy, TLS: the hub cannot be reached
+        logger.debug("The hub cannot be reached ({}: {})", type(exc).__name__, exc)
+        return False
+    return True
+
+
 def _offline() -> bool:
     import os
 
@@ -118,9 +144,8 @@ _META_COUNTS: dict[str, MetaCounts | None] = {}
 def count_on_meta(build: Callable[[], torch.nn.Module]) -> MetaCounts | None:
     """What a model's weights hold, counted by building it (``build``) on the
     ``meta`` device: no memory, no download. None when it cannot be built."""
-    quiet_transformers()
     try:
-        with torch.device("meta"):
+        with quiet_transformers(), torch.device("meta"):
             model = build()
     except Exception as exc:
         logger.debug("meta instantiation failed ({})", exc)
@@ -179,14 +204,14 @@ def _weight_file_bytes(source: ModelSource) -> int:
 
 def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cache_dir: Path) -> Any:
     """Load the model's weights onto ``device`` in ``dtype``, in eval mode."""
-    quiet_transformers()
     kwargs: dict[str, Any] = {"dtype": dtype}
     if not source.is_local:
         kwargs["cache_dir"] = str(cache_dir / "hub")
     if device.device_type is DeviceType.MPS:
         kwargs["attn_implementation"] = "eager"  # sdpa kernels are incomplete on MPS (byaldi PR 78)
     try:
-        model = source.family.model_cls().from_pretrained(source.location, **kwargs)
+        with quiet_transformers():
+            model = source.family.model_cls().from_pretrained(source.location, **kwargs)
     except ModelError:
         raise
     except Exception as exc:
@@ -196,10 +221,10 @@ def load_model(source: ModelSource, device: DeviceInfo, dtype: torch.dtype, cach
 
 def load_processor(source: ModelSource, cache_dir: Path) -> Any:
     """Load the model's processor (tokenizer and image processor)."""
-    quiet_transformers()
     kwargs: dict[str, Any] = {} if source.is_local else {"cache_dir": str(cache_dir / "hub")}
     try:
-        return source.family.processor_cls().from_pretrained(source.location, **kwargs)
+        with quiet_transformers():
+            return source.family.processor_cls().from_pretrained(source.location, **kwargs)
     except ModelError:
         raise
     except Exception as exc:

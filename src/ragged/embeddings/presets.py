@@ -166,9 +166,8 @@ def build_preset(name: str, folder: Path) -> None:
     """Build preset ``name`` from a fixed seed and save it to ``folder``."""
     import torch
 
-    quiet_transformers()
     fork = torch.random.fork_rng(devices=[])
-    with fork:
+    with quiet_transformers(), fork:
         torch.manual_seed(_SEED)
         model, processor = _BUILDERS[name]()
     model.eval()

@@ -23,18 +23,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Generic, TypeVar
 
 from loguru import logger
 
-from ragged.errors import OutOfMemoryRecoveryError, RaggedError
+from ragged.errors import OutOfMemoryRecoveryError
 from ragged.gpu.batch_sizer import MEASURE_EVERY, AdaptiveBatchSizer, measured_peak
 from ragged.gpu.memory_monitor import MemoryMonitor
-from ragged.gpu.oom_detection import is_oom_error
-from ragged.gpu.oom_handler import OOMHandler, OOMStats, Recovery, RecoveryStrategy, summarise_oom
-from ragged.gpu.throughput import SizingRecord
+from ragged.gpu.recovery import Attempt, OOMHandler, RecoveryStep
+from ragged.gpu.stats import RunStats
 from ragged.gpu.types import DeviceInfo
 
 R = TypeVar("R")
@@ -123,63 +122,6 @@ def _as_stages(process: BatchFn[R] | Stages[Any, R]) -> Stages[Any, R]:
     return Stages(prepare=lambda indices: indices, compute=process)
 
 
-@dataclass
-class RunStats:
-    """What one run did, for reports (memory in bytes, times in seconds)."""
-
-    device: str = ""
-    items: int = 0
-    seconds: float = 0.0
-    prepare_seconds: float = 0.0  # waiting for preparation, successful batches only
-    compute_seconds: float = 0.0  # inside compute, successful batches only
-    batch_sizes: list[int] = field(default_factory=list)
-    batch_peaks: list[int | None] = field(default_factory=list)  # per batch, above the baseline; None: unknown
-    budget_bytes: int | None = None
-    budget_warning: str | None = None
-    cpu_fallback_items: int = 0
-    failed_items: int = 0
-    prepared_items: int = 0
-    oom: OOMStats = field(default_factory=OOMStats)
-    sizing: SizingRecord | None = None  # what the sizer has learnt by the end of the run (None: fixed batches)
-
-    @property
-    def work_seconds(self) -> float:
-        """Time inside the batch function (preparation and compute)."""
-        return self.prepare_seconds + self.compute_seconds
-
-    @property
-    def peak_bytes(self) -> int | None:
-        """The largest known batch peak above the baseline (None: none known)."""
-        known = [p for p in self.batch_peaks if p is not None]
-        return max(known) if known else None
-
-    @property
-    def items_per_second(self) -> float:
-        """Throughput of the run."""
-        return self.items / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def overhead_fraction(self) -> float:
-        """Share of the run spent outside the batch function (management)."""
-        return max(0.0, 1.0 - self.work_seconds / self.seconds) if self.seconds > 0 else 0.0
-
-
-@dataclass
-class _Failure:
-    reason: str
-    baseline_allocated: int
-
-
-@dataclass
-class _Unit:
-    """A failed batch whose items are being retried under one recovery."""
-
-    recovery: Recovery
-    end: int  # position after its last item
-    device: DeviceInfo  # where it first failed
-    size: int  # at what size
-
-
 class BatchRunner(Generic[R]):
     """Applies a batch function to items with sizing, monitoring and recovery.
 
@@ -249,81 +191,80 @@ class BatchRunner(Generic[R]):
              prefetcher: _Prefetcher, stats: RunStats, keep_going: bool) -> list[R | ItemFailure]:
         order = sorted(range(len(costs)), key=lambda i: -costs[i])
         results: dict[int, R | ItemFailure] = {}
-        unit: _Unit | None = None
         start = time.perf_counter()
         pos = 0
         while pos < len(order):
-            if unit is not None and pos >= unit.end:
-                unit = None
             longest = max(1, costs[order[pos]])
-            device = unit.recovery.device if unit is not None else self.device
+            planned, limit = self._plan(longest)
+            size = min(planned, len(order) - pos)
+            full = size == planned
             ahead = prefetcher.take(pos)
-            full = True
-            if unit is not None:
-                size = min(unit.recovery.batch_size, unit.end - pos)
-            else:
-                planned, limit = self._plan(longest)
-                size = min(planned, len(order) - pos)
-                full = size == planned
-                if ahead is not None and len(ahead.items) <= limit:
-                    size = len(ahead.items)  # safe: use what was prepared
-            if ahead is not None and (unit is not None or len(ahead.items) != size):
+            if ahead is not None and len(ahead.items) <= limit:
+                size = len(ahead.items)  # safe: use what was prepared
+            if ahead is not None and len(ahead.items) != size:
                 ahead.future.cancel()
                 ahead = None
-            batch = order[pos : pos + size]
-            prepare_next = None
-            if unit is None and prefetcher.enabled and pos + size < len(order):
-                following = self._following(order, costs, pos + size, size)
-                prepare_next = partial(prefetcher.start, pos + size, following)
-            outcome = self._attempt(batch, device, stages, stats, longest, prefetcher,
-                                    ahead.future if ahead is not None else None, prepare_next, full)
-            if not isinstance(outcome, _Failure):
-                results.update(zip(batch, outcome, strict=True))
-                if device.same_device(self.device):
-                    self.handler.learn_success(device, size, self.work, self._available_now())
-                else:  # the CPU took the item that fitted nowhere else; the rest go back to the device
-                    stats.cpu_fallback_items += size
-                    unit = None
-                pos += size
-                if on_batch is not None:
-                    on_batch(size)
-                continue
-            # The exception is gone by now; release what the attempt held.
-            self.handler.note_oom()
-            self.handler.release(device, outcome.baseline_allocated)
-            available = self.handler.available_bytes(device)
-            if self.sizer is not None and device.same_device(self.device):
-                self.sizer.record_oom(size, size * longest, available)
-            else:
-                self.handler.learn_oom(device, size, self.work, available)
-            if unit is None:
-                unit = _Unit(self.handler.recovery(device, size, cpu_fallback=self.cpu_fallback), end=pos + size,
-                             device=device, size=size)
-            step = unit.recovery.next_step()
-            reason = outcome.reason
-            if step is not None and step.strategy is RecoveryStrategy.CPU_FALLBACK and self.prepare_fallback:
-                try:
-                    self.prepare_fallback(step.device)
-                except RaggedError as exc:  # no room for a CPU copy: this step is not possible
-                    reason = f"{reason}; no CPU fallback: {exc}"
-                    step = None
-            if step is None:
-                error = self.handler.give_up(unit.device, unit.size, unit.recovery, reason)
-                if not keep_going:
-                    raise error
-                logger.error("{}", error)
-                results.update((i, ItemFailure(str(error))) for i in batch)
-                stats.failed_items += size
-                pos += size
-                unit = None
-                if on_batch is not None:
-                    on_batch(size)
-                continue
-            self.handler.note_step(step)
-            logger.warning("Out of memory on {} at batch {} ({}); recovering: {}",
-                           device.label, size, outcome.reason, step.describe())
+            pos = self._unit(order, costs, pos, size, full, longest, ahead, stages, results, stats, prefetcher,
+                             on_batch, keep_going)
         stats.seconds = time.perf_counter() - start
         return [results[i] for i in range(len(costs))]
+
+    def _unit(self, order: list[int], costs: Sequence[int], pos: int, size: int, full: bool, longest: int,
+              ahead: _Ahead | None, stages: Stages[Any, R], results: dict[int, R | ItemFailure], stats: RunStats,
+              prefetcher: _Prefetcher, on_batch: Callable[[int], None] | None, keep_going: bool) -> int:
+        """Run the batch of ``size`` items from ``pos`` as one unit of the
+        recovery loop; the position after it."""
+        end = pos + size
+        batch: list[int] = []
+
+        def learn(attempt: Attempt, available: int | None) -> None:
+            if self.sizer is not None and attempt.device.same_device(self.device):
+                self.sizer.record_oom(attempt.size, attempt.size * longest, available)
+            else:
+                self.handler.learn_oom(attempt.device, attempt.size, self.work, available)
+
+        try:
+            for attempt in self.handler.recovering(self.device, size, work=self.work, learn=learn,
+                                                   cpu_fallback=self.cpu_fallback,
+                                                   before_step=self._ready_fallback):
+                batch = order[pos : min(pos + attempt.size, end)]
+                fresh = attempt.steps == 0 and pos + len(batch) == end
+                prepare_next = None
+                if fresh and prefetcher.enabled and end < len(order):
+                    following = self._following(order, costs, end, size)
+                    prepare_next = partial(prefetcher.start, end, following)
+                ready = ahead.future if ahead is not None and fresh else None
+                ahead = None
+                with attempt:
+                    out = self._attempt(batch, attempt, stages, stats, longest, prefetcher, ready, prepare_next,
+                                        full)
+                if not attempt.ok:
+                    continue
+                results.update(zip(batch, out, strict=True))
+                pos += len(batch)
+                if on_batch is not None:
+                    on_batch(len(batch))
+                if not attempt.device.same_device(self.device):
+                    stats.cpu_fallback_items += len(batch)
+                    return pos  # the CPU took what fitted nowhere else; the rest go back to the device
+                self.handler.learn_success(attempt.device, attempt.size, self.work, self._available_now())
+                if pos >= end:
+                    return pos
+        except OutOfMemoryRecoveryError as error:
+            if not keep_going:
+                raise
+            logger.error("{}", error)
+            results.update((i, ItemFailure(str(error))) for i in batch)
+            stats.failed_items += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
+            return pos + len(batch)
+        raise AssertionError("recovering() ends by returning or raising")  # pragma: no cover
+
+    def _ready_fallback(self, step: RecoveryStep) -> None:
+        """Ready the CPU for a fallback step (load a copy of the model there)."""
+        if self.prepare_fallback is not None:
+            self.prepare_fallback(step.device)
 
     def _plan(self, longest: int) -> tuple[int, int]:
         """(size of the next batch, the largest size memory allows now)."""
@@ -362,7 +303,7 @@ class BatchRunner(Generic[R]):
     def _attempt(
         self,
         batch: list[int],
-        device: DeviceInfo,
+        attempt: Attempt,
         stages: Stages[Any, R],
         stats: RunStats,
         longest: int,
@@ -370,22 +311,19 @@ class BatchRunner(Generic[R]):
         ready: Future[Any] | None,
         prepare_next: Callable[[], None] | None,
         full: bool = True,
-    ) -> list[R] | _Failure:
+    ) -> list[R]:
+        """Prepare and compute one batch inside ``attempt`` (which catches an
+        OOM), measured against the counters the attempt read as it began."""
+        device, before = attempt.device, attempt.before
         measure = self._measure(device, len(batch) * longest)
-        before = self.manager.counters(device)
         if measure:
             self.manager.reset_peak(device)
         began = time.perf_counter()
-        try:
-            prepared = ready.result() if ready is not None else prefetcher.prepare(batch)
-            prepared_at = time.perf_counter()
-            if prepare_next is not None:  # only now: one preparation at a time
-                prepare_next()
-            out = stages.compute(prepared, device)
-        except Exception as exc:
-            if not is_oom_error(exc):
-                raise
-            return _Failure(summarise_oom(exc), before.allocated)
+        prepared = ready.result() if ready is not None else prefetcher.prepare(batch)
+        prepared_at = time.perf_counter()
+        if prepare_next is not None:  # only now: one preparation at a time
+            prepare_next()
+        out = stages.compute(prepared, device)
         done = time.perf_counter()
         peak = measured_peak(before, self.manager.counters(device)) if measure else None
         stats.prepare_seconds += prepared_at - began

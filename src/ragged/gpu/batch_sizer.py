@@ -1,7 +1,7 @@
 """Adaptive batch sizing: a prior from the model, then measurements.
 
-The planner part is pure (:func:`memory_budget`, :meth:`MemoryFit.fit`,
-:func:`plan_batch_size`, and the throughput search in
+The planner part is pure (:meth:`MemoryPolicy.batch_budget`, :meth:`MemoryFit.fit`,
+:func:`~ragged.gpu.planning.plan_batch_size`, and the throughput search in
 :mod:`ragged.gpu.size_search`); :class:`AdaptiveBatchSizer` keeps the state
 of one device and applies them: memory sets the largest batch, throughput
 chooses below it. "Load" is what a batch costs: padded tokens (items
@@ -15,7 +15,6 @@ prior, so a budget never silently stops limiting.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from ragged.errors import ConfigurationError
-from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.compat.methods import SpecSizing
+from ragged.gpu.device_manager import DeviceManager
 from ragged.gpu.memory_monitor import MemoryMonitor
-from ragged.gpu.oom_handler import OOMHandler
+from ragged.gpu.planning import plan_batch_size
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.recovery import OOMHandler
 from ragged.gpu.size_search import SizeSearch
 from ragged.gpu.throughput import SizingRecord
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
@@ -85,15 +86,6 @@ class BatchSizeConfig:
     def prior_bytes_per_item(self) -> float:
         """The spec's per-item estimate, used before anything is measured."""
         return self.embedding_dim * self.sequence_length * self.bytes_per_element * self.overhead_factor
-
-
-def memory_budget(info: MemoryInfo | None, config: BatchSizeConfig | MemoryPolicy) -> int | None:
-    """Bytes one batch may use on top of what is in use now (None: unknown).
-
-    The spec's ``total x (target - margin)`` ignores the model and other
-    processes; here what is really in use counts against that line."""
-    policy = config.policy if isinstance(config, BatchSizeConfig) else config
-    return policy.batch_budget(info)
 
 
 def measured_peak(before: AllocatorCounters, after: AllocatorCounters) -> int | None:
@@ -157,29 +149,7 @@ class MemoryFit:
         return self.base_bytes + self.bytes_per_load * load
 
 
-def plan_batch_size(
-    *,
-    budget_bytes: int,
-    base_bytes: float,
-    bytes_per_load: float,
-    load_per_item: float,
-    config: BatchSizeConfig,
-    ceiling: int | None = None,
-) -> int:
-    """The largest batch whose predicted peak fits the budget, clamped.
-
-    ``bytes_per_load`` must be positive: a cost that is not known is the
-    prior's to fill in, never "free"."""
-    if bytes_per_load <= 0:
-        raise ConfigurationError(f"bytes_per_load must be positive, got {bytes_per_load}.")
-    upper = config.max_batch_size if ceiling is None else min(config.max_batch_size, ceiling)
-    upper = max(config.min_batch_size, upper)
-    per_item = bytes_per_load * max(load_per_item, 1e-9)
-    fits = math.floor((budget_bytes - base_bytes) / per_item)
-    return max(config.min_batch_size, min(upper, fits))
-
-
-class AdaptiveBatchSizer:
+class AdaptiveBatchSizer(SpecSizing):
     """Sizes batches for one device from its memory budget, measured peaks
     and measured throughput.
 
@@ -200,16 +170,18 @@ class AdaptiveBatchSizer:
         config: BatchSizeConfig | None = None,
         device_manager: DeviceManager | None = None,
         *,
+        oom_handler: OOMHandler,
         prior_bytes_per_load: float | None = None,
         history_size: int = 64,
-        oom_handler: OOMHandler | None = None,
         work: str = "batch",
     ) -> None:
+        if device_manager is not None and device_manager is not oom_handler.manager:
+            raise ConfigurationError("The sizer and its OOM handler must share one device manager.")
         self.device = device
         self.monitor = memory_monitor
         self.config = config or BatchSizeConfig()
-        self.manager = device_manager or (memory_monitor.manager if memory_monitor else default_device_manager())
-        self.oom_handler = oom_handler or OOMHandler(self.manager)
+        self.manager = oom_handler.manager
+        self.oom_handler = oom_handler
         self.work = work
         self.prior_bytes_per_load = prior_bytes_per_load
         self._measurements: deque[BatchMeasurement] = deque(maxlen=history_size)
@@ -294,21 +266,6 @@ class AdaptiveBatchSizer:
             ceiling=self.ceiling,
         )
 
-    def calculate_batch_size(
-        self, bytes_per_item: float | None = None, load_per_item: float = 1.0
-    ) -> int:
-        """Batch size from memory alone (the spec's calculation, budgeted
-        from what is really free); ``bytes_per_item`` overrides the model."""
-        if bytes_per_item is None:
-            return self.memory_limit(load_per_item)
-        if bytes_per_item <= 0:
-            raise ConfigurationError(f"bytes_per_item must be positive, got {bytes_per_item}.")
-        budget = self._budget_now()
-        if budget is None:
-            return self.config.min_batch_size
-        return plan_batch_size(budget_bytes=budget, base_bytes=0.0, bytes_per_load=bytes_per_item,
-                               load_per_item=1.0, config=self.config, ceiling=self.ceiling)
-
     def _first_size(self, limit: int) -> int:
         """The first batch: pinned by the config, else the memory plan where a
         reading exists (an accelerator) or ``CPU_START`` on the CPU."""
@@ -382,16 +339,3 @@ class AdaptiveBatchSizer:
         if load > 0 and self._budget:
             self._oom_slope = max(self._oom_slope, self._budget / load)
         self._last_size = max(1, min(self._last_size or batch_size, batch_size - 1))
-
-    def adjust_batch_size(self, current_batch_size: int) -> int:
-        """Adjust a running batch size from the monitor's latest reading,
-        never above the OOM ceiling nor the measured memory limit."""
-        size = current_batch_size
-        if self.monitor is not None:
-            size = self.monitor.get_recommended_batch_size(
-                current_batch_size, target_utilisation_pct=100.0 * self.policy.target_utilisation
-            )
-        if self.fit() is not None:
-            size = min(size, self.memory_limit())
-        size = self.oom_handler.clamp(self.device, size, self.work)
-        return max(self.config.min_batch_size, min(self.config.max_batch_size, size))

@@ -1,7 +1,8 @@
 """Device detection and selection.
 
-Auto-selection order is the order of the backends list (CUDA, MPS, CPU).
-An explicit hint is honoured or refused with a clear error; it never falls
+Auto-selection order is the order of the backends list: by default the
+registry's (:mod:`ragged.gpu.registry`: CUDA, XPU, MPS, then the CPU). An
+explicit hint is honoured or refused with a clear error; it never falls
 back silently.
 """
 
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from loguru import logger
 
 from ragged.errors import DeviceError, DeviceUnavailableError
+from ragged.gpu import registry
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, DeviceType, MemoryInfo, ProcessMemory
 
 if TYPE_CHECKING:
     import torch
 
-    from ragged.gpu.backends import DeviceBackend
+    from ragged.gpu.backends.base import DeviceBackend
 
 DeviceHint: TypeAlias = "str | torch.device | DeviceInfo | None"
 
@@ -28,8 +30,7 @@ _GIB = 1024**3
 
 
 def _usage() -> str:
-    kinds = ", ".join(k.value + (" or " + k.value + ":N" if k.indexed else "") for k in DeviceType)
-    return f"use auto, {kinds}"
+    return f"use one of {registry.device_choices()}"
 
 
 def parse_device_hint(hint: DeviceHint) -> tuple[DeviceType, int | None] | None:
@@ -75,11 +76,7 @@ class DeviceManager:
     """
 
     def __init__(self, backends: Sequence[DeviceBackend] | None = None) -> None:
-        if backends is None:
-            from ragged.gpu.backends import default_backends
-
-            backends = default_backends()
-        self._candidates = list(backends)
+        self._candidates = list(backends) if backends is not None else registry.build_backends()
         self._backends: dict[DeviceType, DeviceBackend] = {}
         self._order: list[DeviceType] = []
         self._available_devices: list[DeviceInfo] = []
@@ -272,7 +269,14 @@ class DeviceManager:
         return found[0] if found else DeviceInfo(device_type=DeviceType.CPU, name="CPU")
 
 
-@lru_cache(maxsize=1)
 def default_device_manager() -> DeviceManager:
-    """The process-wide manager over the real backends."""
+    """The process-wide manager over the registered backends, detected on
+    first use (and again after a backend is registered). Only a
+    :class:`~ragged.gpu.runtime.Runtime` built without one, and the command
+    line, ask for it; everything else is handed its manager."""
+    return _detected(registry.generation())
+
+
+@lru_cache(maxsize=1)
+def _detected(generation: int) -> DeviceManager:
     return DeviceManager()

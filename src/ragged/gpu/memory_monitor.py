@@ -2,21 +2,23 @@
 
 The warning and critical levels come from the one
 :class:`~ragged.gpu.policy.MemoryPolicy` (85% and 95% by default), the same
-that sizes batches and admits models.
+that sizes batches and admits models. The batch runner reads the device
+through the monitor once per batch, and the sizer reuses that reading. The
+spec's callbacks and batch-size recommendation are in
+:mod:`ragged.gpu.compat`.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from loguru import logger
 
 from ragged.errors import ConfigurationError, DeviceError
-from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.compat.methods import SnapshotCallback, SpecMonitoring
+from ragged.gpu.device_manager import DeviceManager
 from ragged.gpu.policy import MemoryLevel, MemoryPolicy
 from ragged.gpu.types import DeviceInfo, MemoryInfo, MemoryUsage
 
@@ -48,12 +50,10 @@ class MemorySnapshot(MemoryUsage):
         return MemoryInfo(total=self.total, free=self.free, allocated=self.allocated, reserved=self.reserved)
 
 
-SnapshotCallback = Callable[[MemorySnapshot], None]
-
 __all__ = ["MemoryLevel", "MemoryMonitor", "MemorySnapshot", "SnapshotCallback"]
 
 
-class MemoryMonitor:
+class MemoryMonitor(SpecMonitoring):
     """Takes snapshots of one device and raises alerts on thresholds.
 
     Alerts are edge-triggered: a callback fires when utilisation rises into
@@ -65,7 +65,7 @@ class MemoryMonitor:
     def __init__(
         self,
         device: DeviceInfo,
-        device_manager: DeviceManager | None = None,
+        device_manager: DeviceManager,
         *,
         policy: MemoryPolicy | None = None,
         warning_threshold_pct: float | None = None,
@@ -81,10 +81,9 @@ class MemoryMonitor:
         if history_size < 1:
             raise ConfigurationError(f"history_size must be at least 1, got {history_size}.")
         self.device = device
-        self.manager = device_manager or default_device_manager()
+        self.manager = device_manager
         self._history: deque[MemorySnapshot] = deque(maxlen=history_size)
-        self._warning_callbacks: list[SnapshotCallback] = [on_warning] if on_warning else []
-        self._critical_callbacks: list[SnapshotCallback] = [on_critical] if on_critical else []
+        self._init_callbacks(on_warning, on_critical)
         self._level = MemoryLevel.NORMAL
 
     @property
@@ -111,14 +110,6 @@ class MemoryMonitor:
     def level(self) -> MemoryLevel:
         """The level of the most recent snapshot."""
         return self._level
-
-    def add_warning_callback(self, callback: SnapshotCallback) -> None:
-        """Call ``callback`` whenever utilisation rises past the warning level."""
-        self._warning_callbacks.append(callback)
-
-    def add_critical_callback(self, callback: SnapshotCallback) -> None:
-        """Call ``callback`` whenever utilisation rises past the critical level."""
-        self._critical_callbacks.append(callback)
 
     def classify(self, utilisation_pct: float) -> MemoryLevel:
         """The level that ``utilisation_pct`` falls in."""
@@ -150,42 +141,12 @@ class MemoryMonitor:
                 "{}: memory at {:.1f}% (critical level {:.0f}%)",
                 self.device.label, snapshot.utilisation_pct, self.critical_threshold_pct,
             )
-            callbacks = self._critical_callbacks
         else:
             logger.info(
                 "{}: memory at {:.1f}% (warning level {:.0f}%)",
                 self.device.label, snapshot.utilisation_pct, self.warning_threshold_pct,
             )
-            callbacks = self._warning_callbacks
-        for callback in callbacks:
-            callback(snapshot)
-
-    def get_recommended_batch_size(
-        self, current_batch_size: int, target_utilisation_pct: float | None = None
-    ) -> int:
-        """A batch size that moves utilisation towards the target (the
-        policy's, 75% by default).
-
-        Above the critical level the batch is halved, above the warning
-        level cut by a quarter. Below the target it grows in proportion,
-        at most doubling; since utilisation includes fixed memory (weights,
-        other processes), proportional growth never overshoots the target.
-        """
-        if current_batch_size < 1:
-            raise ConfigurationError(f"Batch size must be at least 1, got {current_batch_size}.")
-        if target_utilisation_pct is None:
-            target_utilisation_pct = 100.0 * self.policy.target_utilisation
-        snapshot = self.latest or self.take_snapshot()
-        util = snapshot.utilisation_pct
-        level = self.classify(util)
-        if level is MemoryLevel.CRITICAL:
-            return max(1, current_batch_size // 2)
-        if level is MemoryLevel.WARNING:
-            return max(1, math.floor(current_batch_size * 0.75))
-        if util <= 0 or util >= target_utilisation_pct:
-            return current_batch_size
-        grown = math.floor(current_batch_size * target_utilisation_pct / util)
-        return max(current_batch_size, min(2 * current_batch_size, grown))
+        self._level_rose(level, snapshot)
 
     def clear_history(self) -> None:
         """Forget every snapshot and reset the alert level."""

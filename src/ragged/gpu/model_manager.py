@@ -3,10 +3,21 @@
 A model is admitted to a device only if it fits under the policy's line
 with room left for one item of its work (a page, a passage), so a model is
 never placed where every batch would have a budget of zero. If it does not
-fit, idle models on that device are unloaded, least recently used first.
-If it still does not fit, an explicitly chosen device is refused with a
-clear error; only an automatic choice falls back to the CPU, and the
-:class:`Placement` record says so and why.
+fit, making room has a price, and the manager weighs it:
+
+- idle models on the device can be unloaded, those cheapest to load again
+  first (the load time measured when each was loaded; before that, its
+  size; costs within a factor of two count as equal, and then the least
+  recently used goes first), each to be reloaded when next used;
+- or, for an automatic device choice, the new model can run on the CPU.
+
+A model at least ``CPU_SIZE_RATIO`` times smaller than what it would unload
+goes to the CPU: its work there costs less than reloading the large model
+every time the two take turns (a 90 MB text model beside a 6 GB vision
+model, where ingest alternates between them at every flush). Otherwise
+the idle models are unloaded. An explicitly chosen device is never left:
+it is made room on or refused with a clear error. The :class:`Placement`
+record says where each model went and why.
 
 Unloading moves a model's tensors to the ``meta`` device, so its memory is
 freed even while other objects still refer to the module; the next request
@@ -16,12 +27,13 @@ loads it again.
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -29,10 +41,10 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from ragged.errors import ModelDoesNotFitError, ModelError
-from ragged.gpu.device_manager import DeviceManager, default_device_manager
+from ragged.gpu.device_manager import DeviceManager
 from ragged.gpu.oom_detection import clear_tracebacks, is_oom_error
-from ragged.gpu.oom_handler import summarise_oom
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.recovery import summarise_oom
 from ragged.gpu.types import DeviceInfo
 
 if TYPE_CHECKING:
@@ -41,10 +53,18 @@ if TYPE_CHECKING:
 Loader = Callable[[DeviceInfo], "torch.nn.Module"]
 SizeFor = Callable[[DeviceInfo], int]  # bytes a model takes on a device (its dtype depends on the device)
 _GIB = 1024**3
+CPU_SIZE_RATIO = 8.0  # a model this many times smaller than what it would unload runs on the CPU instead
+LOAD_BYTES_PER_S = 1.0 * _GIB  # the reload time assumed before a model's load has been timed
 
 
 def _constant(n: int) -> SizeFor:
     return lambda _device: n
+
+
+def _cost_class(seconds: float) -> int:
+    """Reload costs within a factor of two (and all under 10 ms) count as equal:
+    among equals, the least recently used model is unloaded first."""
+    return math.floor(math.log2(max(seconds, 0.01)))
 
 
 def _gib(n: int | None) -> str:
@@ -60,6 +80,7 @@ class Placement:
     reason: str | None = None  # why not on ``requested`` (None: it is there)
     batch_room_bytes: int | None = None  # the batch budget left once the model was loaded
     evicted: tuple[str, ...] = ()  # models unloaded to make room
+    chose_cpu: bool = False  # placed on the CPU by choice (cheaper than unloading others), not for want of room
 
     @property
     def fell_back(self) -> bool:
@@ -87,6 +108,13 @@ class ManagedModel:
     size_bytes: int
     last_used: float
     pins: int = 0
+    load_seconds: float | None = None  # how long its load took (the price of unloading it)
+
+    @property
+    def reload_seconds(self) -> float:
+        """What unloading it would cost when it is next used: its measured
+        load time, or an estimate from its size before one was measured."""
+        return self.load_seconds if self.load_seconds is not None else self.size_bytes / LOAD_BYTES_PER_S
 
     @property
     def device(self) -> DeviceInfo:
@@ -103,17 +131,18 @@ class ModelManager:
 
     def __init__(
         self,
-        device_manager: DeviceManager | None = None,
+        device_manager: DeviceManager,
         *,
         idle_timeout_s: float | None = 300.0,
         policy: MemoryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.manager = device_manager or default_device_manager()
+        self.manager = device_manager
         self.idle_timeout_s = idle_timeout_s
         self.policy = policy or MemoryPolicy()
         self._clock = clock
         self._models: dict[str, ManagedModel] = {}
+        self._view: dict[str, ManagedModel] = {}  # a copy replaced after each change: read without the lock
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -121,9 +150,13 @@ class ModelManager:
 
     @property
     def loaded(self) -> dict[str, ManagedModel]:
-        """Models currently held, by key."""
-        with self._lock:
-            return dict(self._models)
+        """Models currently held, by key. Never waits: a load in progress
+        (which holds the lock for its whole length) is not shown yet, so
+        ``/metrics`` and ``/health`` answer during one."""
+        return dict(self._view)
+
+    def _changed(self) -> None:
+        self._view = dict(self._models)  # under the lock; one reference swap for readers
 
     def _event(self, event: ModelEvent) -> None:
         self.counts[event] += 1
@@ -160,19 +193,24 @@ class ModelManager:
                 held.last_used = self._clock()
                 return held
             placement = self._place(key, size_for, work_bytes, device, allow_fallback)
+            started = time.perf_counter()
             model = self._load_on(key, loader, placement, allow_fallback)
             if model is None:  # the real load ran out of memory: the CPU, if allowed
                 placement = self._cpu_placement(key, size_for, work_bytes, device, placement.evicted,
                                                 f"loading on {device.label} ran out of memory")
+                started = time.perf_counter()
                 model = self._load_on(key, loader, placement, False)
                 assert model is not None
-            held = ManagedModel(key, model, placement, size_for(placement.device), self._clock())
+            held = ManagedModel(key, model, placement, size_for(placement.device), self._clock(),
+                                load_seconds=time.perf_counter() - started)
             self._models[key] = held
+            self._changed()
             self._event(ModelEvent.LOAD)
             if placement.fell_back:
                 self._event(ModelEvent.FALLBACK)
-                logger.warning("{} runs on {} instead of {}: {}", key, placement.device.label,
-                               placement.requested.label, placement.reason)
+                log = logger.info if placement.chose_cpu else logger.warning
+                log("{} runs on {} instead of {}: {}", key, placement.device.label, placement.requested.label,
+                    placement.reason)
             return held
 
     def _place(self, key: str, size_for: SizeFor, work_bytes: int, device: DeviceInfo,
@@ -180,10 +218,16 @@ class ModelManager:
         size = size_for(device)
         if (room := self._admitted(size, device, work_bytes)) is not None:
             return Placement(device, device, batch_room_bytes=room)
+        victims = self._victims(device, size, work_bytes)
+        cpu_allowed = allow_fallback and device.is_accelerator
+        if victims and cpu_allowed and self._prefers_cpu(size, victims):
+            names = ", ".join(f"{v.key} ({_gib(v.size_bytes)}, reloads in {v.reload_seconds:.1f} s)" for v in victims)
+            reason = (f"running {key} ({_gib(size)}) on the CPU costs less than unloading {names} from "
+                      f"{device.label}, which would be reloaded whenever it is used again")
+            with suppress(ModelDoesNotFitError):  # no room in RAM either: make room on the device after all
+                return replace(self._cpu_placement(key, size_for, work_bytes, device, (), reason), chose_cpu=True)
         evicted: list[str] = []
-        for victim in sorted(self._models.values(), key=lambda m: m.last_used):
-            if victim.pins or not victim.device.same_device(device):
-                continue
+        for victim in victims:
             logger.info("Unloading {} to make room for {} on {}", victim.key, key, device.label)
             self._unload(victim.key, ModelEvent.EVICT)
             evicted.append(victim.key)
@@ -192,12 +236,36 @@ class ModelManager:
         room = self.room(device, 0)
         reason = (f"{key} needs {_gib(size)} plus {_gib(work_bytes)} for one item, and {device.label} has "
                   f"{_gib(room)} under its {100 * self.policy.line_fraction:.0f}% line")
-        if not allow_fallback or not device.is_accelerator:
+        if not cpu_allowed:
             raise ModelDoesNotFitError(
                 f"{reason}. Free memory on it, use a smaller model, choose another device, "
                 f"or raise the memory target (--memory-target, now {self.policy.target_utilisation:g})."
             )
         return self._cpu_placement(key, size_for, work_bytes, device, tuple(evicted), reason)
+
+    def _victims(self, device: DeviceInfo, size: int, work_bytes: int) -> list[ManagedModel]:
+        """The idle models on ``device`` to unload for ``size`` bytes (plus one
+        item's work) to fit: the cheapest to reload first, as few as needed.
+        All of them when even that would not do (the caller then finds out)."""
+        idle = sorted((m for m in self._models.values() if not m.pins and m.device.same_device(device)),
+                      key=lambda m: (_cost_class(m.reload_seconds), m.last_used))
+        room = self.room(device, size)
+        if room is None:
+            return idle
+        short = work_bytes - room
+        chosen: list[ManagedModel] = []
+        for victim in idle:
+            if short <= 0:
+                break
+            chosen.append(victim)
+            short -= victim.size_bytes
+        return chosen
+
+    @staticmethod
+    def _prefers_cpu(size: int, victims: list[ManagedModel]) -> bool:
+        """True when a model of ``size`` bytes is small enough beside what it
+        would unload that running it on the CPU is the cheaper choice."""
+        return size * CPU_SIZE_RATIO <= sum(v.size_bytes for v in victims)
 
     def _cpu_placement(self, key: str, size_for: SizeFor, work_bytes: int, requested: DeviceInfo,
                        evicted: tuple[str, ...], reason: str) -> Placement:
@@ -288,6 +356,7 @@ class ModelManager:
             if held is not None and idle_since is not None and (held.pins or held.last_used > idle_since):
                 return False
             held = self._models.pop(key, None)
+            self._changed()
         if held is None:
             return False
         held.model.to("meta")  # frees storage even if the module is referenced elsewhere

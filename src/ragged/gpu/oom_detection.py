@@ -3,11 +3,16 @@
 Each predicate matches by type or by the exact message family it names, and
 :func:`is_oom_error` walks ``__cause__``/``__context__`` so that an OOM
 wrapped by another library is still seen. A shape error is not an OOM.
+A registered backend (:mod:`ragged.gpu.registry`) may add its own kind's
+predicate.
 """
 
 from __future__ import annotations
 
 import torch
+
+from ragged.errors import OutOfMemoryRecoveryError
+from ragged.gpu.registry import oom_predicates
 
 # torch.OutOfMemoryError (alias torch.cuda.OutOfMemoryError) is raised by the
 # CUDA caching allocator: "CUDA out of memory. Tried to allocate 2.00 GiB ...".
@@ -78,8 +83,6 @@ def is_unrecovered_oom(exc: BaseException) -> bool:
     """ragged's own give-up after an OOM: to an enclosing unit of work (a batch
     of requests around a batch of queries) it is an OOM it may still recover
     from by doing less at once."""
-    from ragged.errors import OutOfMemoryRecoveryError
-
     return isinstance(exc, OutOfMemoryRecoveryError)
 
 
@@ -99,9 +102,20 @@ def is_oom_error(exc: BaseException | None) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if any(predicate(exc) for predicate in _PREDICATES):
+        if any(predicate(exc) for predicate in _PREDICATES) or _registered(exc):
             return True
         exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _registered(exc: BaseException) -> bool:
+    """A registered backend's own predicate matches (one that fails is no match)."""
+    for predicate in oom_predicates():
+        try:
+            if predicate(exc):
+                return True
+        except Exception:  # a third-party predicate must not turn an error into another
+            continue
     return False
 
 

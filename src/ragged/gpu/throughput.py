@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 MAD_TO_SD = 1.4826  # the MAD of normal data times this estimates its standard deviation
@@ -20,7 +20,7 @@ SIGMAS = 2.0  # how many standard errors a difference must clear
 GAIN_SIGMAS = 1.0  # and how many beyond the minimum gain
 
 
-class Verdict(Enum):
+class Verdict(StrEnum):
     """How a neighbour compared with the incumbent."""
 
     FASTER = "faster"
@@ -56,7 +56,7 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     return Verdict.UNSURE
 
 
-class Why(Enum):
+class Why(StrEnum):
     """Why the chosen size changed."""
 
     START = "start"

@@ -8,29 +8,91 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
 
-class DeviceType(StrEnum):
-    """Kinds of compute device; the value is torch's device type.
+class _Kinds(type):
+    """Iteration and membership over the registered kinds (``for kind in DeviceType``)."""
 
-    Adding a kind is one enum member plus one backend file registered in
-    :func:`ragged.gpu.backends.default_backends`.
+    def __iter__(cls) -> Iterator[DeviceType]:
+        return iter(list(DeviceType._members.values()))
+
+    def __len__(cls) -> int:
+        return len(DeviceType._members)
+
+    def __contains__(cls, item: object) -> bool:
+        return isinstance(item, str) and str.__str__(item) in DeviceType._members
+
+
+class DeviceType(str, metaclass=_Kinds):
+    """A kind of compute device; its text is torch's device type (``cuda``).
+
+    An open enumeration: the spec's members (``CUDA``, ``MPS``, ``CPU``, and
+    ``XPU``) are built in, and a new kind is added by registering its backend
+    (:func:`ragged.gpu.registry.register_backend`), never by editing this
+    class. ``DeviceType("npu")`` gives the registered member (the same object
+    each time, so ``is`` comparisons hold) or raises :class:`ValueError`.
     """
 
-    CUDA = "cuda"  # NVIDIA, and AMD through ROCm builds of torch
-    XPU = "xpu"  # Intel GPUs
-    MPS = "mps"
-    CPU = "cpu"
+    __slots__ = ()
+    _members: ClassVar[dict[str, DeviceType]] = {}
+    _indexed: ClassVar[set[str]] = set()
+
+    CUDA: ClassVar[DeviceType]  # NVIDIA, and AMD through ROCm builds of torch
+    XPU: ClassVar[DeviceType]  # Intel GPUs
+    MPS: ClassVar[DeviceType]
+    CPU: ClassVar[DeviceType]
+
+    def __new__(cls, value: str) -> DeviceType:
+        if isinstance(value, DeviceType):
+            return value
+        try:
+            return cls._members[str(value)]
+        except KeyError:
+            raise ValueError(f"{value!r} is not a registered device kind") from None
+
+    @classmethod
+    def register(cls, name: str, *, indexed: bool) -> DeviceType:
+        """The member for ``name``, added if new (``indexed``: several devices, ``npu:1``)."""
+        if not name or not name.isidentifier() or name != name.lower() or name == "auto":
+            raise ValueError(f"A device kind is a lower-case name such as 'npu', not {name!r}.")
+        member = cls._members.get(name)
+        if member is None:
+            member = str.__new__(cls, name)
+            cls._members[name] = member
+        if indexed:
+            cls._indexed.add(name)
+        else:
+            cls._indexed.discard(name)
+        return member
+
+    @property
+    def value(self) -> str:
+        """The kind as plain text (as an enum member's value)."""
+        return str.__str__(self)
 
     @property
     def indexed(self) -> bool:
         """True for kinds that may have several devices (``cuda:1``)."""
-        return self in (DeviceType.CUDA, DeviceType.XPU)
+        return self.value in DeviceType._indexed
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"DeviceType.{self.value.upper()}"
+
+    def __reduce__(self) -> tuple[type[DeviceType], tuple[str]]:
+        return DeviceType, (self.value,)
+
+
+DeviceType.CUDA = DeviceType.register("cuda", indexed=True)
+DeviceType.XPU = DeviceType.register("xpu", indexed=True)
+DeviceType.MPS = DeviceType.register("mps", indexed=False)
+DeviceType.CPU = DeviceType.register("cpu", indexed=False)
 
 
 @dataclass(frozen=True)

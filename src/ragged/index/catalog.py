@@ -1,35 +1,30 @@
 """The catalog: every stored page without its vectors, in search order.
 
-LanceDB is the source of truth, but opening it costs seconds of imports.
-So each commit also writes ``catalog.json`` with the LanceDB table version
-it describes; a reader uses that file only while the table's newest
-version (read from its ``_versions`` folder, no LanceDB needed) is the one
-recorded, and falls back to LanceDB otherwise.
+From format 3 the catalog is the commit point of the index and lives in
+``catalog/`` as a log (see :mod:`ragged.index.catalog_log`): a document is
+in the index once its record is there. :class:`Catalog` is one snapshot of
+it, as searches use it: pages grouped by document, and where each
+document's vectors lie.
+
+Formats 1 and 2 kept ``catalog.json``, rewritten whole at every commit with
+the LanceDB table version it describes; those indexes are still read (the
+file is trusted while the table's newest version, read from its
+``_versions`` folder without LanceDB, is the one recorded) until the next
+ingest upgrades them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragged.index.files import atomic_write, check_doc_id
+from ragged.index.segments import Extent
+from ragged.multivector.grid import PatchGrid
 
 CATALOG = "catalog.json"
 _U64_MAX = 2**64 - 1
-
-
-@dataclass(frozen=True)
-class PatchGrid:
-    """Where a page's image patches sit among its vectors: ``rows x cols``
-    consecutive vectors from ``start``, row by row (for heat-maps)."""
-
-    start: int
-    rows: int
-    cols: int
-
-    def as_list(self) -> list[int]:
-        return [self.start, self.rows, self.cols]
 
 
 @dataclass(frozen=True)
@@ -63,6 +58,9 @@ class Catalog:
 
     pages: list[PageRecord]
     documents: list[str]  # document hashes, in the order their pages appear
+    extents: dict[str, tuple[Extent, ...]] = field(default_factory=dict)  # format 3: where vectors lie
+    lance_version: int | None = None  # format 3: the page table's version that holds these documents' rows
+    stamp: tuple[int, int] | None = None  # format 3: (log generation, log bytes) this snapshot was read at
 
     @property
     def total_vectors(self) -> int:

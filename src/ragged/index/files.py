@@ -80,7 +80,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; follow the umask like every other file
         os.replace(tmp, path)
-        _sync_folder(path.parent)
+        sync_folder(path.parent)
     except OSError as exc:
         raise storage_error(exc, path) from exc
     finally:
@@ -88,7 +88,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.unlink(tmp)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a created or renamed file) to disk."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

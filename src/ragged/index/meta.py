@@ -3,6 +3,8 @@
 Formats:
     1  paths as given on the command line (relative to where ingest ran)
     2  absolute paths; per-page patch grids and page text
+    3  one copy of the vectors, in segment files; the catalog log is the
+       commit point; LanceDB keeps text, passage vectors and metadata
 A format newer than this ragged reads is refused with a clear error; an
 older one is read as it is and upgraded by the next ingest.
 """
@@ -18,7 +20,7 @@ from ragged.errors import IndexStoreError
 from ragged.index.files import atomic_write, refuse_link, storage_error
 from ragged.text.model import DEFAULT_TEXT_MODEL
 
-FORMAT = 2
+FORMAT = 3
 META = "ragged-index.json"
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragged.errors import EmptyQueryError
+
+if TYPE_CHECKING:
+    from ragged.embeddings.report import EmbeddingReport
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,26 @@ class SearchResult:
     seconds: float
     notices: list[str] = field(default_factory=list)
     mode: str = "vision"
+    text_model: str | None = None  # the index's text model (None: it has no text side)
+    reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this search (none: no model needed)
+
+    @property
+    def answered_by(self) -> str:
+        """What ranked the pages in this mode: the vision model, the text
+        model, the full-text index, or both models."""
+        if self.mode == "keyword":
+            return "full-text index"
+        if self.mode == "text" and self.text_model:
+            return self.text_model
+        if self.mode == "hybrid" and self.text_model:
+            return f"{self.model} + {self.text_model}"
+        return self.model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {
-            "query": self.query, "model": self.model, "device": self.device, "mode": self.mode,
+            "query": self.query, "model": self.model, "text_model": self.text_model, "device": self.device,
+            "mode": self.mode,
             "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
             "notices": list(self.notices),
             "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
@@ -44,8 +63,26 @@ class SearchResult:
         }
 
 
-def check_query(query: str) -> str:
-    """The query, stripped; an empty one is an error."""
+INVALID_UNICODE = ("The query held bytes or characters that are not valid Unicode (lone surrogates); "
+                   "they were searched as U+FFFD.")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_query(query: str) -> tuple[str, str | None]:
+    """(the query to search, a notice or None): stripped, with lone surrogates
+    (from JSON's ``"\\ud800"`` or bytes of a command-line argument that are not
+    UTF-8) replaced by U+FFFD, which every model and the keyword index take.
+    The one policy for the command line, the server and the library; an
+    empty query is an error."""
     if not query or not query.strip():
         raise EmptyQueryError("Empty query: give a few words to search for.")
-    return query.strip()
+    repaired, count = _SURROGATES.subn("\ufffd", query.strip())
+    if count and not repaired.replace("\ufffd", "").strip():
+        raise EmptyQueryError("The query holds nothing but bytes that are not valid Unicode: give a few words "
+                              "to search for.")
+    return repaired, INVALID_UNICODE if count else None
+
+
+def check_query(query: str) -> str:
+    """The query, stripped and repaired (see :func:`clean_query`); an empty one is an error."""
+    return clean_query(query)[0]

@@ -4,10 +4,10 @@ Page vectors come from a source: the memory-mapped fp16 segments (a
 one-off search reads them straight from disk) or a resident copy held by a
 long-lived process in the form that searches fastest (see
 :mod:`ragged.index.resident`). Either gives blocks of whole pages, which
-the one MaxSim kernel (:mod:`ragged.index.maxsim`) scores.
+the one MaxSim kernel (:mod:`ragged.multivector.maxsim`) scores.
 
 On the CPU, blocks are scored in the column layout (see
-:mod:`ragged.index.maxsim`) by a small pool of workers, one BLAS and one
+:mod:`ragged.multivector.maxsim`) by a small pool of workers, one BLAS and one
 torch thread each: no worker ever waits on another at a barrier, so when
 another process takes a core the search slows down in proportion instead
 of collapsing (torch's own threads, waiting on a descheduled sibling, made
@@ -30,19 +30,18 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ragged.gpu.device_manager import DeviceManager, default_device_manager
-from ragged.gpu.oom_handler import OOMHandler
-from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.runtime import Runtime
 from ragged.gpu.types import DeviceInfo
 from ragged.index.catalog import Catalog
-from ragged.index.maxsim import QueryBlock, as_columns
 from ragged.index.results import SearchHit
 from ragged.index.store import IndexStore
+from ragged.multivector.maxsim import QueryBlock, as_columns
 
 CPU_CHUNK_VECTORS = 32_768  # 16 MiB of f32 vectors a block: measured fastest with two workers here
 MAX_GPU_CHUNK_VECTORS = 4_000_000
 MIN_CHUNK_VECTORS = 1_024
 SEARCH_WORK = "search"
+SEARCH_ADVICE = "Close other programs using the device, or search on another with --device."
 
 __all__ = ["Block", "MaxSimSearcher", "SearchHit", "SegmentSource", "VectorSource", "chunk_vectors", "top_k"]
 _TORCH_THREADS = threading.Lock()
@@ -81,20 +80,11 @@ class SegmentSource:
         return self._catalog
 
     def blocks(self, max_vectors: int) -> Iterator[Block]:
-        """Runs of whole pages of one document, at most ``max_vectors`` each (a
+        """Runs of whole pages stored together, at most ``max_vectors`` each (a
         larger page is a block of its own). Views into the memory-mapped
-        segment: nothing is copied before the f32 conversion."""
-        pages = self._catalog.pages
-        index = 0
-        while index < len(pages):
-            doc = pages[index].doc_hash
-            end = index
-            while end < len(pages) and pages[end].doc_hash == doc:
-                end += 1
-            lengths = np.array([p.n_vectors for p in pages[index:end]], dtype=np.int64)
-            vectors = self.store.segment(doc, int(lengths.sum()))  # (tokens, dim) fp16, memory-mapped
-            yield from split_blocks(index, lengths, vectors, max_vectors)
-            index = end
+        segment files: nothing is copied before the f32 conversion."""
+        for first, lengths, vectors in self.store.runs(self._catalog):  # vectors: (tokens, dim) fp16
+            yield from split_blocks(first, lengths, vectors, max_vectors)
 
 
 def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,
@@ -138,18 +128,18 @@ def single_threaded_kernels() -> Iterator[None]:
 
 
 class MaxSimSearcher:
-    """Scores every stored page against queries, exactly."""
+    """Scores every stored page against queries, exactly, on ``device`` under
+    ``runtime`` (its memory policy sizes device chunks, its OOM engine
+    recovers them)."""
 
-    def __init__(self, store: IndexStore | VectorSource, device: DeviceInfo,
-                 device_manager: DeviceManager | None = None, *, policy: MemoryPolicy | None = None,
-                 oom_handler: OOMHandler | None = None, workers: int | None = None) -> None:
+    def __init__(self, store: IndexStore | VectorSource, device: DeviceInfo, runtime: Runtime, *,
+                 workers: int | None = None) -> None:
         self.source: VectorSource = SegmentSource(store) if isinstance(store, IndexStore) else store
         self.device = device
-        self.manager = device_manager or default_device_manager()
-        self.policy = policy or MemoryPolicy()
-        self.oom_handler = oom_handler or OOMHandler(
-            self.manager, advice="Close other programs using the device, or search on another with --device."
-        )
+        self.runtime = runtime
+        self.manager = runtime.device_manager
+        self.policy = runtime.policy
+        self.oom_handler = runtime.oom_handler
         self.workers = workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else os.cpu_count() or 1))
 
@@ -175,7 +165,7 @@ class MaxSimSearcher:
         dim = int(np.asarray(queries[0]).shape[1])
         chunk = self._chunk_vectors(dim, sum(len(q) for q in queries))
         return self.oom_handler.run(lambda device, size: self._score(queries, device, size), self.device, chunk,
-                                    work=SEARCH_WORK, min_batch_size=MIN_CHUNK_VECTORS)
+                                    work=SEARCH_WORK, min_batch_size=MIN_CHUNK_VECTORS, advice=SEARCH_ADVICE)
 
     def _score(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int) -> np.ndarray:
         out = np.empty((len(self.catalog.pages), len(queries)), dtype=np.float32)
@@ -214,13 +204,15 @@ class MaxSimSearcher:
             out[part.first : part.first + len(part.lengths)] = scores.cpu().numpy()
 
     def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[SearchHit]]:
-        """The ``k`` best pages for each query, best first: the hits vision
-        mode gives (the same ranking and records as :class:`QueryEngine`)."""
-        from ragged.index.retrieval import Mode, hits, single, vision_ranking  # it imports this module
-
+        """The ``k`` best pages for each query by MaxSim, best first."""
+        catalog = self.catalog
         scores = self.score_all(queries)  # (pages, queries)
-        return [hits(self.catalog, single(Mode.VISION.value, vision_ranking(scores[:, j], k), k))
-                for j in range(scores.shape[1])]
+        out = []
+        for j in range(scores.shape[1]):
+            order = top_k(scores[:, j], k)
+            out.append([SearchHit(catalog.pages[p].path, catalog.pages[p].page, float(scores[p, j]),
+                                  catalog.pages[p].doc_hash, {"vision": n}) for n, p in enumerate(order.tolist(), 1)])
+        return out
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
@@ -37,28 +36,21 @@ from loguru import logger
 from ragged.embeddings.cost import PageView
 from ragged.errors import ConfigurationError, InputError
 from ragged.gpu.device_manager import parse_device_hint
+from ragged.gpu.registry import ray_resource
 from ragged.gpu.types import DeviceType
 from ragged.index.store import IndexStore
+from ragged.ingest.cluster import connect, require_ray
 from ragged.ingest.commit import Committer, Pending
 from ragged.ingest.documents import Document, render_pages
-from ragged.ingest.report import IngestReport
+from ragged.ingest.report import IngestReport, WorkerReport
 from ragged.ingest.text_side import TextSide
-from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig, WorkerReport
+from ragged.ingest.worker import EmbedWorker, PageJob, PageResult, WorkerConfig
 
 BATCH_PAGES = 16  # pages sent to a worker at a time; it sub-batches them by its own memory
 MAX_WORKER_FAILURES = 3  # a worker (its device) that fails this often is dropped
 MAX_BATCH_ATTEMPTS = 2  # a batch that fails on this many workers is blamed on its pages
 SLOTS = 2  # batches queued at each worker: the next is there when one ends, while the driver commits
 WAIT_S = 30.0
-
-
-def require_ray() -> Any:
-    """The ``ray`` module, or a clear error saying how to get it."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigurationError("--workers runs on Ray, which is not installed: pip install 'ragged[ray]'.") from None
-    return ray
 
 
 @dataclass
@@ -102,29 +94,6 @@ def render_document(doc: Document, dpi: int, view: PageView) -> tuple[Any, ...]:
     return (None, *pages)
 
 
-def connect(ray: Any, address: str | None) -> bool:
-    """Join the cluster at ``address`` or start a local one; True if this call started it."""
-    if address and address.startswith("ray://"):
-        raise ConfigurationError(
-            "ragged's driver reads the documents and writes the index, so it must run on a node of the cluster: "
-            "run 'ray start --address=HEAD:6379' on this machine, then use --ray-address auto."
-        )
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    common = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR",
-              "configure_logging": False}
-    with warnings.catch_warnings():
-        # Ray starts its processes with fork + exec: nothing of LanceDB's runtime survives the exec, so
-        # LanceDB's warning about forking after it was loaded (an index already opened) does not apply.
-        warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
-        if address:
-            ray.init(address=address, **common)
-        else:
-            ray.init(**common)
-    return True
-
-
 def worker_device(hint: Any) -> str | None:
     """The device kind workers are asked for (None: auto). The index does not
     travel: Ray shows each worker only its own card, as ``cuda:0``."""
@@ -132,15 +101,18 @@ def worker_device(hint: Any) -> str | None:
     return chosen[0].value if chosen is not None else None
 
 
-def worker_count(ray: Any, requested: int | None, cpu_only: bool = False) -> tuple[int, int]:
-    """(workers, GPUs each): auto is one per GPU in the cluster (none when
-    ``cpu_only``: ``--device cpu``), else one."""
-    gpus = 0 if cpu_only else int(ray.cluster_resources().get("GPU", 0))
-    count = requested or max(1, gpus)
-    if gpus and count > gpus:
-        raise ConfigurationError(f"{count} workers asked for, but the cluster has {gpus} GPU(s): use --workers "
-                                 f"{gpus} or auto.")
-    return count, 1 if gpus else 0
+def worker_count(ray: Any, requested: int | None, kind: DeviceType | None = None) -> tuple[int, str | None]:
+    """(workers, the Ray resource each claims one of): auto is one per
+    accelerator of ``kind`` in the cluster (the resource its backend
+    registered, e.g. ``GPU``; by default the first accelerator kind that has
+    one), else one; a kind without a resource (the CPU) claims none."""
+    resource = ray_resource(kind) if kind is not DeviceType.CPU else None
+    available = int(ray.cluster_resources().get(resource, 0)) if resource else 0
+    count = requested or max(1, available)
+    if available and count > available:
+        raise ConfigurationError(f"{count} workers asked for, but the cluster has {available} {resource}(s): use "
+                                 f"--workers {available} or auto.")
+    return count, resource if available else None
 
 
 class Driver:
@@ -323,7 +295,7 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
     handles: list[Any] = []
     try:
         kind = worker_device(options.device)
-        count, gpus = worker_count(ray, scale.workers, cpu_only=kind == DeviceType.CPU.value)
+        count, resource = worker_count(ray, scale.workers, DeviceType(kind) if kind else None)
         cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         local_cpus = _node_cpus(ray) or cpus  # render slots: renders run on this node
         text_model = None
@@ -331,8 +303,13 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
             text.record_model(store)
             text_model = text.embedder.name
         config = WorkerConfig(options.model, text_model, options.cache_dir, options.policy, options.batch_size,
-                              threads=None if gpus else max(1, cpus // count), device=kind)
-        actor = ray.remote(num_cpus=0, num_gpus=gpus, max_restarts=MAX_WORKER_FAILURES)(scale.worker_cls)
+                              threads=None if resource else max(1, cpus // count), device=kind)
+        claim: dict[str, Any] = {"num_cpus": 0, "max_restarts": MAX_WORKER_FAILURES}
+        if resource == "GPU":
+            claim["num_gpus"] = 1
+        elif resource:
+            claim["resources"] = {resource: 1}
+        actor = ray.remote(**claim)(scale.worker_cls)
         workers = []
         for n in range(count):
             handle = actor.remote(config, f"w{n}")
@@ -352,7 +329,6 @@ def run_distributed(store: IndexStore, docs: list[Document], replaces: set[str],
             except ray.exceptions.RayError:  # lost at the very end: its pages are stored, its figures are not
                 report.notes.append(f"worker {worker.name}'s figures were lost with it")
                 continue
-            report.workers.append(part)
             report.absorb_worker(part)
         report.embed_seconds = time.perf_counter() - began  # wall time over every worker: the overall speed
         devices = [p.device for p in report.workers]

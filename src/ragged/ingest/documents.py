@@ -27,9 +27,11 @@ from ragged.errors import (
     InputError,
     UnsupportedFileError,
 )
+from ragged.ingest.convert import CONVERTIBLE_SUFFIXES, check_convertible, is_convertible
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp"}
 PDF_SUFFIXES = {".pdf"}
+DOCUMENT_SUFFIXES = IMAGE_SUFFIXES | PDF_SUFFIXES | CONVERTIBLE_SUFFIXES  # what a folder walk picks up
 # PDFium's FPDF_GetLastError codes.
 _ERR_PASSWORD, _ERR_SECURITY = 4, 5
 # A page tree that counts zero pages and no page object anywhere.
@@ -44,6 +46,7 @@ class DocumentKind(StrEnum):
 
     PDF = "pdf"
     IMAGE = "image"
+    CONVERTED = "converted"  # Office, web or text: its pages are those of the PDF LibreOffice makes of it
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,28 @@ class InputProblem:
     path: str
     message: str
     empty: bool = False  # a folder with nothing to ingest (not a problem when --prune emptied it)
+    skipped: bool = False  # a file of a kind ragged does not read, found in a folder: named, not an error
 
 
 @dataclass(frozen=True)
 class Document:
-    """A checked input file: its content hash, kind and page count."""
+    """A checked input file: its content hash, kind and page count (0 for a
+    converted document until it is converted; then ``source`` is its PDF)."""
 
     path: Path
     sha256: str
     kind: DocumentKind
     pages: int
+    source: Path | None = None
+
+    @property
+    def pdf(self) -> Path:
+        """The PDF that holds the pages (an InputError for an image, or a document not yet converted)."""
+        if self.kind is DocumentKind.PDF:
+            return self.path
+        if self.kind is DocumentKind.CONVERTED and self.source is not None:
+            return self.source
+        raise InputError(f"{self.path}: its pages are not in a PDF yet; ingest it again.")
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,8 @@ def is_regular_file(path: Path) -> bool:
 
 def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem]]:
     """Files to ingest: explicit files as given, folders searched recursively
-    for PDFs and images (hidden files skipped), duplicates removed."""
+    for documents (hidden files passed over; files of other kinds named as
+    skipped), duplicates removed."""
     found: list[Path] = []
     problems: list[InputProblem] = []
     seen: set[Path] = set()
@@ -104,9 +120,10 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
         if path.is_dir():
             before = len(problems)
             candidates = _walk(path, problems)
-            if not candidates and len(problems) == before:
-                problems.append(InputProblem(str(raw), f"{raw}: no PDF or image files in this folder; check the "
-                                                        "path (hidden files and folders are skipped).", empty=True))
+            if not candidates and not any(not p.skipped for p in problems[before:]):
+                problems.append(InputProblem(str(raw), f"{raw}: no documents ragged reads in this folder; check "
+                                                        "the path (hidden files and folders are skipped).",
+                                             empty=True))
         elif not is_regular_file(path):
             problems.append(InputProblem(str(raw), f"{raw}: not a regular file (a pipe, device or socket); "
                                                     "give a file or a folder."))
@@ -115,16 +132,32 @@ def discover(paths: Sequence[str | Path]) -> tuple[list[Path], list[InputProblem
             candidates = [path]
         for candidate in candidates:
             key = candidate.resolve()
-            if key not in seen:
-                seen.add(key)
+            if key in seen:
+                continue
+            seen.add(key)
+            if (bad_name := unstorable_name(candidate)) is not None:
+                problems.append(bad_name)
+            else:
                 found.append(candidate)
     return found, problems
 
 
+def unstorable_name(path: Path) -> InputProblem | None:
+    """A problem for a path that is not valid UTF-8 (the index stores paths
+    as text), shown with its odd bytes escaped; None for any other path."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # bytes the file system decoded as surrogate escapes
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        return InputProblem(shown, f"{shown}: the file name is not valid UTF-8, so the index cannot store it; "
+                                   "rename the file.")
+    return None
+
+
 def _walk(folder: Path, problems: list[InputProblem]) -> list[Path]:
-    """PDFs and images under ``folder`` (hidden ones skipped, linked folders
-    followed once), sorted; a folder that cannot be read and a link to
-    nothing are reported, not passed over in silence."""
+    """Documents under ``folder`` (hidden ones passed over, linked folders
+    followed once), sorted; a folder that cannot be read, a link to nothing
+    and a file of another kind are reported, not passed over in silence."""
     found: list[Path] = []
     visited: set[str] = set()
 
@@ -141,7 +174,11 @@ def _walk(folder: Path, problems: list[InputProblem]) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             candidate = Path(root) / name
-            if name.startswith(".") or candidate.suffix.lower() not in IMAGE_SUFFIXES | PDF_SUFFIXES:
+            if name.startswith("."):
+                continue
+            if candidate.suffix.lower() not in DOCUMENT_SUFFIXES:
+                problems.append(InputProblem(str(candidate), f"{candidate}: not a kind of file ragged reads; "
+                                                             "skipped.", skipped=True))
                 continue
             try:
                 dangling = candidate.is_symlink() and not candidate.exists()
@@ -168,7 +205,7 @@ def file_sha256(path: Path) -> str:
 
 
 def inspect_kind(path: Path) -> DocumentKind:
-    """Whether ``path`` holds a PDF or an image (an InputError otherwise)."""
+    """Whether ``path`` holds a PDF, an image or a document to convert (an InputError otherwise)."""
     return _sniff(path)
 
 
@@ -178,6 +215,9 @@ def _sniff(path: Path) -> DocumentKind:
             head = fh.read(1024)
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror}); check its permissions.") from exc
+    if is_convertible(path) and not head.startswith(b"%PDF-"):
+        check_convertible(path)
+        return DocumentKind.CONVERTED
     if b"%PDF-" in head[:1024]:
         return DocumentKind.PDF
     if path.suffix.lower() in PDF_SUFFIXES:
@@ -195,7 +235,8 @@ def _sniff(path: Path) -> DocumentKind:
     except Exception as exc:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise CorruptDocumentError(f"{path}: not a readable image; re-export or re-download it.") from exc
-        raise UnsupportedFileError(f"{path}: not a PDF or an image (PNG, JPEG, TIFF, ...); skip it.") from exc
+        raise UnsupportedFileError(f"{path}: not a kind of file ragged reads (PDF, Office, HTML, Markdown, text "
+                                   "or an image); skip it.") from exc
     if img_format is None:
         raise UnsupportedFileError(f"{path}: unknown image format; convert it to PNG or PDF.")
     return DocumentKind.IMAGE
@@ -233,7 +274,9 @@ def _open_pdf(path: Path) -> object:
 def inspect(path: Path) -> Document:
     """Check one file and count its pages; raises an InputError subclass."""
     kind = _sniff(path)
-    if kind is DocumentKind.PDF:
+    if kind is DocumentKind.CONVERTED:
+        pages = 0  # known once converted
+    elif kind is DocumentKind.PDF:
         with PDFIUM_LOCK:
             pdf = _open_pdf(path)
             try:
@@ -287,7 +330,7 @@ def render_pages(doc: Document, dpi: int, fit: Fit | None = None) -> Iterator[Re
         yield from _image_pages(doc.path, fit)
         return
     with PDFIUM_LOCK:
-        pdf = _open_pdf(doc.path)
+        pdf = _open_pdf(doc.pdf)
         count = len(pdf)  # type: ignore[arg-type]
     try:
         for index in range(count):
@@ -344,7 +387,7 @@ def page_texts(doc: Document) -> list[str]:
     if doc.kind is DocumentKind.IMAGE:
         return [""] * doc.pages
     with PDFIUM_LOCK:
-        pdf = _open_pdf(doc.path)
+        pdf = _open_pdf(doc.pdf)
         try:
             return [_page_text(pdf[i]) for i in range(len(pdf))]  # type: ignore[arg-type, index]
         except Exception as exc:

@@ -22,14 +22,17 @@ from ragged.embeddings.colpali_embedder import ColPaliEmbedder, PageVectors
 from ragged.errors import InputError
 from ragged.gpu.batch_runner import ItemFailure
 from ragged.gpu.device_manager import DeviceHint
-from ragged.gpu.model_manager import ModelEvent, ModelManager
+from ragged.gpu.model_manager import ModelEvent
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.runtime import Runtime
 from ragged.index.catalog import DocumentRecord
 from ragged.index.store import IndexStore, StoredPage, absolute
+from ragged.ingest import commit as commit_module
 from ragged.ingest.changes import missing_under, plan_changes
 from ragged.ingest.commit import Committer, Pending
+from ragged.ingest.conversion import DEFAULT_TIMEOUT_S, convert_documents, sweep
 from ragged.ingest.distributed import ScaleOptions
-from ragged.ingest.documents import Document, InputProblem, RenderedPage, discover, render_pages
+from ragged.ingest.documents import Document, DocumentKind, InputProblem, RenderedPage, discover, render_pages
 from ragged.ingest.report import IngestReport
 from ragged.ingest.text_side import TextSide, awaiting_text
 from ragged.text.model import DEFAULT_TEXT_MODEL, NO_TEXT_MODEL
@@ -64,10 +67,18 @@ class IngestOptions:
     text_model: str | None = DEFAULT_TEXT_MODEL  # None or "none": images only
     text_model_explicit: bool = False  # named by the user: it must load
     scale: ScaleOptions | None = None  # embed on Ray workers (--workers) instead of in this process
+    convert_timeout_s: float = DEFAULT_TIMEOUT_S  # per Office, web or text file converted by LibreOffice
 
 
-def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None) -> IngestReport:
-    """Ingest ``paths`` into the index; never raises for one bad input."""
+def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progress | None = None,
+           runtime: Runtime | None = None) -> IngestReport:
+    """Ingest ``paths`` into the index; never raises for one bad input.
+
+    ``runtime`` is the program's resource manager (one is built from
+    ``options.policy`` when not given, and closed at the end)."""
+    if runtime is None:
+        with Runtime(policy=options.policy) as own:
+            return ingest(paths, options, progress, own)
     progress = progress or Progress()
     started = time.perf_counter()
     report = IngestReport(index=str(options.index_dir), model=options.model)
@@ -75,7 +86,8 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
     with IndexStore.open_for_writing(options.index_dir, options.model) as store:
         stored = store.documents()
         plan = plan_changes(files, stored)
-        report.problems.extend(problems)
+        report.problems.extend(p for p in problems if not p.skipped)
+        report.skipped.extend(p for p in problems if p.skipped)
         report.problems.extend(plan.problems)
         report.documents_skipped = plan.unchanged
         report.duplicates = len(plan.duplicates)
@@ -93,53 +105,54 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
             report.documents_removed += len(gone)
             report.notes.extend(f"{d.path}: file gone, removed from the index" for d in gone)
             report.problems = [p for p in report.problems if not _pruned(p, gone)]
+        if any(d.kind is DocumentKind.CONVERTED for d in plan.embed):
+            converted = convert_documents(plan.embed, options.index_dir, runtime, options.convert_timeout_s)
+            plan.embed = converted.ready
+            report.absorb_conversion(converted)
         wants_text = options.text_model not in (None, NO_TEXT_MODEL)
         older = awaiting_text(store, store.documents()) if wants_text else []
         if plan.embed or older:
-            _embed(store, plan.embed, plan.replaces, older, options, report, progress)
+            _embed(store, plan.embed, plan.replaces, older, options, report, progress, runtime)
         elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
             store.finish()
+        sweep(options.index_dir, store.known_hashes())
     report.seconds = time.perf_counter() - started
     return report
 
 
 def _embed(store: IndexStore, docs: list[Document], replaces: set[str], older: list[DocumentRecord],
-           options: IngestOptions, report: IngestReport, progress: Progress) -> None:
+           options: IngestOptions, report: IngestReport, progress: Progress, runtime: Runtime) -> None:
     """Embed ``docs`` (images and text) and give older documents their text side,
-    with one model manager and one OOM engine for both models."""
-    from ragged.gpu import OOMHandler, default_device_manager
+    both models under the run's one runtime."""
+    evicted_before = runtime.model_manager.counts[ModelEvent.EVICT]
+    text = TextSide.start(options.text_model, device=options.device, cache_dir=options.cache_dir,
+                          runtime=runtime, explicit=options.text_model_explicit)
+    if text.embedder is not None:
+        report.text_model = text.embedder.name
+    elif text.reason:
+        report.notes.append(text.reason)
+    try:
+        report.documents_text_added += text.upgrade(store, older, report.text)
+        if docs and options.scale is not None:
+            from ragged.ingest.distributed import run_distributed
 
-    manager = default_device_manager()
-    handler = OOMHandler(manager)
-    with ModelManager(manager, idle_timeout_s=None, policy=options.policy) as models:
-        text = TextSide.start(options.text_model, device=options.device, cache_dir=options.cache_dir,
-                              models=models, policy=options.policy, oom_handler=handler,
-                              explicit=options.text_model_explicit)
-        if text.embedder is not None:
-            report.text_model = text.embedder.name
-        elif text.reason:
-            report.notes.append(text.reason)
-        try:
-            text.upgrade(store, older, report)
-            if docs and options.scale is not None:
-                from ragged.ingest.distributed import run_distributed
-
-                progress.start(sum(d.pages for d in docs))
-                run_distributed(store, docs, replaces, options, text, report, progress.advance)
-            elif docs:
-                progress.start(sum(d.pages for d in docs))
-                with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
-                                     cache_dir=options.cache_dir, policy=options.policy, model_manager=models,
-                                     oom_handler=handler) as embedder:
-                    _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
-            if text.on or report.text_model:
-                store.finish()
-        finally:
-            text.close()
-        evicted = models.counts[ModelEvent.EVICT]
-        if evicted:
-            report.notes.append(f"the device could not hold both models at once: a model was unloaded {evicted} "
-                                "time(s) to make room for the other (slower, nothing lost)")
+            progress.start(sum(d.pages for d in docs))
+            run_distributed(store, docs, replaces, options, text, report, progress.advance)
+        elif docs:
+            progress.start(sum(d.pages for d in docs))
+            with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
+                                 cache_dir=options.cache_dir, runtime=runtime) as embedder:
+                _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
+        if text.on or report.text_model:
+            store.finish()
+    finally:
+        text.close()
+    if options.scale is None:
+        report.embed_seconds = report.vision.seconds + report.text.seconds
+    evicted = runtime.model_manager.counts[ModelEvent.EVICT] - evicted_before
+    if evicted:
+        report.notes.append(f"the device could not hold both models at once: a model was unloaded {evicted} "
+                            "time(s) to make room for the other (slower, nothing lost)")
 
 
 def _pruned(problem: InputProblem, gone: list[DocumentRecord]) -> bool:
@@ -152,7 +165,7 @@ def host_buffer_bytes(embedder: ColPaliEmbedder) -> int:
     """Bytes of rendered pages to hold before embedding: a share of the
     host's budget under the memory policy."""
     manager = embedder.device_manager
-    budget = embedder.batch_config.policy.batch_budget(manager.try_memory_info(manager.cpu()))
+    budget = embedder.runtime.policy.batch_budget(manager.try_memory_info(manager.cpu()))
     if budget is None:
         return 8 * MIN_BUFFER_BYTES
     return int(min(MAX_BUFFER_BYTES, max(MIN_BUFFER_BYTES, budget * BUFFER_SHARE)))
@@ -171,8 +184,10 @@ class _Stream:
     def __init__(self, embedder: ColPaliEmbedder, store: IndexStore, report: IngestReport, progress: Progress,
                  dpi: int, replaces: set[str], text: TextSide) -> None:
         self.embedder, self.store, self.report, self.progress, self.dpi = embedder, store, report, progress, dpi
-        self.committer = Committer(store, report, progress.advance, replaces, text)
         self.max_bytes = host_buffer_bytes(embedder)
+        # A long document's pages are written in pieces no larger than the page buffer (the policy's share).
+        self.committer = Committer(store, report, progress.advance, replaces, text,
+                                   piece_bytes=min(commit_module.PIECE_BYTES, self.max_bytes))
         self.held: list[_Held] = []
         self.held_bytes = 0
 
@@ -208,10 +223,9 @@ class _Stream:
             held, self.held, self.held_bytes = self.held, [], 0
             for h in held:
                 h.entry.sent += 1
-            results = self.embedder.embed_pages([h.page.image for h in held], on_batch=self.progress.advance)
-            if self.embedder.last_report is not None:
-                self.report.absorb(self.embedder.last_report)
-            for h, result in zip(held, results, strict=True):
+            run = self.embedder.embed_pages([h.page.image for h in held], on_batch=self.progress.advance)
+            self.report.absorb(run.report)
+            for h, result in zip(held, run.results, strict=True):
                 if isinstance(result, ItemFailure):
                     self._fail(h.entry, f"{h.entry.doc.path}: page {h.number + 1} could not be embedded: "
                                         f"{result.reason}")

@@ -1,9 +1,10 @@
 """An embedding worker of a distributed ingest: one device, one embedder.
 
-Each worker (a Ray actor) holds a :class:`ColPaliEmbedder` on its own
-device, with ragged's adaptive batching and OOM recovery there (cards of
-different sizes each find their own batch size), and the text model beside
-it when the index has a text side. Workers never write the index: they send
+Each worker (a Ray actor) is an entry point: it builds its own
+:class:`~ragged.gpu.runtime.Runtime` on its device and holds a
+:class:`ColPaliEmbedder` under it, with ragged's adaptive batching and OOM
+recovery there (cards of different sizes each find their own batch size),
+and the text model beside it when the index has a text side. Workers never write the index: they send
 page results back to the driver, the single writer. Plain Python: the
 driver makes it a Ray actor.
 """
@@ -11,21 +12,18 @@ driver makes it a Ray actor.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragged.embeddings.report import EmbeddingReport
 from ragged.gpu.batch_runner import ItemFailure
-from ragged.gpu.model_manager import ModelManager
-from ragged.gpu.oom_handler import OOMHandler
 from ragged.gpu.policy import MemoryPolicy
-from ragged.index.catalog import PatchGrid
 from ragged.index.store import StoredPage
 from ragged.ingest.documents import RenderedPage
-from ragged.ingest.tally import add_embedding
+from ragged.ingest.report import WorkerReport
+from ragged.ingest.text_side import TextSide
 
 
 @dataclass(frozen=True)
@@ -61,29 +59,6 @@ class PageResult:
     error: str | None = None
 
 
-@dataclass
-class WorkerReport:
-    """What one worker did (memory in bytes)."""
-
-    worker: str
-    device: str = ""
-    pages: int = 0
-    seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
-    peak_bytes: int | None = None
-    ooms: int = 0
-    recoveries: dict[str, int] = field(default_factory=dict)
-    cpu_fallback_pages: int = 0
-    failed_pages: int = 0
-    passages: int = 0
-    text_seconds: float = 0.0
-
-    @property
-    def pages_per_second(self) -> float:
-        """This worker's own throughput."""
-        return self.pages / self.seconds if self.seconds > 0 else 0.0
-
-
 class EmbedWorker:
     """Embeds batches of pages on this process's device."""
 
@@ -91,26 +66,20 @@ class EmbedWorker:
         import torch
 
         from ragged.embeddings.colpali_embedder import ColPaliEmbedder
-        from ragged.gpu import default_device_manager
+        from ragged.gpu.runtime import Runtime
 
         if config.threads:
             torch.set_num_threads(config.threads)
-        manager = default_device_manager()
-        device = config.device  # chosen by the device manager, as in one process
-        self.models = ModelManager(manager, idle_timeout_s=None, policy=config.policy)
-        handler = OOMHandler(manager)
+        device = config.device  # chosen by the worker's device manager, as in one process
+        self.runtime = Runtime(policy=config.policy)
         self.embedder = ColPaliEmbedder(config.model, device=device, batch_size=config.batch_size,
-                                        cache_dir=config.cache_dir, policy=config.policy, model_manager=self.models,
-                                        oom_handler=handler)
-        from ragged.ingest.text_side import TextSide  # it imports the report, which imports this module
-
+                                        cache_dir=config.cache_dir, runtime=self.runtime)
         self.text = TextSide(None)
         if config.text_model:
             from ragged.text.embedder import TextEmbedder
 
             self.text = TextSide(TextEmbedder(config.text_model, device, cache_dir=config.cache_dir,
-                                              device_manager=manager, model_manager=self.models,
-                                              policy=config.policy, oom_handler=handler))
+                                              runtime=self.runtime))
         self.report = WorkerReport(name, self.embedder.device.label)
 
     def pid(self) -> int:
@@ -126,8 +95,9 @@ class EmbedWorker:
             import ray
 
             pages = ray.get(list(pages))  # type: ignore[arg-type]
-        results = self.embedder.embed_pages([page.image for page in pages])
-        self._absorb(self.embedder.last_report)
+        run = self.embedder.embed_pages([page.image for page in pages])
+        self.report.vision.absorb(run.report)
+        results = run.results
         texts = [page.text for page in pages]
         vectors = self._text_vectors(texts)
         out = []
@@ -136,26 +106,18 @@ class EmbedWorker:
                 reason = result.reason if isinstance(result, ItemFailure) else "no result"
                 out.append(PageResult(job.doc_hash, job.number, None, reason))
                 continue
-            grid = PatchGrid(result.grid.start, result.grid.rows, result.grid.cols) if result.grid else None
-            out.append(PageResult(job.doc_hash, job.number, StoredPage(result.vectors.astype(np.float16), grid,
-                                                                          page.text, text_vectors)))
+            out.append(PageResult(job.doc_hash, job.number, StoredPage(result.vectors.astype(np.float16),
+                                                                          result.grid, page.text, text_vectors)))
         return out
 
     def _text_vectors(self, texts: list[str]) -> list[np.ndarray | None]:
         if not self.text.on:
             return [None] * len(texts)
-        return list(self.text.vectors(texts, self.report))
-
-    def _absorb(self, part: EmbeddingReport | None) -> None:
-        if part is None:
-            return
-        self.report.pages += part.items - part.failed_items
-        self.report.seconds += part.seconds
-        add_embedding(self.report, part)
+        return list(self.text.vectors(texts, self.report.text))
 
     def finish(self) -> WorkerReport:
         """This worker's report; its models are released."""
         self.embedder.close()
         self.text.close()
-        self.models.close()
+        self.runtime.close()
         return self.report

@@ -1,9 +1,13 @@
 """The HTTP face of the service (Starlette).
 
 Every error is a JSON body ``{"error": ...}`` with a fitting status (400,
-401, 404, 405, 410, 413, 503), never a traceback. With a token, every
-request but ``/health`` and the sign-in page must carry it, as
-``Authorization: Bearer TOKEN`` or as the cookie the sign-in page sets.
+401, 403, 404, 405, 410, 413, 415, 429, 503), never a traceback. Requests
+from other sites are refused first (:mod:`ragged.serve.security`); then,
+with a token, every request but ``/health`` and the sign-in page must
+carry it, as ``Authorization: Bearer TOKEN`` or as the cookie the sign-in
+page sets. A search is costed before it is queued
+(:mod:`ragged.serve.budget`). An unexpected error is logged once, without
+the values of variables (no token, no body), and answered 500.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ragged.errors import ConfigurationError, RaggedError
-from ragged.index.retrieval import Mode, parse_mode
+from ragged.errors import ClientError, ConfigurationError, EmptyQueryError, RaggedError, ServeError, http_status
+from ragged.index.results import clean_query
+from ragged.query.modes import Mode, parse_mode
+from ragged.serve.budget import Admission, RequestLimits, estimate
 from ragged.serve.metrics import CONTENT_TYPE, ServiceMetrics
-from ragged.serve.pages import PageUnavailable
+from ragged.serve.security import BrowserGuard, HostPolicy, content_security_policy
 from ragged.serve.service import SearchService
 
 COOKIE = "ragged_token"
@@ -36,16 +43,8 @@ PUBLIC = {"/health", "/login"}
 MAX_BODY_BYTES = 64 * 1024
 
 
-class ClientError(RaggedError):
-    """A request the service will not answer as asked."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _static(name: str) -> str:
@@ -73,22 +72,47 @@ class _Guard(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+async def _body(request: Request, limit: int) -> bytes:
+    """The body, read up to ``limit`` bytes (a chunked body has no length to check first)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ClientError(f"Request body over {limit:,} bytes.", 413)
+    return body
+
+
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    body = await _body(request, limit)
     try:
         data = json.loads(body or b"null")
     except ValueError:
         raise ClientError("The body is not valid JSON.") from None
+    except RecursionError:  # a few KiB of brackets: refused as what it is, not a 500
+        raise ClientError("The body's JSON is nested too deeply.") from None
     if not isinstance(data, dict):
         raise ClientError("The body must be a JSON object.")
     return data
 
 
-def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], int, bool, Mode]:
+def _query(value: Any, limit: int, notices: list[str]) -> str:
+    """One query from a body: a non-empty string within ``limit`` characters,
+    repaired as the command line repairs it (a notice added when it was)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ClientError("Every query must be a non-empty string.")
+    if len(value) > limit:
+        raise ClientError(f"A query is longer than {limit:,} characters.", 413)
+    try:
+        text, notice = clean_query(value)
+    except EmptyQueryError as exc:
+        raise ClientError(str(exc)) from None
+    if notice and notice not in notices:
+        notices.append(notice)
+    return text
+
+
+def _queries(data: dict[str, Any], service: SearchService,
+             notices: list[str]) -> tuple[list[str], int, bool, Mode]:
     """(queries, k, single, mode) from a /search body, checked against the limits."""
     config = service.config
     if ("query" in data) == ("queries" in data):
@@ -97,11 +121,7 @@ def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], i
     queries = [data["query"]] if single else data["queries"]
     if not isinstance(queries, list) or not queries or len(queries) > config.max_queries:
         raise ClientError(f"'queries' must be a list of 1 to {config.max_queries} strings.")
-    for query in queries:
-        if not isinstance(query, str) or not query.strip():
-            raise ClientError("Every query must be a non-empty string.")
-        if len(query) > config.max_query_chars:
-            raise ClientError(f"A query is longer than {config.max_query_chars:,} characters.", 413)
+    texts = [_query(q, config.max_query_chars, notices) for q in queries]
     k = data.get("k", 10)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= config.max_k:
         raise ClientError(f"'k' must be an integer from 1 to {config.max_k}.")
@@ -111,31 +131,62 @@ def _queries(data: dict[str, Any], service: SearchService) -> tuple[list[str], i
         chosen = parse_mode(mode if isinstance(mode, str) else repr(mode), service.has_text)
     except ConfigurationError as exc:
         raise ClientError(str(exc)) from None
-    return [q.strip() for q in queries], k, single, chosen
+    return texts, k, single, chosen
+
+
+class _CatchAll:
+    """The last handler: an unexpected error is logged once (its traceback
+    without the values of variables, so no token or body reaches the log)
+    and answered 500; a client gone mid-request is not an error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except ClientDisconnect:
+            return
+        except Exception as exc:
+            if scope["type"] != "http":
+                raise
+            logger.opt(exception=exc).error("Internal error on {} ({})", scope.get("path"), type(exc).__name__)
+            if not started:
+                await _error(500, f"Internal error ({type(exc).__name__}); see the server's log.")(scope, receive, send)
 
 
 def create_app(service: SearchService, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-               metrics: ServiceMetrics | None = None) -> Starlette:
-    """The ASGI application over ``service``."""
+               metrics: ServiceMetrics | None = None, hosts: HostPolicy | None = None,
+               limits: RequestLimits | None = None) -> Starlette:
+    """The ASGI application over ``service``. ``hosts``: the ``Host`` names
+    it answers to (default: loopback names and IP literals)."""
     metrics = metrics or ServiceMetrics(service)
+    admission = Admission(limits or RequestLimits())
 
     async def index(request: Request) -> Response:
         return HTMLResponse(_static("index.html"))
 
     async def login(request: Request) -> Response:
         if request.method == "POST":
-            body = (await request.body())[:4096].decode("utf-8", "replace")
+            body = (await _body(request, 4096)).decode("utf-8", "replace")
             given = parse_qs(body).get("token", [""])[0]  # a urlencoded form: no multipart parser needed
             if token and hmac.compare_digest(given.encode(), token.encode()):
                 response = RedirectResponse("/", status_code=303)
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
                 return response
-            return HTMLResponse(_static("login.html").replace("<!--error-->", "<p class=error>Wrong token.</p>"),
-                                status_code=401)
+            wrong = "<p class=error role=alert>Wrong token: check it and try again.</p>"
+            return HTMLResponse(_static("login.html").replace("<!--error-->", wrong), status_code=401)
         return HTMLResponse(_static("login.html"))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "index": str(service.config.index_dir)})
+        return JSONResponse({"status": "ok"})  # nothing about the index: it needs no token
 
     async def ready(request: Request) -> Response:
         ok, reason = service.readiness()
@@ -147,21 +198,39 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
 
     async def search(request: Request) -> Response:
         started = time.perf_counter()
-        queries, k, single, mode = _queries(await _json_body(request, max_body_bytes), service)
-        answer = await asyncio.wrap_future(service.search(queries, k, mode))
+        notices: list[str] = []
+        data = await _json_body(request, max_body_bytes)
+        queries, k, single, mode = _queries(data, service, notices)
+        with_text = data.get("text", False)  # the pages' text, only when asked for
+        if not isinstance(with_text, bool):
+            raise ClientError("'text' must be true or false.")
+        cost = estimate(queries, k, mode, service.pages, admission.limits)
+        if (too_large := cost.refusal(admission.limits, len(queries), k)) is not None:
+            raise ClientError(too_large, 413)
+        with admission.hold(cost.work) as admitted:
+            if not admitted:
+                raise ClientError("The server is busy with other searches; try again in a moment.", 429,
+                                  {"Retry-After": "2"})
+            answer = await asyncio.wrap_future(service.search(queries, k, mode))
+        texts = {}
+        if with_text:
+            pairs = [(h.doc_hash, h.page) for hits in answer.hits for h in hits]
+            texts = await asyncio.wrap_future(service.page_texts(pairs))
         results = [{"query": q, "hits": [
             {"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
-             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png"}
+             "signals": dict(h.signals), "image": f"/pages/{h.doc_hash}/{h.page}.png",
+             **({"text": texts.get((h.doc_hash, h.page), "")} if with_text else {})}
             for n, h in enumerate(hits, 1)]}
             for q, hits in zip(queries, answer.hits, strict=True)]
         seconds = time.perf_counter() - started
         metrics.queries.inc(len(queries))
         metrics.latency.observe(seconds)
         body: dict[str, Any] = {
-            "model": answer.model, "device": answer.device, "mode": answer.mode, "ms": round(seconds * 1000, 2),
+            "model": answer.model, "text_model": service.text_model, "device": answer.device, "mode": answer.mode,
+            "ms": round(seconds * 1000, 2),
             "compute_ms": round(answer.compute_ms, 2), "batch_queries": answer.batch_queries,
             "model_load_ms": None if answer.model_load_ms is None else round(answer.model_load_ms, 1),
-            "pages_searched": service.pages, "notices": answer.notices, "results": results,
+            "pages_searched": service.pages, "notices": notices + answer.notices, "results": results,
         }
         if single:
             body["query"], body["hits"] = results[0]["query"], results[0]["hits"]
@@ -185,24 +254,17 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         if (not isinstance(doc_hash, str) or not isinstance(page, int) or isinstance(page, bool)
                 or not isinstance(query, str) or not query.strip()):
             raise ClientError("Give 'doc_hash' (string), 'page' (integer) and 'query' (a non-empty string).")
-        if len(query) > service.config.max_query_chars:
-            raise ClientError(f"The query is longer than {service.config.max_query_chars:,} characters.", 413)
-        return JSONResponse(await asyncio.wrap_future(service.heatmap(doc_hash, page, query.strip())))
-
-    async def client_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ClientError | PageUnavailable)
-        return _error(exc.status, str(exc))
+        text = _query(query, service.config.max_query_chars, [])
+        return JSONResponse(await asyncio.wrap_future(service.heatmap(doc_hash, page, text)))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, str(exc.detail))
 
-    async def internal(request: Request, exc: Exception) -> Response:
-        logger.opt(exception=exc).error("Internal error on {}", request.url.path)
-        return _error(500, f"Internal error ({type(exc).__name__}); see the server's log.")
-
-    async def ragged_error(request: Request, exc: Exception) -> Response:  # ServiceUnavailable included
-        return _error(503, str(exc))
+    async def ragged_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RaggedError)
+        headers = exc.headers if isinstance(exc, ServeError) else None
+        return _error(http_status(exc), str(exc), headers)  # the request's fault (4xx) or the server's (503), by kind
 
     routes = [
         Route("/", index),
@@ -216,9 +278,10 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_Guard, token=token, max_body=max_body_bytes)],
+        middleware=[Middleware(BrowserGuard, hosts=hosts or HostPolicy(),
+                               csp=content_security_policy([_static("index.html"), _static("login.html")])),
+                    Middleware(_Guard, token=token, max_body=max_body_bytes), Middleware(_CatchAll)],
         exception_handlers={
-            ClientError: client_error, PageUnavailable: client_error,
-            HTTPException: http_error, RaggedError: ragged_error, Exception: internal,
+            HTTPException: http_error, RaggedError: ragged_error,
         },
     )

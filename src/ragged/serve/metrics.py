@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ragged.gpu.model_manager import ModelEvent
-from ragged.gpu.oom_handler import RecoveryStrategy
+from ragged.gpu.stats import RecoveryStrategy
 from ragged.serve.service import SearchService
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -32,16 +32,22 @@ class _Live(Collector):
         pages.add_metric([], s.pages)
         yield pages
         resident = GaugeMetricFamily("ragged_resident_bytes", "Memory of the resident page vectors.", labels=["form"])
+        chosen = GaugeMetricFamily("ragged_resident_form", "1 for the form the page vectors are searched in, "
+                                   "with the form the memory policy chose, one being loaded, and why.",
+                                   labels=["form", "chosen", "loading", "reason"])
         if s.resident is not None:
             resident.add_metric([s.resident.form], s.resident.memory_bytes)
+            chosen.add_metric([s.resident.form, s.resident.choice.form, s.resident.loading or "",
+                               s.resident.choice.reason], 1)
         yield resident
+        yield chosen
         failures = CounterMetricFamily("ragged_search_failures", "Searches answered with an error.")
         failures.add_metric([], s.failures_total)
         yield failures
         recoveries = CounterMetricFamily("ragged_oom_recoveries", "Out-of-memory recoveries, by strategy.",
                                          labels=["strategy"])
         ooms = CounterMetricFamily("ragged_ooms", "Out-of-memory errors met (recovered or not).")
-        stats = s.oom_handler.stats if s.oom_handler is not None else None
+        stats = s.runtime.oom_handler.stats if s.runtime is not None else None
         for strategy in RecoveryStrategy:
             recoveries.add_metric([strategy.value], stats.recoveries.get(strategy, 0) if stats else 0)
         ooms.add_metric([], stats.ooms if stats else 0)
@@ -49,7 +55,8 @@ class _Live(Collector):
         yield ooms
         events = CounterMetricFamily("ragged_model_events", "Model loads and unloads, by kind.", labels=["event"])
         for event in ModelEvent:
-            events.add_metric([event.value], s.models.counts.get(event, 0) if s.models is not None else 0)
+            events.add_metric([event.value], s.runtime.model_manager.counts.get(event, 0) if s.runtime is not None
+                              else 0)
         yield events
         loaded = GaugeMetricFamily("ragged_model_loaded", "1 while the query model is in memory.")
         loaded.add_metric([], 1 if s.embedder is not None and s.embedder.job.loaded else 0)

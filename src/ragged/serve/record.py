@@ -1,13 +1,23 @@
 """The address record a running server leaves in its index folder, so that
-``ragged search`` finds it; a record whose process is gone is ignored."""
+``ragged search`` finds it; a record whose process is gone is ignored.
+
+Anyone who can write to the index folder can plant a record, so a record
+is trusted only when it names a loopback address whose port is listened
+on by the recorded process, and that process belongs to this user
+(:func:`untrusted`); ``ragged search`` sends the token to nothing else.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
+import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from loguru import logger
 
 from ragged.errors import IndexStoreError
 from ragged.index.files import atomic_write
@@ -56,6 +66,58 @@ def read_record(index_dir: Path) -> ServerRecord | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record if record.alive else None
+
+
+def _loopback(name: str | None) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return name is not None and ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def untrusted(record: ServerRecord) -> str | None:
+    """Why a client must not talk to the server ``record`` names (None: it may):
+    its URL must be ``http://`` on a loopback address, and the recorded
+    process must be this user's and listen on that port."""
+    import psutil
+
+    try:
+        parts = urllib.parse.urlsplit(record.url)
+        port = parts.port
+    except ValueError:
+        return f"its address {record.url!r} is not a URL"
+    if parts.scheme != "http" or port is None or not _loopback(parts.hostname):
+        return f"its address {record.url!r} is not http:// on this machine's loopback"
+    try:
+        process = psutil.Process(record.pid)
+        if hasattr(os, "getuid") and process.uids().real != os.getuid():
+            return f"its process {record.pid} belongs to another user"
+        connections = getattr(process, "net_connections", None) or process.connections
+        listening = any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                        for c in connections(kind="inet"))
+    except psutil.NoSuchProcess:
+        return f"its process {record.pid} is gone"
+    except (psutil.Error, OSError) as exc:
+        return f"its process {record.pid} cannot be checked ({type(exc).__name__})"
+    return None if listening else f"its process {record.pid} does not listen on port {port}"
+
+
+def trusted_url(index_dir: Path) -> str | None:
+    """The URL of the index's recorded server when the record can be trusted
+    (see :func:`untrusted`); a record naming another machine is reported, a
+    stale one not."""
+    record = read_record(index_dir)
+    if record is None:
+        return None
+    why = untrusted(record)
+    if why is None:
+        return record.url
+    planted = "loopback" in why  # no ragged server writes that; a stale record is not worth a line
+    (logger.warning if planted else logger.debug)("Ignoring {}: {}; searching in this process.",
+                                                  index_dir / RECORD, why)
+    return None
 
 
 def remove_record(index_dir: Path) -> None:

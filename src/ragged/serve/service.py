@@ -9,9 +9,12 @@ recovery engine as ingest: a batch that runs out of memory is split, and a
 request that cannot be answered fails alone, so no request is dropped or
 answered with another's hits.
 
-The model is held by a :class:`~ragged.gpu.model_manager.ModelManager` with
-an idle timeout: unloaded when no query came for a while (its memory
-returned), loaded again by the next query, which says so in its timing.
+The service is an entry point: it builds the one
+:class:`~ragged.gpu.runtime.Runtime` of the server, whose model manager has
+an idle timeout: a model is unloaded when no query came for a while (its
+memory returned), loaded again by the next query, which says so in its
+timing. Each pass returns its hits and notices as values; nothing of one
+request is kept on the service for another to read.
 """
 
 from __future__ import annotations
@@ -30,19 +33,20 @@ import numpy as np
 from loguru import logger
 
 from ragged.embeddings.colpali_embedder import ColPaliEmbedder
-from ragged.errors import RaggedError
-from ragged.gpu import ItemFailure, ModelManager, OOMHandler
-from ragged.gpu.batch_runner import BatchRunner
+from ragged.errors import PageUnavailable, RaggedError, ServiceUnavailable
+from ragged.gpu.batch_runner import BatchRunner, ItemFailure
 from ragged.gpu.policy import MemoryPolicy
+from ragged.gpu.runtime import Runtime
 from ragged.gpu.types import DeviceInfo
-from ragged.index.engine import QueryEngine
-from ragged.index.maxsim import maxsim_scores
 from ragged.index.resident import ResidentIndex
 from ragged.index.results import SearchHit
-from ragged.index.retrieval import Mode
 from ragged.index.store import IndexStore
+from ragged.multivector.maxsim import maxsim_scores
+from ragged.query.engine import QueryEngine
+from ragged.query.modes import Mode
 from ragged.serve.heatmap import heatmap
-from ragged.serve.pages import PageRenderer, PageUnavailable
+from ragged.serve.pages import PageRenderer
+from ragged.serve.query_words import words_of
 from ragged.text.embedder import TextEmbedder
 
 T = TypeVar("T")
@@ -80,8 +84,12 @@ class Answer:
     mode: str = "vision"
 
 
-class ServiceUnavailable(RaggedError):
-    """The service cannot answer now (503)."""
+@dataclass(frozen=True)
+class _Passed:
+    """One request's part of a pass."""
+
+    hits: list[list[SearchHit]]
+    notices: tuple[str, ...]
 
 
 @dataclass
@@ -100,14 +108,12 @@ class SearchService:
         self.store = IndexStore.open(config.index_dir)
         assert self.store.meta is not None
         self.model_name = self.store.meta.model
-        self.oom_handler: OOMHandler | None = None
-        self.models: ModelManager | None = None
+        self.runtime: Runtime | None = None
         self.embedder: ColPaliEmbedder | None = None
         self.resident: ResidentIndex | None = None
         self.engine: QueryEngine | None = None
         self.device: DeviceInfo | None = None  # where the vectors are searched (the vision model's device)
         self.start_error: str | None = None  # why the index could not be loaded
-        self._notices: list[str] = []  # notices of the pass being answered
         self.text_embedder: TextEmbedder | None = None
         self.renderer = PageRenderer(config.index_dir)
         self.model_error: str | None = None
@@ -131,30 +137,25 @@ class SearchService:
         self._refresher.start()
 
     def _start(self) -> None:
-        from ragged.gpu import default_device_manager
-
-        manager = default_device_manager()
-        self.oom_handler = OOMHandler(manager)
-        self.models = ModelManager(manager, idle_timeout_s=self.config.idle_unload_s, policy=self.config.policy)
+        self.runtime = runtime = Runtime(policy=self.config.policy, idle_timeout_s=self.config.idle_unload_s)
         if self.config.idle_unload_s:
-            self.models.start_reaper(interval_s=max(0.05, min(5.0, self.config.idle_unload_s / 4)))
+            runtime.model_manager.start_reaper(interval_s=max(0.05, min(5.0, self.config.idle_unload_s / 4)))
         with suppress(ServiceUnavailable):  # not ready, and /ready says why; a later search tries again
             self._load_model()
         try:
-            device = (self.embedder.device if self.embedder is not None
-                      else manager.get_optimal_device(self.config.device))
-            self.resident = ResidentIndex(self.store, device, manager, self.config.policy)
+            device = self.embedder.device if self.embedder is not None else runtime.device(self.config.device)
+            self.resident = ResidentIndex(self.store, device, runtime.device_manager, self.config.policy)
         except Exception as exc:  # a damaged index: not ready, and /ready and every search say why
             self.start_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             logger.error("The index could not be loaded: {}", self.start_error)
             return
         self.device = device
         self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
-                                  self._text if self.has_text else None, manager, self.config.policy,
-                                  self.oom_handler)
-        logger.info("Serving {} pages of {} with {} on {} ({} resident: {:.0f} MiB)", len(self.resident.catalog.pages),
-                    self.config.index_dir, self.model_name, device.label, self.resident.form,
-                    self.resident.memory_bytes / 2**20)
+                                  self._text if self.has_text else None, runtime)
+        loading = f"; loading {self.resident.loading} in the background" if self.resident.loading else ""
+        logger.info("Serving {} pages of {} with {} on {} (vectors {}: {:.0f} MiB{}; {})",
+                    len(self.resident.catalog.pages), self.config.index_dir, self.model_name, device.label,
+                    self.resident.form, self.resident.memory_bytes / 2**20, loading, self.resident.choice.reason)
 
     def _load_model(self) -> float | None:
         """Load the model if it is not held; the milliseconds it took, or None."""
@@ -163,10 +164,9 @@ class SearchService:
         started = time.perf_counter()
         try:
             if self.embedder is None:
-                assert self.models is not None
+                assert self.runtime is not None
                 self.embedder = ColPaliEmbedder(self.model_name, device=self.config.device,
-                                                cache_dir=self.config.cache_dir, model_manager=self.models,
-                                                policy=self.config.policy, oom_handler=self.oom_handler)
+                                                cache_dir=self.config.cache_dir, runtime=self.runtime)
             else:
                 self.embedder.job.model()
         except RaggedError as exc:
@@ -179,8 +179,13 @@ class SearchService:
     @property
     def has_text(self) -> bool:
         """True when the index has a text side (text, keyword and hybrid modes)."""
+        return self.text_model is not None
+
+    @property
+    def text_model(self) -> str | None:
+        """The index's text model (None: it has no text side)."""
         meta = self.resident.store.meta if self.resident is not None else self.store.meta
-        return meta is not None and meta.text_model is not None
+        return meta.text_model if meta is not None else None
 
     def _vision(self) -> ColPaliEmbedder:
         self._load_model()
@@ -189,11 +194,10 @@ class SearchService:
 
     def _text(self) -> TextEmbedder:
         if self.text_embedder is None:
-            meta = self.store.meta
-            assert meta is not None and meta.text_model is not None and self.models is not None
+            meta = self.resident.store.meta if self.resident is not None else self.store.meta
+            assert meta is not None and meta.text_model is not None and self.runtime is not None
             self.text_embedder = TextEmbedder(meta.text_model, self.config.device, cache_dir=self.config.cache_dir,
-                                              device_manager=self.models.manager, model_manager=self.models,
-                                              policy=self.config.policy, oom_handler=self.oom_handler)
+                                              runtime=self.runtime)
         return self.text_embedder
 
     def _refresh_loop(self) -> None:
@@ -208,6 +212,7 @@ class SearchService:
             return False
         if self.engine is not None:
             self.engine.refresh(self.resident.store)
+            self.engine.text = self._text if self.has_text else None  # a text side added by a later ingest
         return True
 
     def close(self) -> None:
@@ -222,8 +227,8 @@ class SearchService:
             self.embedder.close()
         if self.text_embedder is not None:
             self.text_embedder.close()
-        if self.models is not None:
-            self.models.close()
+        if self.runtime is not None:
+            self.runtime.close()
 
     def _run(self, fn: Callable[[], T]) -> Future[T]:
         return self._worker.submit(fn)
@@ -275,7 +280,7 @@ class SearchService:
 
     def _answer(self, group: list[_Request]) -> None:
         started = time.perf_counter()
-        if self.engine is None or self.device is None or self.oom_handler is None:
+        if self.engine is None or self.device is None or self.runtime is None:
             self._fail(group, ServiceUnavailable(self.readiness()[1]))
             return
         load_ms = None
@@ -287,9 +292,8 @@ class SearchService:
                 group = [r for r in group if r.mode not in VISION_MODES]
                 if not group:
                     return
-        self._notices = []
-        runner: BatchRunner[list[list[SearchHit]]] = BatchRunner(
-            self.device, None, self.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
+        runner: BatchRunner[_Passed] = BatchRunner(
+            self.device, None, self.runtime.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
             cpu_fallback=False,  # a pass places its own parts (query embedding, scoring), each with its own recovery
         )
         costs = [sum(len(q) for q in r.queries) for r in group]
@@ -302,7 +306,6 @@ class SearchService:
             return
         seconds = time.perf_counter() - started
         queries = sum(len(r.queries) for r in group)
-        notices = list(dict.fromkeys(self._notices))
         if self.on_batch is not None:
             self.on_batch(queries)
         for request, result in zip(group, results, strict=True):
@@ -310,22 +313,23 @@ class SearchService:
                 self._fail([request], ServiceUnavailable(result.reason))
                 continue
             self._outcomes.append(True)
-            request.future.set_result(Answer(result, self.model_name, self.device.label, queries,
-                                             seconds * 1000, load_ms, list(notices), request.mode.value))
+            request.future.set_result(Answer(result.hits, self.model_name, self.device.label, queries,
+                                             seconds * 1000, load_ms, list(result.notices), request.mode.value))
 
-    def _pass(self, requests: list[_Request]) -> list[list[list[SearchHit]]]:
+    def _pass(self, requests: list[_Request]) -> list[_Passed]:
         """Embed the queries of ``requests`` together and score them in one pass
-        (one pass per mode asked for)."""
+        (one pass per mode asked for); each request's hits and notices."""
         assert self.engine is not None
-        answers: dict[int, list[list[SearchHit]]] = {}
+        answers: dict[int, _Passed] = {}
         for mode in {r.mode for r in requests}:
             group = [(n, r) for n, r in enumerate(requests) if r.mode is mode]
             texts = [q for _, r in group for q in r.queries]
-            hits = self.engine.answer(texts, max(r.k for _, r in group), mode)
-            self._notices.extend(self.engine.notices)
+            answer = self.engine.answer(texts, max(r.k for _, r in group), mode)
             at = 0
             for n, request in group:
-                answers[n] = [h[: request.k] for h in hits[at : at + len(request.queries)]]
+                mine = [h[: request.k] for h in answer.hits[at : at + len(request.queries)]]
+                notices = [text for per_query in answer.notices[at : at + len(request.queries)] for text in per_query]
+                answers[n] = _Passed(mine, tuple(dict.fromkeys(notices)))
                 at += len(request.queries)
         return [answers[n] for n in range(len(requests))]
 
@@ -344,6 +348,15 @@ class SearchService:
             raise ServiceUnavailable(self.readiness()[1])
         return self.renderer.png(self.resident.catalog, doc_hash, page, width)
 
+    def page_texts(self, pairs: list[tuple[str, int]]) -> Future[dict[tuple[str, int], str]]:
+        """The stored text of these pages (on the worker, like every read of the index)."""
+        def read() -> dict[tuple[str, int], str]:
+            if self.resident is None:
+                raise ServiceUnavailable(self.readiness()[1])
+            return self.resident.store.page_texts(pairs)
+
+        return self._run(read)
+
     def heatmap(self, doc_hash: str, page: int, query: str) -> Future[dict[str, Any]]:
         """The MaxSim heat-map of ``query`` over one page (on the worker)."""
         return self._run(lambda: self._heatmap(doc_hash, page, query))
@@ -357,10 +370,8 @@ class SearchService:
                                   "before ragged stored them).", 404)
         embedder = self._vision()
         vectors = embedder.embed_queries([query])[0]  # (tokens, dim)
-        tokens, special = embedder.query_tokens(query)
-        if len(tokens) != len(vectors):
-            tokens = [f"#{i}" for i in range(len(vectors))]
+        words = words_of(embedder, query, len(vectors))
         page_vectors = np.asarray(self.resident.store.page_vectors(doc_hash, page))  # (n, dim)
-        result = heatmap(vectors, tokens, special, page_vectors, record.grid).to_dict()
+        result = heatmap(vectors, words, page_vectors, record.grid).to_dict()
         result["score"] = float(maxsim_scores([vectors], [page_vectors])[0, 0])  # what search gives this page
         return result

@@ -1,8 +1,8 @@
-"""Device backends and the one list that fixes detection order.
+"""Device backends: one file per kind, registered in :mod:`ragged.gpu.registry`.
 
-A new kind of device is one backend file here plus its line in
-:func:`default_backends` (and a :class:`~ragged.gpu.types.DeviceType`
-member); nothing above the seam changes.
+A new kind of device is one backend file (here or in any package) plus one
+:func:`~ragged.gpu.registry.register_backend` call; nothing above the seam
+changes. The detection order is the registry's priority order.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from ragged.gpu.backends.cuda import CUDABackend
 from ragged.gpu.backends.mps import MPSBackend
 from ragged.gpu.backends.rocm import ROCmBackend
 from ragged.gpu.backends.xpu import XPUBackend
+from ragged.gpu.registry import build_backends
 
 
 def default_backends() -> list[DeviceBackend]:
-    """Backends in auto-selection priority: CUDA (NVIDIA or ROCm), XPU, MPS, CPU.
+    """Every registered backend, in auto-selection priority (by default CUDA
+    on NVIDIA, CUDA on ROCm, XPU, MPS, CPU).
 
     NVIDIA and ROCm both answer for ``cuda`` devices; a torch build is one or
     the other, and only the matching backend reports itself available.
     """
-    return [CUDABackend(), ROCmBackend(), XPUBackend(), MPSBackend(), CPUBackend()]
+    return build_backends()
 
 
 __all__ = [

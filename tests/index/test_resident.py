@@ -1,0 +1,150 @@
+"""The resident copy: the form the memory policy allows, hysteresis, atomic refresh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragged.errors import IndexStoreError
+from ragged.gpu import DeviceManager
+from ragged.index.resident import ENTER_SHARE, RESIDENT_SHARE, ResidentIndex, choose_form
+from ragged.index.store import IndexStore
+from tests.fakes import cpu_searcher
+
+DIM = 8
+MODEL = "org/model"
+MiB = 2**20
+
+
+def doc(n: int) -> str:
+    return f"{n:064x}"
+
+
+def pages(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(n)
+    return [rng.standard_normal((6, DIM)).astype(np.float32) for _ in range(2)]
+
+
+def cpu():  # type: ignore[no-untyped-def]
+    return DeviceManager().cpu()
+
+
+def test_forms_in_order_with_hysteresis() -> None:
+    vectors = 1_000_000  # f32: 30.5 MiB at width 8; fp16: 15.3 MiB
+    f32, fp16 = vectors * DIM * 4, vectors * DIM * 2
+    allowance = lambda need: int(need / RESIDENT_SHARE)  # noqa: E731  (a budget whose allowance is exactly need)
+    assert choose_form(vectors, DIM, cpu(), allowance(f32) * 2, "streamed").form == "f32 in RAM"
+    # Just under the limit: kept when already held, not taken when coming from another form.
+    budget = int(allowance(f32) * 1.05)
+    assert choose_form(vectors, DIM, cpu(), budget, "f32 in RAM").form == "f32 in RAM"
+    assert choose_form(vectors, DIM, cpu(), budget, "fp16 in RAM").form == "fp16 in RAM"
+    # f32 does not fit: fp16 in RAM, which says why.
+    choice = choose_form(vectors, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8, "f32 in RAM")
+    assert choice.form == "fp16 in RAM" and choice.element_bytes == 2
+    # Neither: streamed, with both needs named.
+    choice = choose_form(vectors, DIM, cpu(), allowance(fp16) // 2, "fp16 in RAM")
+    assert choice.form == "streamed" and "f32 in RAM would need" in choice.reason and "fp16" in choice.reason
+    assert choose_form(vectors, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8, "streamed").form == "fp16 in RAM"
+    assert choose_form(vectors, DIM, cpu(), None, "f32 in RAM").form == "streamed"
+
+
+def test_the_resident_copy_is_not_counted_against_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget read while the copy is held counts the copy as used; with it
+    counted, every other refresh would flip resident and streamed."""
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(1), "/d/1.pdf", pages(1))
+    need = 12 * DIM * 4
+    held = {"bytes": 0}
+    free = int(need / RESIDENT_SHARE / ENTER_SHARE) + 64  # fits, with the margin, when nothing is held
+
+    def budget(self: object, info: object) -> int:
+        return free - held["bytes"]  # what is in use includes the resident copy
+
+    monkeypatch.setattr("ragged.gpu.policy.MemoryPolicy.batch_budget", budget)
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    forms = [resident.form]
+    for n in range(2, 6):
+        held["bytes"] = resident.memory_bytes
+        with IndexStore.open_for_writing(index, MODEL) as store:
+            store.add_document(doc(n), f"/d/{n}.pdf", [np.ones((1, DIM), np.float32)])
+        resident.refresh()
+        forms.append(resident.form)
+    assert forms == ["f32 in RAM"] * 5
+
+
+def test_streams_while_loading_then_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        for n in (1, 2):
+            store.add_document(doc(n), f"/d/{n}.pdf", pages(n))
+    gate = __import__("threading").Event()
+    real = ResidentIndex._load
+
+    def slow(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        gate.wait(10)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResidentIndex, "_load", slow)
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager())
+    assert resident.form == "streamed" and resident.loading == "f32 in RAM"  # ready at once
+    query = [np.ones((3, DIM), np.float32)]
+    streamed = cpu_searcher(resident).score_all(query)
+    gate.set()
+    for _ in range(100):
+        if resident.refresh():
+            break
+        __import__("time").sleep(0.05)
+    assert resident.form == "f32 in RAM" and resident.memory_bytes == 24 * DIM * 4
+    np.testing.assert_allclose(cpu_searcher(resident).score_all(query), streamed, rtol=1e-6)
+    resident.release()
+
+
+def test_refresh_is_atomic_and_sees_a_later_text_side(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(1), "/d/1.pdf", pages(1))
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    before = (resident.version, resident.catalog, resident.store)
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(2), "/d/2.pdf", pages(2))
+        store.set_text_model("all-MiniLM-L6-v2", 384)
+
+    def broken(self: IndexStore) -> None:
+        raise IndexStoreError("the index is damaged: reading failed")
+
+    monkeypatch.setattr(IndexStore, "catalog", broken)
+    with pytest.raises(IndexStoreError):
+        resident.refresh()
+    assert (resident.version, resident.catalog, resident.store) == before  # nothing half-switched
+    monkeypatch.undo()
+    assert resident.refresh()  # the same commits read again
+    assert resident.catalog.documents == [doc(1), doc(2)]
+    assert resident.store.meta is not None and resident.store.meta.text_model == "all-MiniLM-L6-v2"
+    assert json.loads((index / "ragged-index.json").read_text())["text_model"] == "all-MiniLM-L6-v2"
+    resident.release()
+
+
+
+def test_refresh_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's look for new commits costs the change: the catalog's
+    snapshot is read once, then only the log lines appended since."""
+    from ragged.index.catalog_log import CatalogReader
+
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(1), "/d/1.pdf", pages(1))
+    loads: list[CatalogReader] = []
+    real = CatalogReader._load
+    monkeypatch.setattr(CatalogReader, "_load", lambda self, g: (loads.append(self), real(self, g))[1])
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    for n in range(2, 5):
+        with IndexStore.open_for_writing(index, MODEL) as store:
+            store.add_document(doc(n), f"/d/{n}.pdf", pages(n))
+        assert resident.refresh()
+    assert resident.catalog.documents == [doc(n) for n in range(1, 5)]
+    assert loads.count(resident._reader) == 1  # the snapshot once; three commits read as appended lines
+    resident.release()
