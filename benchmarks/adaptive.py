@@ -6,9 +6,11 @@ For each model and condition this runs the comparison behind
 ``ragged gpu benchmark`` (:func:`ragged.cli.sweep.run_sweep`): fixed batches
 1, 2, 4, ... and two adaptive runs, each warmed up once (left out), then
 interleaved round-robin over ``--rounds`` rounds; medians of the rounds.
-"adaptive" keeps its sizer across rounds (as an ingest keeps it across
-documents); "new sizer" starts a fresh one every round, so its figure
-includes finding a size on ``--pages`` pages.
+"adaptive" keeps its sizer across rounds, as an ingest keeps it across
+documents, and learns over ``--learn-runs`` warm-up runs first: its figure
+is the steady state of a long ingest. "new sizer" starts a fresh one every
+round, so its figure includes finding a size on ``--pages`` pages: the cost
+of learning, as a short ingest pays it.
 
 The competing load is a busy loop on one core (pinned to core 0 where the
 system allows) in a child process that this script starts before the
@@ -82,10 +84,10 @@ def measure(model: str, condition: str, args: argparse.Namespace) -> Result:
     if condition == "loaded":
         with competing_load(args.load_limit):
             sweep = run_sweep(model, device, args.pages, args.max_batch, manager=manager, rounds=args.rounds,
-                              progress=note)
+                              learn_runs=args.learn_runs, progress=note)
     else:
         sweep = run_sweep(model, device, args.pages, args.max_batch, manager=manager, rounds=args.rounds,
-                          progress=note)
+                          learn_runs=args.learn_runs, progress=note)
     return Result(model, condition, sweep, time.perf_counter() - began)
 
 
@@ -124,6 +126,8 @@ def main() -> None:
     parser.add_argument("--conditions", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     parser.add_argument("--pages", type=int, default=64, help="pages per run (one call of the embedder)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds after the warm-up")
+    parser.add_argument("--learn-runs", type=int, default=4,
+                        help="warm-up runs of the kept adaptive sizer (the others warm up once)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--load-limit", type=float, default=1800.0,
@@ -138,7 +142,8 @@ def main() -> None:
         for condition in args.conditions:
             results.append(measure(model, condition, args))
             print_result(results[-1])  # as it comes: a long run that is stopped still leaves its figures
-    print(f"\n{args.pages} pages a run, median of {args.rounds} interleaved rounds after a warm-up; "
+    print(f"\n{args.pages} pages a run, median of {args.rounds} interleaved rounds after a warm-up "
+          f"(the kept adaptive sizer's: {args.learn_runs} runs); "
           f"{os.cpu_count()} CPUs; load: a busy loop on one core")
     print_table(HEADERS, [row(r) for r in results])
 

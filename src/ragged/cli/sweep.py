@@ -179,13 +179,15 @@ def _run_once(config: _Config, images: Sequence[Image.Image], *, timed: bool) ->
         config.rates.append(len(images) / seconds)
         config.sizes.append(tuple(report.batch_sizes))
     else:
-        config.warmup = tuple(report.batch_sizes)
+        config.warmup += tuple(report.batch_sizes)
 
 
 def run_sweep(model: str, device: DeviceInfo, pages: int, max_batch: int, *, manager: DeviceManager,
-              rounds: int = 5, progress: Callable[[str], None] | None = None) -> Sweep:
+              rounds: int = 5, learn_runs: int = 1, progress: Callable[[str], None] | None = None) -> Sweep:
     """Fixed batches 1, 2, 4, ... up to ``max_batch`` (no OOM recovery) and the
-    two adaptive runs, interleaved over ``rounds`` rounds after one warm-up each."""
+    two adaptive runs, interleaved over ``rounds`` rounds after one warm-up run
+    each; the kept adaptive sizer warms up over ``learn_runs`` runs (its
+    steady state, as an ingest past its first documents)."""
     images = synthetic_pages(pages)
     # One runtime holds the model; each fixed size measures through a twin without recovery and with an
     # engine of its own (an OOM is that size failing, and never clamps another size), the kept adaptive
@@ -202,7 +204,8 @@ def run_sweep(model: str, device: DeviceInfo, pages: int, max_batch: int, *, man
         configs += [_Config(ADAPTIVE, None, partial(embedder, None, runtime)),
                     _Config(FRESH, None, partial(embedder, None), fresh=True)]
         for config in configs:
-            _run_once(config, images, timed=False)
+            for _ in range(learn_runs if config.label == ADAPTIVE else 1):
+                _run_once(config, images, timed=False)
         for n in range(rounds):
             if progress is not None:
                 progress(f"round {n + 1} of {rounds}")
