@@ -35,8 +35,11 @@ works out. What it does:
   memory allows it again: a co-tenant's memory does not erase what was
   measured.
 - **Change.** The incumbent's recent median rate is compared with its
-  median when it was chosen; a shift beyond ``CHANGE`` (a co-tenant arrived
-  or left) makes both neighbours due at once, so a size that became slow is
+  median when it was chosen. A shift (a co-tenant arrived or left) beyond
+  ``CHANGE`` and beyond the noise of the two medians (``CHANGE_SIGMAS``
+  standard errors of their difference, from the samples' own spread: a busy
+  machine's samples swing by 30-50%, and a swing must not restart the
+  search) makes both neighbours due at once, so a size that became slow is
   left for a better one, smaller or larger.
 """
 
@@ -49,7 +52,16 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
-from ragged.gpu.throughput import SizeChoice, SizeRate, SizingRecord, Verdict, Why, compare
+from ragged.gpu.throughput import (
+    MAD_TO_SD,
+    MEDIAN_SE,
+    SizeChoice,
+    SizeRate,
+    SizingRecord,
+    Verdict,
+    Why,
+    compare,
+)
 
 PAIRS_FIRST = 3  # pairs before a probe may decide while the noise is not yet known
 PAIRS_MIN = 2  # once earlier probes have measured the noise
@@ -59,6 +71,7 @@ BACKOFF_START = 16  # batches before a neighbour that lost is tried again
 BACKOFF_MAX = 512  # the longest wait after repeated losses
 CHANGE = 0.25  # a shift of the incumbent's median rate by this share makes the neighbours due
 CHANGE_WINDOW = 5  # samples of the incumbent in its reference and in its recent median
+CHANGE_SIGMAS = 2.5  # and the shift must clear this many standard errors of the medians' difference
 CLAMP_STREAK = 4  # consecutive batches held below the incumbent by memory before it moves there
 RATE_WINDOW = 16  # recent samples kept per size for the record
 NOISE_WINDOW = 40  # deviations of past probes' ratios kept to estimate the noise
@@ -253,7 +266,7 @@ class SizeSearch:
         if len(self._recent) < CHANGE_WINDOW:
             return
         before, now = statistics.median(self._reference), statistics.median(self._recent)
-        if abs(math.log(now / before)) <= math.log1p(CHANGE):
+        if abs(math.log(now / before)) <= max(math.log1p(CHANGE), CHANGE_SIGMAS * self._shift_error()):
             return
         logger.debug("{}: batch {}: size {} went from {:,.0f} to {:,.0f} load/s; neighbours due now", self.name,
                      self.batches, self.incumbent, before, now)
@@ -261,6 +274,17 @@ class SizeSearch:
             wait.due = min(wait.due, self.batches)
         self._reference.clear()
         self._recent.clear()
+
+    def _shift_error(self) -> float:
+        """Standard error of the difference of the two log-rate medians, from
+        the samples' own spread (MAD about each window's median, pooled)."""
+        deviations = []
+        for window in (self._reference, self._recent):
+            logs = [math.log(x) for x in window]
+            mid = statistics.median(logs)
+            deviations.extend(abs(x - mid) for x in logs)
+        sd = MAD_TO_SD * statistics.median(deviations)
+        return math.sqrt(2) * MEDIAN_SE * sd / math.sqrt(CHANGE_WINDOW)
 
     def _choose(self, size: int, why: Why) -> None:
         if why is Why.MEMORY:
