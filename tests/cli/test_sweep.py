@@ -39,6 +39,15 @@ def test_median_spread_best_and_ratio() -> None:
     assert SweepRow("fixed 32", 32, (), None, 1).pages_per_second == 0.0  # ran out of memory: no rounds
 
 
+def test_ratio_pairs_the_rounds() -> None:
+    # Round 3 ran while another process took the machine: both slowed. Pairing rounds cancels that out
+    # (ratios 0.9, 0.967, 0.5: median 0.9); the ratio of the medians (10 / 20) would not.
+    rows = [SweepRow("fixed 8", 8, (10.0, 30.0, 20.0), None, 0), SweepRow(ADAPTIVE, None, (9.0, 29.0, 10.0), None, 0)]
+    assert Sweep(rows).ratio(ADAPTIVE) == pytest.approx(0.9)
+    uneven = [rows[0], SweepRow(ADAPTIVE, None, (9.0, 29.0), None, 0)]  # rounds that do not pair: medians
+    assert Sweep(uneven).ratio(ADAPTIVE) == pytest.approx(19.0 / 20.0)
+
+
 def test_chart_labels_sizes_as_integers_and_shows_adaptive_on_both_panels(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     from ragged.cli.sweep import plot_sweep, sweep_figure

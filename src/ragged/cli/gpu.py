@@ -214,7 +214,8 @@ def _print_sweep(sweep: Sweep, title: str) -> None:
         table.add_column(column)
     for r in sweep.rows:
         low, high = r.spread
-        ratio = f"{r.pages_per_second / best.pages_per_second:.2f}" if best and best.pages_per_second else "-"
+        paired = sweep.ratio(r.label) if best is not None else None  # the median of per-round ratios
+        ratio = f"{paired:.2f}" if paired is not None else "-"
         table.add_row(r.label, f"{r.pages_per_second:.2f}", f"{low:.2f}-{high:.2f}", ratio, gib(r.peak_bytes),
                       str(r.ooms))
     out.print(table)

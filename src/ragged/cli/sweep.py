@@ -106,10 +106,15 @@ class Sweep:
         return next((r for r in self.rows if r.label == label), None)
 
     def ratio(self, label: str) -> float | None:
-        """Median of ``label`` over the best fixed batch's median."""
+        """``label`` against the best fixed batch: the median over rounds of
+        their ratio within each round (both ran minutes apart at most, so a
+        change in the machine's load between rounds cancels out), or the
+        ratio of their medians where their rounds do not pair up."""
         best, row = self.best_fixed, self.row(label)
         if best is None or row is None or best.pages_per_second <= 0:
             return None
+        if len(row.rates) == len(best.rates) and all(r > 0 for r in best.rates):
+            return statistics.median(a / b for a, b in zip(row.rates, best.rates, strict=True))
         return row.pages_per_second / best.pages_per_second
 
 
