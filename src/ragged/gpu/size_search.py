@@ -278,7 +278,7 @@ class SizeSearch:
     def _shift_error(self) -> float:
         """Standard error of the difference of the two log-rate medians, from
         the samples' own spread (MAD about each window's median, pooled)."""
-        deviations = []
+        deviations: list[float] = []
         for window in (self._reference, self._recent):
             logs = [math.log(x) for x in window]
             mid = statistics.median(logs)
