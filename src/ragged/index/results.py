@@ -37,12 +37,14 @@ class SearchResult:
     notices: list[str] = field(default_factory=list)
     mode: str = "vision"
     reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this search (none: no model needed)
+    pages_scored: int | None = None  # pages whose vectors were scored exactly (None: no image search ran)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {
             "query": self.query, "model": self.model, "device": self.device, "mode": self.mode,
-            "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
+            "pages_searched": self.pages_searched, "pages_scored": self.pages_scored,
+            "seconds": round(self.seconds, 3),
             "notices": list(self.notices),
             "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
                       "signals": dict(h.signals)} for n, h in enumerate(self.hits, 1)],
