@@ -97,7 +97,7 @@ def test_two_workers_build_the_same_index_as_one_process(cluster: None, corpus: 
 
 @pytest.mark.parametrize("workers", [2, 1])  # one: the lost batch goes back to the same worker, restarted
 def test_a_worker_killed_mid_run_loses_nothing(cluster: None, corpus: Path, model_cache: Path,
-                                               tmp_path: Path, workers: int) -> None:
+                                               tmp_path: Path, workers: int, capfd: pytest.CaptureFixture[str]) -> None:
     pids: dict[str, int] = {}
     sent: list[str] = []
 
@@ -116,6 +116,9 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster: None, corpus: Path, mode
     pages = stored(index)
     assert len(pages) == 26 and all(n == 1 for n in pages.values())
     assert report.pages_added == 26 and not report.problems
+    time.sleep(2)  # Ray's error listener prints from its own thread
+    out = capfd.readouterr().out
+    assert "worker died" not in out.lower() and "\x1b[" not in out  # Ray's raw raylet lines stay off stdout
 
 
 class OOMWorker(EmbedWorker):

@@ -206,7 +206,8 @@ def test_heatmap_for_a_colpali_page(client: TestClient) -> None:
     body = response.json()
     assert (body["rows"], body["cols"]) == (32, 32) and len(body["overall"]) == 1024
     assert all(0.0 <= v <= 1.0 for v in body["overall"]) and max(body["overall"]) > 0
-    assert body["tokens"] and all(len(t["values"]) == 1024 for t in body["tokens"])
+    assert [w["text"] for w in body["words"]] == ["quarterly", "revenue"]  # words, not pieces; no prompt
+    assert all(len(w["values"]) == 1024 for w in body["words"])
     assert abs(body["score"] - hit["score"]) < 1e-2  # the same MaxSim the search gave
     bad = client.post("/heatmap", json={"doc_hash": hit["doc_hash"], "page": 99, "query": "x"})
     assert bad.status_code == 404

@@ -231,7 +231,7 @@ def test_surrogates_in_several_queries_and_in_the_heatmap(client: TestClient) ->
     heat = client.post("/heatmap", content=json.dumps({"doc_hash": hit["doc_hash"], "page": hit["page"],
                                                        "query": "tart \ud800"}).encode(),
                        headers={"content-type": "application/json"})
-    assert heat.status_code == 200 and heat.json()["tokens"]
+    assert heat.status_code == 200 and heat.json()["words"]
     for _ in range(3):
         assert client.post("/search", content=body, headers={"content-type": "application/json"}).status_code == 200
     assert client.get("/ready").status_code == 200

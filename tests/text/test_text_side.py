@@ -16,7 +16,7 @@ from ragged.errors import ConfigurationError
 from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, Runtime
 from ragged.index.store import IndexStore
 from ragged.ingest.pipeline import IngestOptions, ingest
-from ragged.query.searcher import search
+from ragged.query.searcher import Searcher, search
 from ragged.text.embedder import TextEmbedder
 from ragged.text.model import packaged_default
 from tests.fakes import FakeBackend, FakeCard, fake_cpu, oom_message
@@ -91,7 +91,16 @@ def test_hybrid_is_the_default_and_says_who_found_what(index: Path, model_cache:
     assert result.mode == "hybrid"
     top = result.hits[0]
     assert Path(top.path).name == "recipe-card.pdf" and {"vision", "text", "keyword"} <= set(top.signals)
-    assert abs(top.score - sum(1 / (60 + r) for r in top.signals.values())) < 1e-9
+    assert 0 < result.hits[1].score < top.score <= 1  # the fused score reads in [0, 1]
+
+
+def test_hybrid_does_not_listen_to_the_random_weight_vision_preset(index: Path, model_cache: Path) -> None:
+    with Searcher(index, cache_dir=model_cache) as searcher:
+        weights = searcher.engine.weights(searcher.source.catalog)  # learned by probing pages with their own words
+        assert weights.probes >= 4 and weights.vision < 0.5 <= weights.text
+        result = searcher.search("how much money did the firm bring in each quarter", k=3, mode="hybrid")
+    assert any("image ranking" in n for n in result.notices)
+    assert (index / ".cache" / "fusion-weights.json").is_file()  # the next process reads them back
 
 
 def test_an_oom_in_the_text_model_loses_no_passage(model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from ragged.cli.options import device_option, index_option, memory_target_option
 from ragged.cli.output import fail
 
 
-@click.command("mcp")
+@click.command("mcp", short_help="Serve the index to an assistant over MCP (stdio).")
 @index_option
 @device_option
 @memory_target_option

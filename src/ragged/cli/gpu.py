@@ -40,7 +40,7 @@ def gpu() -> None:
     """Devices, memory and batch sizes."""
 
 
-@gpu.command("list")
+@gpu.command("list", short_help="Every device and which one auto picks.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def list_devices(as_json: bool) -> None:
     """Every device, its memory, and which one auto-selection picks."""
@@ -73,7 +73,7 @@ def _processes(manager: DeviceManager, device: DeviceInfo) -> str:
     return ", ".join(f"{safe(p.name)} (pid {p.pid}) {gib(p.used_bytes)}" for p in found[:5])
 
 
-@gpu.command()
+@gpu.command(short_help="Details of DEVICE.")
 @click.argument("device", default="auto")
 def info(device: str) -> None:
     """Details of DEVICE (auto, or a device such as cpu or cuda:1; see 'ragged gpu list')."""
@@ -118,7 +118,7 @@ def _stats_table(monitor: MemoryMonitor, manager: DeviceManager) -> Table:
     return table
 
 
-@gpu.command()
+@gpu.command(short_help="Memory of a device and who uses it.")
 @click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, help="Seconds between refreshes.")
@@ -160,7 +160,7 @@ def stats(device: str, watch: bool, interval: float, count: int | None, warning:
         pass
 
 
-@gpu.command()
+@gpu.command(short_help="Sweep batch sizes: speed and memory of each.")
 @click.option("--model", default="tiny-colpali", help="Model to measure (hub id, folder or preset).")
 @click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--pages", type=click.IntRange(min=1), default=32, help="Synthetic pages per run.")
@@ -178,7 +178,8 @@ def benchmark(model: str, device: str, pages: int, max_batch: int, plot: Path | 
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            fail("--plot needs matplotlib: pip install 'ragged[plot]'.")
+            fail("--plot needs matplotlib, which this Python lacks: pip install matplotlib (it comes with "
+                 "ragged's dev and plot extras).")
     manager = default_device_manager()
     target = manager.get_optimal_device(device)
     rows = run_sweep(model, target, pages, max_batch, manager=manager)

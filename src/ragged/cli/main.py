@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:  # the hub's own retry warnings would come before ragged's one-line error
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is imported
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # in case it already was
+    # Pillow warns (two raw lines) about an image over its pixel limit as it opens it; ragged's own, lower,
+    # limit then refuses that image with a one-line error that says what to do.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
 @click.group(cls=RaggedGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -75,7 +79,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-@cli.command()
+@cli.command(short_help="Embed PDFs and images into the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option("--model", envvar="RAGGED_MODEL", show_envvar=True, default=None,
               help="Hub id, local folder or tiny preset. Default: the index's model, else the config's, "
@@ -166,7 +170,7 @@ def _scale(workers: str | None, address: str | None) -> Any:
     return ScaleOptions(workers=count, address=address)
 
 
-@cli.command()
+@cli.command(short_help="Find the pages that best answer QUERY.")
 @click.argument("query")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1, max=1000), default=10, help="How many pages to return.")
 @index_option
@@ -186,8 +190,6 @@ def _scale(workers: str | None, address: str | None) -> Any:
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
            server: str | None, token: str | None, local: bool, mode: str, exact: bool, as_json: bool) -> None:
     """Find the pages that best answer QUERY: by their images (MaxSim), text, keywords, or all fused."""
-    from rich.table import Table
-
     from ragged.index.results import clean_query
     from ragged.serve.client import find_server
 
@@ -214,20 +216,15 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
         return
     shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
     scored = result.pages_scored
-    exactly = f", {scored:,} scored exactly" if scored is not None and scored < result.pages_searched else ""
-    table = Table(title=plain(f"{shown!r}: {len(result.hits)} of {result.pages_searched:,} pages "
-                              f"({result.mode}{exactly}; {result.model}, {result.device}, {result.seconds:.2f} s)"))
-    fused = result.mode == "hybrid"
-    for column, justify in (("#", "right"), ("score", "right"), ("file", "left"), ("page", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    if fused:
-        table.add_column("found by (rank)")
-    for n, hit in enumerate(result.hits, 1):
-        row: list[Any] = [str(n), f"{hit.score:.4f}" if fused else f"{hit.score:.3f}", plain(hit.path), str(hit.page)]
-        if fused:
-            row.append(", ".join(f"{name} {rank}" for name, rank in hit.signals.items()))
-        table.add_row(*row)
-    out.print(table)
+    exactly = f", {scored} scored exactly" if scored is not None and scored < result.pages_searched else ""
+    header = (f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
+              f"({result.mode}{exactly}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
+    from ragged.cli.hits import hits_table, no_hits_advice
+
+    if not result.hits:
+        out.print(plain(f"{header}. {no_hits_advice(result.mode, result.pages_searched)}"), soft_wrap=True)
+        return
+    out.print(hits_table(result, header, out.width))
 
 
 def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str,
@@ -244,7 +241,7 @@ def _remote_search(url: str, query: str, k: int, token: str | None, model: str |
     return result
 
 
-@cli.command("list")
+@cli.command("list", short_help="The documents in the index, and files gone.")
 @index_option
 @click.option("--missing", is_flag=True, help="Only documents whose files no longer exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
@@ -281,7 +278,7 @@ def list_documents(index_dir: Path, missing: bool, as_json: bool) -> None:
     out.print(table)
 
 
-@cli.command()
+@cli.command(short_help="Remove documents or folders from the index.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @index_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

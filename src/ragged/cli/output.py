@@ -43,6 +43,14 @@ def plain(text: object) -> Text:
     return Text(printable(text))
 
 
+def shorten_left(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut from the left (a path
+    keeps its file name): ``.../examples/annual-report.pdf``."""
+    if len(text) <= width:
+        return text
+    return "..." + text[len(text) - max(1, width - 3):]
+
+
 def gib(n: int | None) -> str:
     """Bytes as GiB (or MiB when small); ``-`` when unknown."""
     if n is None:

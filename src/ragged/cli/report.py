@@ -55,6 +55,30 @@ def _sizes(batch_sizes: list[int]) -> str:
     return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
+def _speed(report: IngestReport) -> str:
+    """Pages a second over the whole run, then where the time went: the
+    images, the text, and the rest (reading, rendering, committing)."""
+    vision, text = report.vision, report.text
+    parts = [f"{report.seconds:.1f} s in all"]
+    if vision.seconds:
+        images = f"images {vision.seconds:.1f} s"
+        if not report.workers:
+            images += (f" (waiting for preprocessing {100 * vision.prepare_seconds / vision.seconds:.0f}%, "
+                       f"in the model {100 * vision.compute_seconds / vision.seconds:.0f}%)")
+        parts.append(images)
+    if text.seconds:
+        parts.append(f"text {text.seconds:.1f} s")
+    rest = report.seconds - vision.seconds - text.seconds
+    if not report.workers and (vision.seconds or text.seconds) and rest > 0:
+        parts.append(f"the rest {rest:.1f} s")
+    return f"{_rate(report.overall_pages_per_second)} pages/s ({'; '.join(parts)})"
+
+
+def _rate(value: float) -> str:
+    """A rate with two significant digits below 10 (0.0083, 1.2), whole above."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def print_ingest_report(console: Console, report: IngestReport, verbose: bool = False) -> None:
     """Pages added and skipped, then device, batches, memory, OOMs and speed
     (with ``verbose``, every skipped file by name)."""
@@ -88,13 +112,7 @@ def print_ingest_report(console: Console, report: IngestReport, verbose: bool = 
     if vision.budget_warning:
         table.add_row("", f"[yellow]{safe(vision.budget_warning)}[/]")
     table.add_row("out of memory", _ooms(vision, "page"))
-    speed = f"{report.pages_per_second:.1f} pages/s ({report.seconds:.1f} s in all"
-    if vision.seconds and not report.workers:
-        speed += (f"; waiting for preprocessing {100 * vision.prepare_seconds / vision.seconds:.0f}%, "
-                  f"in the model {100 * vision.compute_seconds / vision.seconds:.0f}%")
-        if text.seconds:
-            speed += f"; text model {100 * text.seconds / report.embed_seconds:.0f}%"
-    table.add_row("speed", speed + ")")
+    table.add_row("speed", _speed(report))
     if report.text_model:
         line = f"{safe(report.text_model)}: {text.items} passage(s) in {text.seconds:.1f} s"
         if text.device and text.device != vision.device:

@@ -100,7 +100,7 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
     out.print(f"ragged: stopped ({tally.summary(grace_period)}); the models were released.")
 
 
-@click.command()
+@click.command(short_help="Serve the index: web page, JSON API, metrics.")
 @index_option
 @click.option("--host", default="127.0.0.1", help="Address to listen on; anything but loopback needs --token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, help="Port (0: any free one).")

@@ -67,10 +67,14 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
         RepositoryNotFoundError,
     )
 
+    hub_cache = str(cache_dir / "hub")
     try:
-        config_path = hf_hub_download(
-            name, "config.json", cache_dir=str(cache_dir / "hub"), local_files_only=local_files_only
-        )
+        try:  # downloaded before: no network at all
+            config_path = hf_hub_download(name, "config.json", cache_dir=hub_cache, local_files_only=True)
+        except LocalEntryNotFoundError:
+            if local_files_only or _offline() or not _hub_answers(name):
+                raise
+            config_path = hf_hub_download(name, "config.json", cache_dir=hub_cache)
     except LocalEntryNotFoundError as exc:  # offline, or the hub unreachable, and not downloaded before
         raise ModelError(
             f"Model {name!r} is not in the cache ({cache_dir}) and the Hugging Face hub cannot be reached "
@@ -95,6 +99,28 @@ def _hub_source(name: str, cache_dir: Path, local_files_only: bool) -> ModelSour
         ) from exc
     config = json.loads(Path(config_path).read_text())
     return ModelSource(name, name, family_for_config(config), config, is_local=False)
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _hub_answers(name: str) -> bool:
+    """True unless one request to the hub fails to connect (within
+    ``HUB_PROBE_TIMEOUT_S``). The hub client retries a failed connection
+    five times with back-off (about 25 s) before it says it is offline; one
+    try decides it at once, and an answer of any kind (the model, a 404, a
+    gated repository) leaves the real download, and its errors, to it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json"), timeout=HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError:  # the hub answered (404, 401, 429, 5xx...)
+        return True
+    except Exception as exc:  # no connection, DNS, proxy, TLS: the hub cannot be reached
+        logger.debug("The hub cannot be reached ({}: {})", type(exc).__name__, exc)
+        return False
+    return True
 
 
 def _offline() -> bool:

@@ -56,6 +56,7 @@ class KeywordHit:
     doc_hash: str
     page: int
     score: float
+    text: str = ""  # the page's text, to tell how much of the query it holds
 
 
 def lancedb() -> Any:
@@ -290,14 +291,15 @@ class PageTable:
                 rows = self._fts(table, words, limit) if words else None
         if rows is None:
             return [], notices
-        hits = [KeywordHit(h, int(p), float(s)) for h, p, s in zip(
+        hits = [KeywordHit(h, int(p), float(s), t or "") for h, p, s, t in zip(
             rows.column("doc_hash").to_pylist(), rows.column("page").to_pylist(), rows.column("_score").to_pylist(),
-            strict=True)]
+            rows.column("text").to_pylist(), strict=True)]
         return hits, notices
 
     @staticmethod
     def _fts(table: Any, query: str, limit: int) -> Any:
-        return table.search(query, query_type="fts").select(["doc_hash", "page", "_score"]).limit(limit).to_arrow()
+        return (table.search(query, query_type="fts").select(["doc_hash", "page", "_score", "text"]).limit(limit)
+                .to_arrow())
 
     def text_rows(self, version: int | None) -> Any:
         """(doc_hash, page, text_vectors) of every page with passage vectors."""
@@ -321,6 +323,17 @@ class PageTable:
         return {(h, int(p)): t or "" for h, p, t in zip(rows.column("doc_hash").to_pylist(),
                                                          rows.column("page").to_pylist(),
                                                          rows.column("text").to_pylist(), strict=True)}
+
+    def probe_texts(self, limit: int, version: int | None) -> list[tuple[str, int, str]]:
+        """(document, page, text) of up to ``limit`` pages that have text, at ``version``."""
+        table = self.at(version)
+        if table is None or "text" not in table.schema.names:
+            return []
+        with self.guard("reading page text"):
+            rows = (table.search().where("text IS NOT NULL AND text != ''").select(["doc_hash", "page", "text"])
+                    .limit(limit).to_arrow())
+        return list(zip(rows.column("doc_hash").to_pylist(), [int(p) for p in rows.column("page").to_pylist()],
+                        rows.column("text").to_pylist(), strict=True))
 
     def without_text(self) -> set[str]:
         table = self.table()

@@ -288,6 +288,12 @@ class IndexReader:
         self._check_table()
         return self.pages.page_texts([(check_doc_id(h), p) for h, p in pairs], self.catalog().lance_version)
 
+    def probe_texts(self, limit: int) -> list[tuple[str, int, str]]:
+        """(document, page, text) of up to ``limit`` pages of this reader's
+        catalog that have text (what fusion weights are learned from)."""
+        self._check_table()
+        return self.pages.probe_texts(limit, self.catalog().lance_version)
+
     def documents_without_text(self) -> set[str]:
         """Stored documents without passage vectors: built before the text side,
         or ingested with the text model off."""

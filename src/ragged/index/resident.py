@@ -96,8 +96,10 @@ class ResidentIndex:
 
     def refresh(self, force: bool = False) -> bool:
         """Take in what was committed since the last look (and a finished
-        background load); True when what searches read changed. On failure
-        nothing changes (the same commits are read again next time)."""
+        background load); True when what searches read changed: pages, the
+        form, or anything else committed (a text side given to stored pages
+        changes no page but changes what text and keyword searches read).
+        On failure nothing changes (the same commits are read again next time)."""
         installed = self._install_loaded()
         version = self.store.stamp()
         if not force and version == self.version:
@@ -134,7 +136,7 @@ class ResidentIndex:
         self.memory_bytes = _bytes(view.held)
         if changed:
             self._say()
-        return changed or installed
+        return True  # a new commit: the store and catalog to answer from are new
 
     def _reload(self, store: IndexStore, catalog: Catalog, choice: FormChoice, files: SegmentSource) -> _View:
         """Everything again: in the background (searches stream meanwhile), or now."""

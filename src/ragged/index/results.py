@@ -36,13 +36,27 @@ class SearchResult:
     seconds: float
     notices: list[str] = field(default_factory=list)
     mode: str = "vision"
+    text_model: str | None = None  # the index's text model (None: it has no text side)
     reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this search (none: no model needed)
     pages_scored: int | None = None  # pages whose vectors were scored exactly (None: no image search ran)
+
+    @property
+    def answered_by(self) -> str:
+        """What ranked the pages in this mode: the vision model, the text
+        model, the full-text index, or both models."""
+        if self.mode == "keyword":
+            return "full-text index"
+        if self.mode == "text" and self.text_model:
+            return self.text_model
+        if self.mode == "hybrid" and self.text_model:
+            return f"{self.model} + {self.text_model}"
+        return self.model
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON output."""
         return {
-            "query": self.query, "model": self.model, "device": self.device, "mode": self.mode,
+            "query": self.query, "model": self.model, "text_model": self.text_model, "device": self.device,
+            "mode": self.mode,
             "pages_searched": self.pages_searched, "pages_scored": self.pages_scored,
             "seconds": round(self.seconds, 3),
             "notices": list(self.notices),

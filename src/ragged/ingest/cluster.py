@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ragged.errors import ConfigurationError
+from ragged.ingest.ray_output import quiet_ray
 
 
 def require_ray() -> Any:
@@ -112,6 +113,7 @@ def connect(ray: Any, address: str | None) -> bool:
     """Join the cluster at ``address`` or start a local one; True if this call started it."""
     if address:
         check_address(address)
+    quiet_ray(ray)  # its raylet's "worker died" lines: ragged reports a lost worker itself
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

@@ -77,6 +77,11 @@ class IngestReport:
         """Pages added per second of embedding (images and text, every worker)."""
         return self.pages_added / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
+    @property
+    def overall_pages_per_second(self) -> float:
+        """Pages over the whole run: rendering, both models, commits."""
+        return self.pages_added / self.seconds if self.seconds > 0 else 0.0
+
     def absorb(self, part: EmbeddingReport) -> None:
         """Add one page embedding call's figures."""
         self.vision.absorb(part)
@@ -111,6 +116,7 @@ class IngestReport:
                      "convert_peak_bytes", "convert_workers"):
             data.pop(name)
         data["pages_per_second"] = round(self.pages_per_second, 3)
+        data["overall_pages_per_second"] = round(self.overall_pages_per_second, 3)
         for worker, source in zip(data["workers"], self.workers, strict=True):
             worker["pages"], worker["pages_per_second"] = source.pages, round(source.pages_per_second, 3)
         data["errors"] = [{"path": p.path, "error": p.message} for p in self.problems]

@@ -23,9 +23,11 @@ from ragged.index.catalog import Catalog
 from ragged.index.results import SearchHit
 from ragged.index.search import Block, MaxSimSearcher, VectorSource
 from ragged.index.store import IndexStore
+from ragged.multivector.maxsim import maxsim_scores
 from ragged.query.fusion import Ranking, depth_for, fuse, hits, keyword_ranking, single, vision_ranking
 from ragged.query.modes import Mode
 from ragged.query.text_vectors import TextVectors
+from ragged.query.weights import SignalWeights, index_weights
 from ragged.text.embedder import TextEmbedder
 
 
@@ -55,14 +57,41 @@ class QueryEngine:
     text: Callable[[], TextEmbedder] | None
     runtime: Runtime
     _passages: tuple[Catalog, TextVectors] | None = None
+    _weights: SignalWeights | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refresh(self, store: IndexStore) -> None:
         """Answer from ``store`` (reopened after new commits): its passage
-        vectors are read again when next needed."""
+        vectors and fusion weights are read again when next needed."""
         with self._lock:
             self.store = store
             self._passages = None
+            self._weights = None
+
+    def weights(self, catalog: Catalog) -> SignalWeights:
+        """Each signal's weight in hybrid fusion, learned from the index
+        (:mod:`ragged.query.weights`; kept under the index, so learnt once)."""
+        with self._lock:
+            known, store = self._weights, self.store
+        if known is not None:
+            return known
+        text = self.text
+        learnt = index_weights(store, catalog, lambda q, p: self._vision_scores(store, catalog, q, p),
+                               (lambda q, p: self._text_scores(catalog, q, p)) if text is not None else None)
+        with self._lock:
+            if self.store is store:
+                self._weights = learnt
+        return learnt
+
+    def _vision_scores(self, store: IndexStore, catalog: Catalog, queries: list[str],
+                       positions: list[int]) -> np.ndarray:
+        pages = catalog.pages
+        vectors = [np.asarray(store.page_vectors(pages[p].doc_hash, pages[p].page)) for p in positions]
+        return maxsim_scores(self.vision().embed_queries(queries), vectors)  # (queries, pages)
+
+    def _text_scores(self, catalog: Catalog, queries: list[str], positions: list[int]) -> np.ndarray:
+        assert self.text is not None
+        return self._text_vectors(catalog).best_of(self.text().embed_queries(queries), positions)  # (queries, pages)
 
     def _text_vectors(self, catalog: Catalog) -> TextVectors:
         """The passage vectors numbered against ``catalog`` (read once per catalog)."""
@@ -113,10 +142,13 @@ class QueryEngine:
         if mode in (Mode.KEYWORD, Mode.HYBRID):
             for i, query in enumerate(queries):
                 per_query[i][Mode.KEYWORD.value] = keyword_ranking(self.store, catalog, query, depth, notices[i])
+        weights = self.weights(catalog) if mode is Mode.HYBRID else SignalWeights()  # after the queries' model work
+        for said in notices:
+            said.extend(weights.notices())
         out = []
         for rankings in per_query:
             if mode is Mode.HYBRID:
-                out.append(hits(catalog, fuse(rankings, k)))
+                out.append(hits(catalog, fuse(rankings, k, weights)))
             else:
                 ranking = rankings.get(mode.value, Ranking(np.zeros(0, dtype=np.int64), np.zeros(0)))
                 out.append(hits(catalog, single(mode.value, ranking, k)))

@@ -39,7 +39,8 @@ def parse_mode(value: str | Mode | None, has_text: bool) -> Mode:
     try:
         mode = Mode(value)
     except ValueError:
-        raise ConfigurationError(f"Unknown mode {value!r}: use {', '.join(MODE_NAMES)}.") from None
+        choices = f"{', '.join(MODE_NAMES[:-1])} or {MODE_NAMES[-1]}"
+        raise ConfigurationError(f"Unknown mode {value!r}: use {choices}.") from None
     if mode is not Mode.VISION and not has_text:
         raise ConfigurationError(f"Mode {mode.value} needs page text, and this index has none: search it in "
                                  "vision mode, or run 'ragged ingest' again to add the text side.")

@@ -91,6 +91,7 @@ class Searcher:
             self.store, self.source = fresh, SegmentSource(fresh)
             self.engine.source = self.source
             self.engine.refresh(fresh)
+            self.engine.text = self.text if fresh.meta is not None and fresh.meta.text_model else None  # added later
         return True
 
     def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None, exact: bool = False) -> SearchResult:
@@ -104,7 +105,8 @@ class Searcher:
         answer = self.engine.answer([text], k, chosen, exact)
         return SearchResult(text, answer.hits[0], self.store.meta.model, answer.device or "index only",
                             answer.pages_searched, time.perf_counter() - started, list(answer.notices[0]),
-                            chosen.value, answer.reports, answer.pages_scored)
+                            chosen.value, text_model=self.store.meta.text_model, reports=answer.reports,
+                            pages_scored=answer.pages_scored)
 
     def close(self) -> None:
         """Release the models (and the runtime, if this searcher made it)."""

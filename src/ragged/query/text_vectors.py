@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,16 @@ class TextVectors:
         found = np.flatnonzero(best > -np.inf)
         order = found[top_k(best[found], depth)]
         return Ranking(order, best[order])
+
+    def best_of(self, queries: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        """Each query's cosine with the best passage of each page at
+        ``positions`` ((queries, pages); -inf for a page without passages)."""
+        out = np.full((len(queries), len(positions)), -np.inf, dtype=np.float32)
+        for j, position in enumerate(positions):
+            mine = self.vectors[self.owners == position]  # (passages, dim)
+            if len(mine):
+                out[:, j] = (np.asarray(queries, dtype=np.float32) @ mine.T).max(axis=1)  # (queries,)
+        return out
 
 
 __all__ = ["TextVectors"]

@@ -181,8 +181,8 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
                 response = RedirectResponse("/", status_code=303)
                 response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
                 return response
-            return HTMLResponse(_static("login.html").replace("<!--error-->", "<p class=error>Wrong token.</p>"),
-                                status_code=401)
+            wrong = "<p class=error role=alert>Wrong token: check it and try again.</p>"
+            return HTMLResponse(_static("login.html").replace("<!--error-->", wrong), status_code=401)
         return HTMLResponse(_static("login.html"))
 
     async def health(request: Request) -> Response:
@@ -229,7 +229,8 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         metrics.queries.inc(len(queries))
         metrics.latency.observe(seconds)
         body: dict[str, Any] = {
-            "model": answer.model, "device": answer.device, "mode": answer.mode, "ms": round(seconds * 1000, 2),
+            "model": answer.model, "text_model": service.text_model, "device": answer.device, "mode": answer.mode,
+            "ms": round(seconds * 1000, 2),
             "compute_ms": round(answer.compute_ms, 2), "batch_queries": answer.batch_queries,
             "model_load_ms": None if answer.model_load_ms is None else round(answer.model_load_ms, 1),
             "pages_searched": service.pages, "pages_scored": answer.pages_scored,

@@ -109,6 +109,7 @@ def parse_result(data: dict[str, Any], url: str) -> SearchResult:
         return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
                             int(data["pages_searched"]), float(data["ms"]) / 1000,
                             [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")),
+                            str(data["text_model"]) if data.get("text_model") else None,
                             pages_scored=None if data.get("pages_scored") is None else int(data["pages_scored"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "

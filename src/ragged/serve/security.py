@@ -92,10 +92,11 @@ def _inline_hashes(html: str, tag: str) -> list[str]:
 
 
 def content_security_policy(pages: Sequence[str]) -> str:
-    """The policy for the web pages: their own inline script and style only."""
+    """The policy for the web pages: their own inline script and style only; images
+    from the server itself, or blobs the page made from its own fetches."""
     scripts = " ".join(h for page in pages for h in _inline_hashes(page, "script")) or "'none'"
     styles = " ".join(h for page in pages for h in _inline_hashes(page, "style")) or "'none'"
-    return (f"default-src 'none'; script-src {scripts}; style-src {styles}; img-src 'self'; connect-src 'self'; "
+    return (f"default-src 'none'; script-src {scripts}; style-src {styles}; img-src 'self' blob:; connect-src 'self'; "
             "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 

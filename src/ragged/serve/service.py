@@ -46,6 +46,7 @@ from ragged.query.engine import QueryEngine
 from ragged.query.modes import Mode
 from ragged.serve.heatmap import heatmap
 from ragged.serve.pages import PageRenderer
+from ragged.serve.query_words import words_of
 from ragged.text.embedder import TextEmbedder
 
 T = TypeVar("T")
@@ -188,8 +189,13 @@ class SearchService:
     @property
     def has_text(self) -> bool:
         """True when the index has a text side (text, keyword and hybrid modes)."""
+        return self.text_model is not None
+
+    @property
+    def text_model(self) -> str | None:
+        """The index's text model (None: it has no text side)."""
         meta = self.resident.store.meta if self.resident is not None else self.store.meta
-        return meta is not None and meta.text_model is not None
+        return meta.text_model if meta is not None else None
 
     def _vision(self) -> ColPaliEmbedder:
         self._load_model()
@@ -375,10 +381,8 @@ class SearchService:
                                   "before ragged stored them).", 404)
         embedder = self._vision()
         vectors = embedder.embed_queries([query])[0]  # (tokens, dim)
-        tokens, special = embedder.query_tokens(query)
-        if len(tokens) != len(vectors):
-            tokens = [f"#{i}" for i in range(len(vectors))]
+        words = words_of(embedder, query, len(vectors))
         page_vectors = np.asarray(self.resident.store.page_vectors(doc_hash, page))  # (n, dim)
-        result = heatmap(vectors, tokens, special, page_vectors, record.grid).to_dict()
+        result = heatmap(vectors, words, page_vectors, record.grid).to_dict()
         result["score"] = float(maxsim_scores([vectors], [page_vectors])[0, 0])  # what search gives this page
         return result
