@@ -203,9 +203,12 @@ def main() -> None:
                 times = grow(index, state, target, not args.no_text)
                 saved.write_text(json.dumps(state))
                 growth.append(growth_row(index, state, times))
-                print(f"{target} pages grown", flush=True)
+                print(f"{target} pages grown: {' | '.join(growth[-1])}", flush=True)
             if not args.no_search and target >= args.search_from:
-                search.extend(search_rows(index, work, args, cache))
+                rows = search_rows(index, work, args, cache)
+                search.extend(rows)
+                for row in rows:
+                    print(" | ".join(row), flush=True)
         print_table(["pages", "commit p50 ms", "p95 ms", "worst ms", "build s", "disk KiB/page",
                      "disk / (fp16 + text)", "stage KiB/page disk / RAM", "files", "versions MiB", "catalog MiB",
                      "open ms"], growth)

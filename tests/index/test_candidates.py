@@ -211,3 +211,24 @@ def test_every_resident_form_searches_as_the_files(tmp_path: Path, small_rounds:
         assert [g[:2] for g in got] == [w[:2] for w in want]
         np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-5)
     resident.release()
+
+
+def test_ingest_with_nothing_new_builds_the_stage_of_an_older_index(tmp_path: Path) -> None:
+    """``ragged ingest`` on an index from before the stage, with no file to
+    embed, pools the stored vectors (no model is loaded; nothing embedded)."""
+    from ragged.ingest.pipeline import IngestOptions, ingest
+
+    index = build(tmp_path / "index", 3)
+    reader = CatalogReader(index / CATALOG_DIR)
+    reader.update()
+    assert reader.state is not None
+    for entry in reader.state.docs.values():
+        entry.pooled = []
+    CatalogLog.create(index / CATALOG_DIR, reader.state).close()
+    assert not IndexStore.open(index).catalog().staged.any()
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    report = ingest([empty], IngestOptions(index_dir=index, model=MODEL, text_model=None))
+    assert report.pages_added == 0 and report.documents_removed == 0  # (the empty folder is reported)
+    catalog = IndexStore.open(index).catalog()
+    assert len(catalog.pages) == 30 and bool(catalog.staged.all())
