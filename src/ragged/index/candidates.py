@@ -9,10 +9,12 @@ hits are exact MaxSim scores; only which pages get scored is approximate.
 
 How many candidates is decided per query, by measuring the stage on that
 query: :data:`PROBE` pages spread over the index are scored both ways,
-and the largest amount by which the stage underrated one of them is the
-margin. While a page left out, given that margin, could still beat the
-``depth``-th best exact score so far, the candidates double (up to every
-page: a full scan). A stage that ranks pages well for a query stops at
+as are the candidates, and the largest amount by which the stage
+underrated any page scored both ways so far is the margin (taken again
+each round: the candidates' own errors count, so a margin seen on the
+probe alone cannot understate it as much). While a page left out, given
+that margin, could still beat the ``depth``-th best exact score so far,
+the candidates double (up to every page: a full scan). A stage that ranks pages well for a query stops at
 the first round; one that cannot tell pages apart (a model with random
 weights, whose pages all look alike) widens itself to a full scan rather
 than return a ranking it cannot vouch for. Pages without a stage (a
@@ -67,7 +69,6 @@ def candidate_scores(searcher: MaxSimSearcher, source: StagedSource, queries: Se
     order = np.argsort(-approx, axis=0, kind="stable")  # (pages, queries): each query's pages by the stage
     ranked = int(staged.sum())  # staged pages come first in each order (the rest score -inf)
     scored = np.zeros(pages, dtype=bool)
-    margin: np.ndarray | None = None
     want = min(depth, pages)
     while True:
         for j in range(len(queries)):
@@ -76,8 +77,8 @@ def candidate_scores(searcher: MaxSimSearcher, source: StagedSource, queries: Se
         if len(new):
             searcher.score_into(queries, partial(source.page_blocks, new), exact)
             scored[new] = True
-        if margin is None:
-            margin = np.max(exact[probe] - approx[probe], axis=0) if len(probe) else np.zeros(len(queries))
+        both = np.flatnonzero(scored & staged)  # every page scored both ways so far: the probe and the candidates
+        margin = np.max(exact[both] - approx[both], axis=0) if len(both) else np.zeros(len(queries))  # (queries,)
         kth = -np.partition(-exact, want - 1, axis=0)[want - 1]  # (queries,) the depth-th best exact score so far
         left = np.array([approx[order[c, j], j] if c < ranked else -np.inf for j, c in enumerate(count.tolist())])
         short = (left + margin > kth) & (count < ranked)  # a page left out might still make the depth best
