@@ -114,7 +114,7 @@ def search_rows(index: Path, work: Path, args: argparse.Namespace, cache: str) -
     targets = rng.integers(0, pages, args.queries)
     queries = [topic_query(int(n), seed=1) for n in targets]
     label = f"{pages:,}"
-    rows = []
+    rows: list[tuple[str, ...]] = []
     own = measure_search.in_process(index, queries)
     rows.append((label, "ragged, in process", f"{own['cand_s']:.3f}", f"{own['exact_s']:.2f}",
                  f"{own['found']:.4f}", f"{own['rank1']:.3f}", measure_search.environment()))
@@ -140,7 +140,7 @@ def search_rows(index: Path, work: Path, args: argparse.Namespace, cache: str) -
         print(f"{label}: server form {served['form']!r} ({served['reason']}); ready in {served['ready_s']:.1f} s; "
               f"RSS {memory.get('VmRSS', 0) / 2**30:.2f} GiB (anonymous {memory.get('RssAnon', 0) / 2**30:.2f}, "
               f"file-backed {memory.get('RssFile', 0) / 2**30:.2f}), peak {memory.get('VmHWM', 0) / 2**30:.2f} GiB, "
-              f"swap {memory.get('VmSwap', 0)}", flush=True)
+              f"swap {memory.get('VmSwap', 0)}; pages scored exactly a query (median) {served['scored']}", flush=True)
     if args.lance_pages:
         subset = min(args.lance_pages, pages)
         sub_queries = [topic_query(int(n), seed=2) for n in rng.integers(0, subset, min(args.queries, 10))]
@@ -205,9 +205,9 @@ def main() -> None:
                 growth.append(growth_row(index, state, times))
                 print(f"{target} pages grown: {' | '.join(growth[-1])}", flush=True)
             if not args.no_search and target >= args.search_from:
-                rows = search_rows(index, work, args, cache)
-                search.extend(rows)
-                for row in rows:
+                measured = search_rows(index, work, args, cache)
+                search.extend(measured)
+                for row in measured:
                     print(" | ".join(row), flush=True)
         print_table(["pages", "commit p50 ms", "p95 ms", "worst ms", "build s", "disk KiB/page",
                      "disk / (fp16 + text)", "stage KiB/page disk / RAM", "files", "versions MiB", "catalog MiB",

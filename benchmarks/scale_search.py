@@ -158,13 +158,14 @@ def serve(index: Path, cache: str, queries: int, exact_queries: int) -> dict[str
             time.sleep(0.5)
         ready = time.perf_counter() - started
         http(url + "/search", {"query": TEXT_QUERIES[0], "k": 10, "mode": "vision"}, timeout=600)  # warm-up
-        latencies, exact_latencies = [], []
+        latencies, exact_latencies, scored = [], [], []
         for n in range(queries):
             began = time.perf_counter()
-            status, _ = http(url + "/search", {"query": TEXT_QUERIES[n % len(TEXT_QUERIES)] + f" {n}", "k": 10,
-                                               "mode": "vision"}, timeout=600)
+            status, answer = http(url + "/search", {"query": TEXT_QUERIES[n % len(TEXT_QUERIES)] + f" {n}", "k": 10,
+                                                    "mode": "vision"}, timeout=600)
             if status == 200:
                 latencies.append(time.perf_counter() - began)
+                scored.append(int(answer.get("pages_scored") or 0))
         for n in range(exact_queries):
             began = time.perf_counter()
             status, _ = http(url + "/search", {"query": TEXT_QUERIES[n % len(TEXT_QUERIES)], "k": 10,
@@ -185,6 +186,7 @@ def serve(index: Path, cache: str, queries: int, exact_queries: int) -> dict[str
     return {"ready_s": ready, "p50": statistics.median(ordered), "p95": ordered[min(len(ordered) - 1,
                                                                                    int(0.95 * len(ordered)))],
             "exact_p50": statistics.median(exact_latencies) if exact_latencies else None, "form": form,
+            "scored": statistics.median(scored) if scored else None,
             "reason": reason, "memory": memory, "start_line": start_line}
 
 
