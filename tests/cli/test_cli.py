@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ragged.gpu.batch_sizer import CPU_START
 from tests.cli.conftest import Ragged
 from tests.inputs import EXAMPLES, make_bad_inputs
 
@@ -25,6 +26,7 @@ def test_ingest_search_and_reingest(ragged: Ragged) -> None:
     assert "3 document(s), 6 page(s) added" in first.stdout
     for label in ("device", "batches", "memory", "out of memory", "speed"):
         assert label in first.stdout
+    assert f"chosen {CPU_START} (start)" in first.stdout  # what the sizer chose, and why
 
     again = ragged("ingest", str(EXAMPLES), "--json")  # model taken from the index
     report = json.loads(again.stdout)
@@ -199,16 +201,20 @@ def test_gpu_commands(ragged: Ragged) -> None:
 
 
 def test_gpu_benchmark(ragged: Ragged, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "4", "--max-batch", "2", "--json")
-    rows = json.loads(result.stdout)
-    assert result.exit_code == 0
-    assert [r["label"] for r in rows][:2] == ["fixed 1", "fixed 2"] and rows[-1]["label"].startswith("adaptive")
-    assert all(r["pages_per_second"] > 0 for r in rows)
     chart = tmp_path / "x.png"  # matplotlib comes with the README's [dev] install: the chart just works
-    plot = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "2", "--max-batch", "1", "--plot",
-                  str(chart))
-    assert plot.exit_code == 0, plot.output
-    assert chart.read_bytes().startswith(b"\x89PNG")
+    result = ragged("gpu", "benchmark", "--model", "tiny-colpali", "--pages", "3", "--max-batch", "2",
+                    "--rounds", "2", "--json", "--plot", str(chart))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = data["rows"]
+    assert [r["label"] for r in rows] == ["fixed 1", "fixed 2", "adaptive", "adaptive, new sizer"]
+    for r in rows:  # one rate a round, warm-up excluded; the median of them
+        assert len(r["rates"]) == 2 and all(x > 0 for x in r["rates"])
+        assert r["slowest"] <= r["pages_per_second"] <= r["fastest"]
+    adaptive = rows[2]
+    assert [sum(s) for s in adaptive["sizes"]] == [3, 3] and sum(adaptive["warmup_sizes"]) == 3
+    assert data["sizing"]["chosen"][0]["why"] == "start"
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "chart written" in result.stderr
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the extra, whatever is installed here
     missing = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "y.png"))
     assert missing.exit_code == 1 and "pip install matplotlib" in missing.stderr

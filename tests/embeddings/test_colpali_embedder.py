@@ -24,6 +24,8 @@ from ragged.errors import (
     UnknownModelError,
 )
 from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, ItemFailure, Runtime
+from ragged.gpu.batch_sizer import CPU_START
+from ragged.gpu.throughput import Why
 from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
 from tests.pages import MIXED, make_pages
 
@@ -170,15 +172,18 @@ class TestBehaviour:
             assert max(emb.embed_pages(PAGES * 2).report.batch_sizes) <= 3
 
     def test_sizer_learns_across_calls(self, model_cache: Path) -> None:
-        always_grow = BatchSizeConfig(min_throughput_gain=-0.99)  # growth never stops: the path is predictable
-        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache, batch_config=always_grow) as emb:
+        with ColPaliEmbedder("tiny-colpali", cache_dir=model_cache) as emb:
             sizer = emb.batch_sizer
+            assert sizer is not None
             first = emb.embed_pages(PAGES).report
-            assert first.batch_sizes == [2, 4, 2]  # the probe, doubled, then the rest
+            assert first.batch_sizes[0] == min(CPU_START, len(PAGES))  # the CPU's first guess
             second = emb.embed_pages(PAGES).report
             assert emb.batch_sizer is sizer
             assert len(sizer.measurements) == len(first.batch_sizes) + len(second.batch_sizes)
-            assert second.batch_sizes == [8]  # it goes on from 4 (the cut-short tail does not count), no probe
+            record = sizer.record()
+            # One search over both calls: started once, its batches counted on.
+            assert [c.why for c in record.chosen].count(Why.START) == 1
+            assert record.batches == len(first.batch_sizes) + len(second.batch_sizes)
 
     def test_persistent_oom_on_cpu_is_reported_not_crashed(self, model_cache: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:

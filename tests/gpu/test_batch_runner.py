@@ -58,22 +58,44 @@ def test_every_item_once_in_caller_order_largest_first() -> None:
     assert stats.batch_sizes == [3, 3, 1]
 
 
-def test_calibrates_to_what_fits_without_oom(clock: FakeClock) -> None:
+def test_first_batch_is_the_memory_plan_and_fits(clock: FakeClock) -> None:
     # 10 GiB card with a 4 GiB model held; each item needs 200 MiB, plus 100 MiB.
     card = FakeCard(total=10 * GiB, allocated=4 * GiB, reserved=4 * GiB)
     backend, _, device, sizer, monitor, handler = setup(card)
     work = Workload(backend, base=100 * MiB, per_item=200 * MiB, seconds_per_batch=0.1, seconds_per_item=0.01,
                     clock=clock)
-    sizer.prior_bytes_per_load = 1.0  # a wildly optimistic prior: measurements must take over
+    sizer.prior_bytes_per_load = float(200 * MiB)  # a prior close to the truth
     runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
     results, stats = runner.run([1] * 60, lambda idx, dev: work(idx, dev.label))
     assert results == [i * 10 for i in range(60)]
     budget = int(10 * GiB * 0.65) - 4 * GiB
     best = (budget - 100 * MiB) // (200 * MiB)
     assert stats.oom.ooms == 0
-    assert stats.batch_sizes[:4] == [2, 4, 8, best]  # at most doubling, then what the fit allows
-    assert max(stats.batch_sizes) == best
+    assert stats.batch_sizes[0] == budget // (200 * MiB)  # from memory, not 1 or 2
+    assert stats.sizing is not None and stats.sizing.chosen[0].size == stats.batch_sizes[0]  # the run says so
+    assert stats.sizing.batches == len(stats.batch_sizes) and {r.size for r in stats.sizing.rates} <= set(
+        stats.batch_sizes)
+    assert max(stats.batch_sizes) <= best + 1 and stats.batch_sizes[-2] <= best
     assert stats.peak_bytes is not None and stats.peak_bytes <= budget
+
+
+def test_an_optimistic_prior_fails_only_the_first_batch_then_measurements_take_over(clock: FakeClock) -> None:
+    card = FakeCard(total=10 * GiB, allocated=4 * GiB, reserved=4 * GiB)
+    backend, _, device, sizer, monitor, handler = setup(card)
+    work = Workload(backend, base=100 * MiB, per_item=200 * MiB, seconds_per_batch=0.1, seconds_per_item=0.01,
+                    clock=clock)
+    sizer.prior_bytes_per_load = 1.0  # a wildly optimistic prior: the first batch (64) cannot fit
+    runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
+    results, stats = runner.run([1] * 120, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(120)]
+    budget = int(10 * GiB * 0.65) - 4 * GiB
+    best = (budget - 100 * MiB) // (200 * MiB)
+    # The first batch (64) failed and was halved until it fitted (64, 32, then 16 fits the card).
+    assert [size for _, size in work.calls[:3]] == [64, 32, 16] and stats.oom.ooms == 2
+    assert stats.batch_sizes[:4] == [16] * 4  # the failed batch's items, in the halves that fitted the card
+    assert max(stats.batch_sizes[4:]) <= best  # then nothing above what the budget holds, as measured
+    _, again = runner.run([1] * 60, lambda idx, dev: work(idx, dev.label))
+    assert again.oom.ooms == 0 and again.peak_bytes is not None and again.peak_bytes <= budget
 
 
 def test_oom_splits_the_batch_keeps_finished_items_and_counts_once() -> None:
@@ -254,10 +276,11 @@ def test_prefetch_wastes_nothing_while_batches_grow(clock: FakeClock) -> None:
     sizer.prior_bytes_per_load = 1.0
     log = PrepareLog(clock=clock)
     runner: BatchRunner[int] = BatchRunner(device, sizer, handler, monitor=monitor)
-    results, stats = runner.run([1] * 120, Stages(log.prepare, log.compute))
-    assert results == [i * 10 + 1 for i in range(120)]
-    assert len(set(stats.batch_sizes)) >= 4  # the sizes did grow
-    assert stats.prepared_items == 120  # every guess was used: nothing prepared twice
+    results, stats = runner.run([1] * 600, Stages(log.prepare, log.compute))
+    assert results == [i * 10 + 1 for i in range(600)]
+    changes = sum(a != b for a, b in zip(stats.batch_sizes, stats.batch_sizes[1:], strict=False))
+    assert changes >= 4  # the sizes did change (probes alternate sizes)
+    assert stats.prepared_items <= 1.05 * 600  # the guesses were used: almost nothing prepared twice
 
 
 def test_prefetch_survives_oom_and_wrong_guesses() -> None:

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ragged.cli.output import fail, gib, out, plain, safe
+from ragged.cli.output import err, fail, gib, out, plain, safe
 from ragged.gpu.registry import device_choices
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from ragged.cli.sweep import Sweep
     from ragged.gpu import DeviceInfo, DeviceManager, MemoryMonitor
 
 
@@ -160,41 +161,70 @@ def stats(device: str, watch: bool, interval: float, count: int | None, warning:
         pass
 
 
-@gpu.command(short_help="Sweep batch sizes: speed and memory of each.")
+PLOT_HINT = ("--plot needs matplotlib, which this Python lacks: pip install matplotlib (it comes with "
+             "ragged's dev and plot extras).")
+
+
+@gpu.command(short_help="Compare fixed batch sizes with adaptive sizing.")
 @click.option("--model", default="tiny-colpali", help="Model to measure (hub id, folder or preset).")
 @click.option("--device", default="auto", help=f"{device_choices()}.")
 @click.option("--pages", type=click.IntRange(min=1), default=32, help="Synthetic pages per run.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, help="Largest fixed batch to try.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5,
+              help="Interleaved rounds after the warm-up; each configuration runs once a round.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Save a PNG chart (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def benchmark(model: str, device: str, pages: int, max_batch: int, plot: Path | None, as_json: bool) -> None:
-    """Sweep batch sizes: pages/s and peak memory for each, and what adaptive picks."""
-    from rich.table import Table
-
-    from ragged.cli.sweep import plot_sweep, run_sweep
+def benchmark(model: str, device: str, pages: int, max_batch: int, rounds: int, plot: Path | None,
+              as_json: bool) -> None:
+    """Compare fixed batch sizes and adaptive sizing: pages/s (median and spread
+    of interleaved rounds, warm-up excluded), peak memory, adaptive's sizes."""
+    from ragged.cli.sweep import run_sweep
     from ragged.gpu import default_device_manager
 
     if plot is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            fail("--plot needs matplotlib, which this Python lacks: pip install matplotlib (it comes with "
-                 "ragged's dev and plot extras).")
+            fail(PLOT_HINT)
     manager = default_device_manager()
     target = manager.get_optimal_device(device)
-    rows = run_sweep(model, target, pages, max_batch, manager=manager)
+    status = None if as_json else lambda text: out.print(f"[dim]{safe(text)}[/]")
+    sweep = run_sweep(model, target, pages, max_batch, manager=manager, rounds=rounds, progress=status)
     if as_json:
-        out.print_json(json.dumps([r.__dict__ for r in rows]))
+        out.print_json(json.dumps({"model": model, "device": target.label, "pages": pages, "rounds": rounds,
+                                   "rows": [r.as_dict() for r in sweep.rows],
+                                   "sizing": None if sweep.sizing is None else sweep.sizing.as_dict()}))
     else:
-        table = Table(title=plain(f"{model} on {target}, {pages} pages of 612x792"))
-        for column in ("batch", "pages/s", "peak memory", "OOMs"):
-            table.add_column(column)
-        for r in rows:
-            table.add_row(r.label, f"{r.pages_per_second:.2f}", gib(r.peak_bytes), str(r.ooms))
-        out.print(table)
+        _print_sweep(sweep, f"{model} on {target}, {pages} pages of 612x792, median of {rounds} interleaved rounds")
     if plot is not None:
-        plot_sweep(rows, plot, f"{model} on {target.label}")
-        out.print(f"chart written to {safe(plot)}")
+        from ragged.cli.sweep import plot_sweep
+
+        plot_sweep(sweep, plot, f"{model} on {target.label}, {pages} pages, {rounds} rounds")
+        (err if as_json else out).print(f"chart written to {safe(plot)}")  # JSON output stays parseable
+
+
+def _print_sweep(sweep: Sweep, title: str) -> None:
+    from rich.table import Table
+
+    from ragged.cli.sweep import size_runs
+
+    best = sweep.best_fixed
+    table = Table(title=plain(title))
+    for column in ("configuration", "pages/s", "range", "vs best fixed", "peak memory", "OOMs"):
+        table.add_column(column)
+    for r in sweep.rows:
+        low, high = r.spread
+        paired = sweep.ratio(r.label) if best is not None else None  # the median of per-round ratios
+        ratio = f"{paired:.2f}" if paired is not None else "-"
+        table.add_row(r.label, f"{r.pages_per_second:.2f}", f"{low:.2f}-{high:.2f}", ratio, gib(r.peak_bytes),
+                      str(r.ooms))
+    out.print(table)
+    for r in sweep.rows:
+        if r.batch is None:
+            rounds = " | ".join(size_runs(s) for s in r.sizes)
+            out.print(f"{r.label}: batch sizes, warm-up: {size_runs(r.warmup_sizes)}; rounds: {rounds}")
+    if sweep.sizing is not None:
+        out.print(f"adaptive learnt: {safe(sweep.sizing.describe())}")
 
 
 __all__ = ["DeviceRow", "gpu"]

@@ -55,6 +55,14 @@ def _sizes(batch_sizes: list[int]) -> str:
     return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
 
 
+def _choices(stats: EmbeddingReport) -> str:
+    """The sizes the sizer chose and why, ``8 (start), 16 (faster)``; of a long
+    history the first and the last three."""
+    assert stats.sizing is not None
+    words = [f"{c.size} ({c.why.value})" for c in stats.sizing.chosen]
+    return ", ".join(words if len(words) <= 4 else [words[0], "...", *words[-3:]])
+
+
 def _speed(report: IngestReport) -> str:
     """Pages a second over the whole run, then where the time went: the
     images, the text, and the rest (reading, rendering, committing)."""
@@ -106,7 +114,8 @@ def print_ingest_report(console: Console, report: IngestReport, verbose: bool = 
     table.add_column()
     table.add_row("model", plain(report.model))
     table.add_row("device", device)
-    table.add_row("batches", f"{len(vision.batch_sizes)}, sizes {_sizes(vision.batch_sizes)}")
+    table.add_row("batches", f"{len(vision.batch_sizes)}, sizes {_sizes(vision.batch_sizes)}"
+                  + (f"; chosen {_choices(vision)}" if vision.sizing is not None and vision.sizing.chosen else ""))
     table.add_row("memory", _memory(vision) if not report.workers
                   else f"{gib(vision.peak_bytes)} per batch at most, above the model (each worker: below)")
     if vision.budget_warning:

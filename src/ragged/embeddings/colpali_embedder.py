@@ -112,9 +112,7 @@ class ColPaliEmbedder(SpecEmbedding):
         self.runtime = runtime if runtime is not None else Runtime()
         config = batch_config or self.runtime.batch_config
         if batch_size is not None and enable_adaptive_batching:
-            config = replace(config, max_batch_size=batch_size,
-                             initial_batch_size=min(config.initial_batch_size, batch_size),
-                             min_batch_size=min(config.min_batch_size, batch_size))
+            config = replace(config, max_batch_size=batch_size, min_batch_size=min(config.min_batch_size, batch_size))
         self.processor = load_processor(self.source, self.cache_dir)
         self.prompt_tokens = prompt_overhead(self.processor)  # per page, besides its visual tokens
         dtype_name = str(dtype).removeprefix("torch.") if dtype is not None else None

@@ -184,6 +184,7 @@ class BatchRunner(Generic[R]):
         if self.sizer is not None:
             stats.budget_bytes = self.sizer.last_budget_bytes
             stats.budget_warning = self.sizer.budget_warning
+            stats.sizing = self.sizer.record()
         return results, stats
 
     def _run(self, costs: Sequence[int], stages: Stages[Any, R], on_batch: Callable[[int], None] | None,

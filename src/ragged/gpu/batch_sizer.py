@@ -1,8 +1,10 @@
 """Adaptive batch sizing: a prior from the model, then measurements.
 
 The planner part is pure (:meth:`MemoryPolicy.batch_budget`, :meth:`MemoryFit.fit`,
-:func:`plan_batch_size`); :class:`AdaptiveBatchSizer` keeps the state of one
-device and applies them. "Load" is what a batch costs: padded tokens (items
+:func:`~ragged.gpu.planning.plan_batch_size`, and the throughput search in
+:mod:`ragged.gpu.size_search`); :class:`AdaptiveBatchSizer` keeps the state
+of one device and applies them: memory sets the largest batch, throughput
+chooses below it. "Load" is what a batch costs: padded tokens (items
 x longest item) when token counts are known, else the item count.
 
 Unknown is a value here: a memory reading that failed gives no budget
@@ -13,7 +15,6 @@ prior, so a budget never silently stops limiting.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,11 +28,19 @@ from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.planning import plan_batch_size
 from ragged.gpu.policy import MemoryPolicy
 from ragged.gpu.recovery import OOMHandler
+from ragged.gpu.size_search import SizeSearch
+from ragged.gpu.throughput import SizingRecord
 from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
 MIN_MEASURED = 4  # peaks the fit gets before sampling starts, where measuring is costly
 MEASURE_EVERY = 16  # then one batch in this many is measured
+# The first batch on a CPU. Measured on 2 cores (docs/benchmarks.md, "Adaptive batching"): on a busy
+# machine the tiny presets ran at 0.80-0.96 of their best fixed batch at 8 but 0.36-0.73 at 4 (16-32
+# were best there); on idle cores an earlier measurement found them fastest at about 4. 8 is one growth
+# step from either; memory still caps it. Without any memory reading the first batch is small.
+CPU_START = 8
+UNREADABLE_START = 2
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,10 @@ class BatchSizeConfig:
     sequence_length: int = 1030
     bytes_per_element: int = 2
     overhead_factor: float = 3.0
-    # Growth: the first batch is small; each later one at most doubles, and
-    # growing stops once a larger batch is not faster by min_throughput_gain.
-    initial_batch_size: int = 2
+    # The first batch: None chooses it (the memory plan on an accelerator, CPU_START on the CPU);
+    # a number pins it (memory still caps it). Sizes then move one growth step at a time, and only
+    # to a size measured faster by more than min_throughput_gain and the noise.
+    initial_batch_size: int | None = None
     growth_factor: float = 2.0
     min_throughput_gain: float = 0.03
 
@@ -57,8 +67,10 @@ class BatchSizeConfig:
             raise ConfigurationError(
                 f"Batch bounds must satisfy 1 <= min <= max (got {self.min_batch_size}, {self.max_batch_size})."
             )
-        if self.growth_factor <= 1 or self.initial_batch_size < 1:
+        if self.growth_factor <= 1 or (self.initial_batch_size is not None and self.initial_batch_size < 1):
             raise ConfigurationError("growth_factor must exceed 1 and initial_batch_size be at least 1.")
+        if self.min_throughput_gain < 0:
+            raise ConfigurationError(f"min_throughput_gain must be 0 or more, got {self.min_throughput_gain}.")
 
     @property
     def target_utilisation(self) -> float:
@@ -138,14 +150,17 @@ class MemoryFit:
 
 
 class AdaptiveBatchSizer(SpecSizing):
-    """Sizes batches for one device from its memory budget and measured peaks.
+    """Sizes batches for one device from its memory budget, measured peaks
+    and measured throughput.
 
-    Before any batch has run it uses the prior (per-load bytes the caller
-    passes, else the spec's formula). After each batch it refits peak
-    memory against load and sizes the next batch from the fit and the
-    budget now; it grows at most by ``growth_factor`` per batch and only
-    while throughput grows. OOMs are learnt by the :class:`OOMHandler`
-    (one owner of the ceilings): the sizer never proposes a size above it.
+    Memory gives the largest batch: before any batch has run from the prior
+    (per-load bytes the caller passes, else the spec's formula), then from
+    a fit of peak memory against load, and the budget now. OOMs are learnt
+    by the :class:`OOMHandler` (one owner of the ceilings): the sizer never
+    proposes a size above it. Below that limit a
+    :class:`~ragged.gpu.size_search.SizeSearch` chooses the size from paired,
+    repeated rate samples. The first batch is the memory plan on an
+    accelerator and ``CPU_START`` on the CPU (see :class:`BatchSizeConfig`).
     """
 
     def __init__(
@@ -171,9 +186,11 @@ class AdaptiveBatchSizer(SpecSizing):
         self.prior_bytes_per_load = prior_bytes_per_load
         self._measurements: deque[BatchMeasurement] = deque(maxlen=history_size)
         self._since_measured = 0  # batches since the last measured peak (where measuring is costly)
-        self._throughput: dict[int, float] = {}  # batch size -> load per second
+        self._costly_sample = False  # the batch being run is measured where that slows it: not a rate sample
+        self._search = SizeSearch(growth_factor=self.config.growth_factor,
+                                  min_gain=self.config.min_throughput_gain,
+                                  min_size=self.config.min_batch_size, name=f"{device.label} {work}")
         self._oom_slope = 0.0
-        self._growth_stopped = False
         self._last_size: int | None = None
         self._budget: int | None = None
         self.budget_warning: str | None = None  # set once when the budget ran out
@@ -236,8 +253,8 @@ class AdaptiveBatchSizer(SpecSizing):
         With no reading of the device the last size stands (no growth)."""
         budget = self._budget_now()
         if budget is None:
-            return self.oom_handler.clamp(self.device, self._last_size or self.config.initial_batch_size,
-                                          self.work)
+            start = self.config.initial_batch_size or UNREADABLE_START
+            return self.oom_handler.clamp(self.device, self._last_size or start, self.work)
         fitted = self.fit()
         base, per_load = (fitted.base_bytes, fitted.bytes_per_load) if fitted is not None else (0.0, self._prior())
         return plan_batch_size(
@@ -249,42 +266,42 @@ class AdaptiveBatchSizer(SpecSizing):
             ceiling=self.ceiling,
         )
 
-    def _grown(self, last: int) -> int:
-        return max(last + 1, math.floor(last * self.config.growth_factor))
+    def _first_size(self, limit: int) -> int:
+        """The first batch: pinned by the config, else the memory plan where a
+        reading exists (an accelerator) or ``CPU_START`` on the CPU."""
+        if self.config.initial_batch_size is not None:
+            return min(limit, self.config.initial_batch_size)
+        if self._budget is None:
+            return min(limit, UNREADABLE_START)
+        return limit if self.device.is_accelerator else min(limit, CPU_START)
 
     def next_batch_size(self, load_per_item: float = 1.0, *, limit: int | None = None) -> int:
-        """The size of the next batch: memory limit and growth policy together
-        (``limit``: a :meth:`memory_limit` the caller just took)."""
+        """The size of the next batch: the throughput search's choice below the
+        memory limit (``limit``: a :meth:`memory_limit` the caller just took)."""
         limit = self.memory_limit(load_per_item) if limit is None else limit
-        if self._last_size is None:
-            size = min(limit, self.config.initial_batch_size)
-        elif self._growth_stopped:
-            size = min(limit, self._best_size())
-        else:
-            size = min(limit, self._grown(self._last_size))
-        return max(self.config.min_batch_size, size)
+        limit = max(self.config.min_batch_size, min(limit, self.config.max_batch_size))
+        if self._search.incumbent is None:
+            self._search.begin(self._first_size(limit))
+        return max(self.config.min_batch_size, self._search.next_size(limit))
 
     def predict_next(self, after_size: int, load_per_item: float = 1.0) -> int:
         """The size the next batch will likely have if a batch of ``after_size``
-        succeeds now (growth continuing): the guess preparation ahead uses.
-        Uses the latest budget; reads nothing."""
-        size = self._best_size() if self._growth_stopped else self._grown(after_size)
-        fitted = self.fit()
+        succeeds now: the guess preparation ahead uses. Uses the latest budget;
+        reads nothing."""
+        limit = self.config.max_batch_size
         if self._budget is not None:
+            fitted = self.fit()
             per_load = fitted.bytes_per_load if fitted is not None else self._prior()
             base = fitted.base_bytes if fitted is not None else 0.0
-            size = min(size, plan_batch_size(budget_bytes=self._budget, base_bytes=base, bytes_per_load=per_load,
-                                             load_per_item=load_per_item, config=self.config, ceiling=self.ceiling))
-        return max(self.config.min_batch_size, min(size, self.config.max_batch_size))
+            limit = plan_batch_size(budget_bytes=self._budget, base_bytes=base, bytes_per_load=per_load,
+                                    load_per_item=load_per_item, config=self.config, ceiling=self.ceiling)
+        else:
+            limit = min(limit, self._last_size or after_size)
+        return max(self.config.min_batch_size, self._search.predict_after(after_size, limit))
 
-    def _best_size(self) -> int:
-        if not self._throughput:
-            return self._last_size or self.config.min_batch_size
-        # The smallest size within the gain threshold of the fastest: the
-        # same speed for less memory.
-        fastest = max(self._throughput.values())
-        floor = fastest / (1 + self.config.min_throughput_gain)
-        return min(size for size, rate in self._throughput.items() if rate >= floor)
+    def record(self) -> SizingRecord:
+        """What the throughput search has learnt: sizes chosen over time, rates per size."""
+        return self._search.record()
 
     def wants_measurement(self, load: int) -> bool:
         """Whether a batch of ``load`` should have its peak measured where
@@ -295,6 +312,7 @@ class AdaptiveBatchSizer(SpecSizing):
         loads = [m.load for m in self._measurements if m.peak_bytes is not None]
         if len(loads) < MIN_MEASURED or load > max(loads) or self._since_measured >= MEASURE_EVERY:
             self._since_measured = 0
+            self._costly_sample = True
             return True
         return False
 
@@ -302,18 +320,14 @@ class AdaptiveBatchSizer(SpecSizing):
                      *, full: bool = True) -> None:
         """Feed back one finished batch (``peak_bytes`` None when unknown).
 
-        ``full`` is False for a batch cut short by the end of the items: it
-        is measured, but growth continues from the size before it."""
+        ``full`` is False for a batch cut short by the end of the items: its
+        speed counts for the size it had, but the next batch is planned from
+        the size before it. The speed of a batch whose peak was measured where
+        measuring slows it (:meth:`wants_measurement`) is not a sample."""
         self._measurements.append(BatchMeasurement(batch_size, load, peak_bytes, seconds))
-        if seconds > 0:
-            rate = load / seconds
-            old = self._throughput.get(batch_size)
-            self._throughput[batch_size] = rate if old is None else 0.5 * (old + rate)
-            smaller = [s for s in self._throughput if s < batch_size]
-            if smaller and not self._growth_stopped:
-                best_smaller = max(self._throughput[s] for s in smaller)
-                if self._throughput[batch_size] < best_smaller * (1 + self.config.min_throughput_gain):
-                    self._growth_stopped = True
+        usable = not self._costly_sample
+        self._costly_sample = False
+        self._search.observe(batch_size, load / seconds if seconds > 0 else None, usable=usable)
         if full or self._last_size is None:
             self._last_size = batch_size
 
@@ -321,6 +335,7 @@ class AdaptiveBatchSizer(SpecSizing):
         """An OOM at ``batch_size``: the handler learns the ceiling, and the
         memory model learns that ``load`` needs more than the budget had."""
         self.oom_handler.learn_oom(self.device, batch_size, self.work, available)
+        self._costly_sample = False
         if load > 0 and self._budget:
             self._oom_slope = max(self._oom_slope, self._budget / load)
         self._last_size = max(1, min(self._last_size or batch_size, batch_size - 1))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ragged.gpu.throughput import SizingRecord
+
 
 class RecoveryStrategy(StrEnum):
     """One way to get out of an OOM."""
@@ -75,6 +77,7 @@ class RunStats:
     failed_items: int = 0
     prepared_items: int = 0  # items preprocessed (more than ``items`` when preparation was redone)
     oom: OOMStats = field(default_factory=OOMStats)
+    sizing: SizingRecord | None = None  # what the sizer had learnt by the end (None: fixed batches)
 
     @property
     def work_seconds(self) -> float:
@@ -123,6 +126,7 @@ class RunStats:
         self.failed_items += other.failed_items
         self.prepared_items += other.prepared_items
         self.oom += other.oom
+        self.sizing = other.sizing or self.sizing
 
 
 _DERIVED = ("peak_bytes", "items_per_second", "ooms", "recoveries", "overhead_fraction")
