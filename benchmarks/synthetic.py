@@ -1,8 +1,23 @@
 """Synthetic indexes and documents for the benchmarks.
 
-Pages of 600-800 unit vectors of 128 dimensions (fixed seed), stored by
-ragged's own index store under the ``tiny-colpali`` preset's name, so a
-server can embed real queries against them (their scores mean nothing).
+Two kinds of synthetic pages, each of 600-800 unit vectors of 128
+dimensions, stored by ragged's own index store under the ``tiny-colpali``
+preset's name (so a server can embed real queries against them):
+
+- :func:`pages`: every vector drawn at random. Nothing on a page relates
+  to anything else: the right input for timing, and the worst case for
+  any summary of a page (a page of noise has no structure to keep).
+- :func:`topic_page`: pages with structure, as real pages have. A fixed
+  vocabulary of :data:`TOPICS` directions stands for the things pages
+  show (drawn with Zipf-like frequencies, as words are); a page shows 3-8
+  of them, each as a group of vectors near its direction (cosine about
+  0.6-0.9, as a word or a figure spans several neighbouring patches), and
+  30-60% of its vectors are near one of a few layout directions (margins,
+  blank space: alike on every page). :func:`topic_query` makes a query
+  about a page as real ones are: 12 vectors near 1-3 of the page's topics
+  (what the question names) and 8 near a shared query-buffer direction
+  (ColPali pads every query with the same augmentation tokens). Page
+  ``n`` is the same in every run (its generator is seeded by ``n``).
 """
 
 from __future__ import annotations
@@ -25,6 +40,58 @@ def pages(rng: np.random.Generator, count: int) -> list[np.ndarray]:
         v = rng.standard_normal((int(n), DIM)).astype(np.float32)  # (n, dim)
         out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
     return out
+
+
+TOPICS = 16_384
+_VOCAB = np.random.default_rng(20261206)
+_TOPIC_VECTORS = _VOCAB.standard_normal((TOPICS, DIM)).astype(np.float32)  # (topics, dim)
+_TOPIC_VECTORS /= np.linalg.norm(_TOPIC_VECTORS, axis=1, keepdims=True)
+_LAYOUT = _VOCAB.standard_normal((16, DIM)).astype(np.float32)  # (layouts, dim)
+_LAYOUT /= np.linalg.norm(_LAYOUT, axis=1, keepdims=True)
+_BUFFER = _VOCAB.standard_normal(DIM).astype(np.float32)
+_BUFFER /= np.linalg.norm(_BUFFER)
+_WEIGHTS = 1.0 / np.arange(1, TOPICS + 1) ** 0.8
+_WEIGHTS /= _WEIGHTS.sum()
+_CUMULATIVE = np.cumsum(_WEIGHTS)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def page_topics(n: int) -> np.ndarray:
+    """The topics page ``n`` shows (3-8 distinct topic numbers)."""
+    rng = np.random.default_rng([7, n])
+    count = int(rng.integers(3, 9))
+    topics: list[int] = []
+    while len(topics) < count:
+        t = int(np.searchsorted(_CUMULATIVE, rng.random()))
+        if t not in topics and t < TOPICS:
+            topics.append(t)
+    return np.array(topics)
+
+
+def topic_page(n: int) -> np.ndarray:
+    """Page ``n`` of the structured corpus: (600-800, DIM) float32 unit vectors."""
+    topics = page_topics(n)
+    rng = np.random.default_rng([8, n])
+    size = int(rng.integers(600, 801))
+    layout_count = int(size * rng.uniform(0.3, 0.6))
+    layouts = rng.choice(len(_LAYOUT), 3, replace=False)
+    layout = _LAYOUT[layouts[rng.integers(0, 3, layout_count)]] + 0.07 * rng.standard_normal((layout_count, DIM))
+    owners = topics[rng.integers(0, len(topics), size - layout_count)]
+    content = _TOPIC_VECTORS[owners] + rng.uniform(0.05, 0.11) * rng.standard_normal((size - layout_count, DIM))
+    return _unit(np.concatenate([layout, content]))[rng.permutation(size)]
+
+
+def topic_query(n: int, seed: int) -> np.ndarray:
+    """A query about page ``n``: (20, DIM) float32 unit vectors."""
+    rng = np.random.default_rng([9, seed, n])
+    topics = page_topics(n)
+    named = rng.choice(topics, min(int(rng.integers(1, 4)), len(topics)), replace=False)
+    content = _TOPIC_VECTORS[named[rng.integers(0, len(named), 12)]] + 0.1 * rng.standard_normal((12, DIM))
+    buffer = _BUFFER + 0.08 * rng.standard_normal((8, DIM))
+    return _unit(np.concatenate([content, buffer]))
 
 
 def build_index(folder: Path, count: int, seed: int = 0) -> Path:

@@ -28,7 +28,7 @@ from ragged.index.store import IndexStore
 index, point = Path(sys.argv[1]), sys.argv[2]
 page_table.RETAIN_S = upkeep.RETAIN_S = 0.0
 writing.UPKEEP_MIN_COMMITS = 10**6  # only the upkeep below
-segments.SEGMENT_BYTES = 4096
+segments.SEGMENT_BYTES = 3400  # four documents a file (each 256 bytes of vectors, 576 pooled)
 catalog_log.COMPACT_MIN_BYTES = 10**9
 
 def die():
@@ -74,6 +74,15 @@ elif point == "pruned":
 elif point == "catalog":
     real_atomic = catalog_log.atomic_write
     catalog_log.atomic_write = lambda path, write: real_atomic(path, lambda fh: (fh.write(b"half"), die()))
+elif point == "stage":  # an index whose stage is lost: upkeep pools it again, killed after one document
+    for h, e in list(store._log.state.docs.items()):
+        store._record({"op": "relocate", "hash": h, "pooled": [], "extents": [x.as_list() for x in e.extents]})
+    real_record = writing.IndexWriter._record
+    def record(self, rec):
+        real_record(self, rec)
+        if rec.get("op") == "relocate" and rec.get("pooled"):
+            die()
+    writing.IndexWriter._record = record
 elif point == "catalog-written":
     real_gens = catalog_log.generations
     catalog_log.generations = lambda folder: die()
@@ -106,7 +115,7 @@ def check(index: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["relocate", "retired", "deleting", "optimize", "pruned", "catalog",
-                                   "catalog-written"])
+                                   "catalog-written", "stage"])
 def test_kill_during_upkeep(tmp_path: Path, point: str) -> None:
     index = tmp_path / "index"
     child = subprocess.run([sys.executable, "-c", CHILD, str(index), point], capture_output=True, text=True,
@@ -121,3 +130,4 @@ def test_kill_during_upkeep(tmp_path: Path, point: str) -> None:
     used = {e.file for extents in live.extents.values() for e in extents}
     assert used <= {int(p.stem) for p in (index / "segments").glob("*.seg")}
     assert IndexStore.open(index).pages.doc_hashes() == set(live.documents)
+    assert bool(live.staged.all())  # every page has its candidate stage (pooled again where a kill left none)

@@ -33,22 +33,32 @@ def cpu():  # type: ignore[no-untyped-def]
 
 
 def test_forms_in_order_with_hysteresis() -> None:
-    vectors = 1_000_000  # f32: 30.5 MiB at width 8; fp16: 15.3 MiB
-    f32, fp16 = vectors * DIM * 4, vectors * DIM * 2
+    vectors, pooled = 1_000_000, 20_000  # f32: 30.5 MiB at width 8; fp16: 15.3 MiB; the stage (f32): 0.6 MiB
+    stage = pooled * DIM * 4
+    f32, fp16 = vectors * DIM * 4 + stage, vectors * DIM * 2 + stage
     allowance = lambda need: int(need / RESIDENT_SHARE)  # noqa: E731  (a budget whose allowance is exactly need)
-    assert choose_form(vectors, DIM, cpu(), allowance(f32) * 2, "streamed").form == "f32 in RAM"
+    choice = choose_form(vectors, pooled, DIM, cpu(), allowance(f32) * 2, "streamed")
+    assert choice.form == "f32 in RAM" and choice.stage and choice.element_bytes == 4
     # Just under the limit: kept when already held, not taken when coming from another form.
     budget = int(allowance(f32) * 1.05)
-    assert choose_form(vectors, DIM, cpu(), budget, "f32 in RAM").form == "f32 in RAM"
-    assert choose_form(vectors, DIM, cpu(), budget, "fp16 in RAM").form == "fp16 in RAM"
+    assert choose_form(vectors, pooled, DIM, cpu(), budget, "f32 in RAM").form == "f32 in RAM"
+    assert choose_form(vectors, pooled, DIM, cpu(), budget, "fp16 in RAM").form == "fp16 in RAM"
     # f32 does not fit: fp16 in RAM, which says why.
-    choice = choose_form(vectors, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8, "f32 in RAM")
-    assert choice.form == "fp16 in RAM" and choice.element_bytes == 2
-    # Neither: streamed, with both needs named.
-    choice = choose_form(vectors, DIM, cpu(), allowance(fp16) // 2, "fp16 in RAM")
-    assert choice.form == "streamed" and "f32 in RAM would need" in choice.reason and "fp16" in choice.reason
-    assert choose_form(vectors, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8, "streamed").form == "fp16 in RAM"
-    assert choose_form(vectors, DIM, cpu(), None, "f32 in RAM").form == "streamed"
+    choice = choose_form(vectors, pooled, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8, "f32 in RAM")
+    assert choice.form == "fp16 in RAM" and choice.element_bytes == 2 and "f32 in RAM would need" in choice.reason
+    # Neither: the stage alone, the vectors mapped; it says what the others would need.
+    choice = choose_form(vectors, pooled, DIM, cpu(), allowance(fp16) // 2, "fp16 in RAM")
+    assert choice.form == "stage in RAM, vectors mapped" and choice.stage and choice.element_bytes == 0
+    assert "f32 in RAM would need" in choice.reason and "fp16 in RAM would need" in choice.reason
+    # Not even the stage: streamed.
+    choice = choose_form(vectors, pooled, DIM, cpu(), allowance(stage) // 2, "stage in RAM, vectors mapped")
+    assert choice.form == "streamed" and not choice.holds
+    assert choose_form(vectors, pooled, DIM, cpu(), int(allowance(fp16) / ENTER_SHARE) + 8,
+                       "streamed").form == "fp16 in RAM"
+    assert choose_form(vectors, pooled, DIM, cpu(), None, "f32 in RAM").form == "streamed"
+    # An index from before the stage holds its vectors or streams, and says why.
+    choice = choose_form(vectors, 0, DIM, cpu(), allowance(fp16) // 2, "streamed")
+    assert choice.form == "streamed" and "no candidate stage yet" in choice.reason
 
 
 def test_the_resident_copy_is_not_counted_against_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +67,7 @@ def test_the_resident_copy_is_not_counted_against_itself(tmp_path: Path, monkeyp
     index = tmp_path / "index"
     with IndexStore.open_for_writing(index, MODEL) as store:
         store.add_document(doc(1), "/d/1.pdf", pages(1))
-    need = 12 * DIM * 4
+    need = (16 + 6 * 16) * DIM * 4  # f32 vectors and stage (16 pooled a page) of all six pages at the end
     held = {"bytes": 0}
     free = int(need / RESIDENT_SHARE / ENTER_SHARE) + 64  # fits, with the margin, when nothing is held
 
@@ -98,7 +108,7 @@ def test_streams_while_loading_then_holds(tmp_path: Path, monkeypatch: pytest.Mo
         if resident.refresh():
             break
         __import__("time").sleep(0.05)
-    assert resident.form == "f32 in RAM" and resident.memory_bytes == 24 * DIM * 4
+    assert resident.form == "f32 in RAM" and resident.memory_bytes == (24 + 4 * 16) * DIM * 4  # vectors, stage
     np.testing.assert_allclose(cpu_searcher(resident).score_all(query), streamed, rtol=1e-6)
     resident.release()
 

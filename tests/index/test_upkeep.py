@@ -42,7 +42,7 @@ def test_commits_keep_files_and_versions_bounded(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(page_table, "RETAIN_S", 0.0)
     monkeypatch.setattr(upkeep, "RETAIN_S", 0.0)
     monkeypatch.setattr(writing, "UPKEEP_MIN_COMMITS", 8)
-    monkeypatch.setattr("ragged.index.segments.SEGMENT_BYTES", 2048)  # a few documents a file
+    monkeypatch.setattr("ragged.index.segments.SEGMENT_BYTES", 8192)  # a few documents a file (832 bytes each)
     index = tmp_path / "index"
     store = IndexStore.open_for_writing(index, MODEL)
     counts = []
@@ -58,7 +58,7 @@ def test_commits_keep_files_and_versions_bounded(tmp_path: Path, monkeypatch: py
     assert len(versions) <= 10, len(versions)
     live = IndexStore.open(index).catalog()
     assert live.documents == [doc(n) for n in range(41, 81)]
-    used = {e.file for extents in live.extents.values() for e in extents}
+    used = {e.file for extents in [*live.extents.values(), *live.pooled.values()] for e in extents}
     on_disk = {int(p.stem) for p in (index / "segments").glob("*.seg")}
     assert on_disk == used  # files of removed documents compacted and deleted
     expected = [float((np.ones((3, DIM)) @ p.astype(np.float16).astype(np.float64).T).max(axis=1).sum())

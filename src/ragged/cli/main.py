@@ -184,10 +184,12 @@ def _scale(workers: str | None, address: str | None) -> Any:
 @click.option("--mode", type=click.Choice(["auto", "vision", "text", "keyword", "hybrid"]), default="auto",
               help="Rank by page images, page text, keywords, or all three fused; auto: hybrid where the index "
                    "has text, else vision.")
+@click.option("--exact", is_flag=True, help="Score every page's images (a full scan) instead of the candidate "
+                                            "stage's pages: slower on large indexes, for checking.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 def search(query: str, k: int, index_dir: Path, device: str, model: str | None, memory_target: float,
-           server: str | None, token: str | None, local: bool, mode: str, as_json: bool) -> None:
-    """Find the pages that best answer QUERY: by their images (exact MaxSim), text, keywords, or all fused."""
+           server: str | None, token: str | None, local: bool, mode: str, exact: bool, as_json: bool) -> None:
+    """Find the pages that best answer QUERY: by their images (MaxSim), text, keywords, or all fused."""
     from ragged.index.results import clean_query
     from ragged.serve.client import find_server
 
@@ -196,7 +198,7 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
         err.print(f"note: {safe(repaired)}", soft_wrap=True)
     url = server or (None if local else find_server(index_dir))
     if url is not None:
-        result = _remote_search(url, text, k, token, model, mode)
+        result = _remote_search(url, text, k, token, model, mode, exact)
     else:
         from ragged.embeddings.hf import silence_transformers
         from ragged.gpu.runtime import Runtime
@@ -206,15 +208,17 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
         with Runtime(policy=policy(memory_target)) as runtime:
             runtime.device(device)  # a bad --device fails before the index is opened
             result = run_search(text, index_dir, k=k, device=device, model=model, cache_dir=cache_dir(),
-                                mode=mode, runtime=runtime)
+                                mode=mode, runtime=runtime, exact=exact)
     for notice in result.notices:
         err.print(f"note: {safe(notice)}", soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
         return
     shown = result.query if len(result.query) <= 80 else result.query[:77] + "..."
+    scored = result.pages_scored
+    exactly = f", {scored} scored exactly" if scored is not None and scored < result.pages_searched else ""
     header = (f"{shown!r}: {len(result.hits)} of {result.pages_searched} pages "
-              f"({result.mode}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
+              f"({result.mode}{exactly}; {result.answered_by}, {result.device}, {result.seconds:.2f} s)")
     from ragged.cli.hits import hits_table, no_hits_advice
 
     if not result.hits:
@@ -223,13 +227,14 @@ def search(query: str, k: int, index_dir: Path, device: str, model: str | None, 
     out.print(hits_table(result, header, out.width))
 
 
-def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str) -> Any:
+def _remote_search(url: str, query: str, k: int, token: str | None, model: str | None, mode: str,
+                   exact: bool = False) -> Any:
     """A SearchResult from a running server (same output as in-process)."""
     from ragged.embeddings.names import stored_name
     from ragged.errors import ModelMismatchError
     from ragged.serve.client import parse_result, remote_search
 
-    data = remote_search(url, query, k, token, mode=mode)
+    data = remote_search(url, query, k, token, mode=mode, exact=exact)
     result = parse_result(data, url)
     if model is not None and stored_name(model) != result.model:
         raise ModelMismatchError(f"The index served at {url} was built with {result.model!r}, not {model!r}.")

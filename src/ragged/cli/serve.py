@@ -52,7 +52,12 @@ def run_server(index_dir: Path, host: str, port: int, idle_unload: float, device
     service = SearchService(ServiceConfig(index_dir=index_dir, device=device, cache_dir=cache_dir,
                                           idle_unload_s=idle_unload or None,
                                           policy=policy(memory_target)))
-    starter = threading.Thread(target=service.start, name="ragged-start", daemon=True)
+
+    def start() -> None:
+        service.start()
+        out.print(f"ragged: {safe(service.summary())}", soft_wrap=True)  # the form chosen, and why
+
+    starter = threading.Thread(target=start, name="ragged-start", daemon=True)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from ragged.index.files import atomic_write, check_doc_id
 from ragged.index.segments import Extent
@@ -61,11 +64,52 @@ class Catalog:
     extents: dict[str, tuple[Extent, ...]] = field(default_factory=dict)  # format 3: where vectors lie
     lance_version: int | None = None  # format 3: the page table's version that holds these documents' rows
     stamp: tuple[int, int] | None = None  # format 3: (log generation, log bytes) this snapshot was read at
+    pooled: dict[str, tuple[Extent, ...]] = field(default_factory=dict)  # the candidate stage, where built
 
     @property
     def total_vectors(self) -> int:
         """Vectors over all pages."""
-        return sum(p.n_vectors for p in self.pages)
+        return int(self.lengths.sum())
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        """(pages,) int64: each page's vector count, in catalog order."""
+        return np.fromiter((p.n_vectors for p in self.pages), dtype=np.int64, count=len(self.pages))
+
+    @cached_property
+    def page_counts(self) -> dict[str, int]:
+        """Pages of each document."""
+        counts: dict[str, int] = dict.fromkeys(self.documents, 0)
+        for page in self.pages:
+            counts[page.doc_hash] += 1
+        return counts
+
+    @cached_property
+    def doc_starts(self) -> np.ndarray:
+        """(documents,) int64: the catalog position of each document's first page."""
+        counts = np.fromiter((self.page_counts[d] for d in self.documents), dtype=np.int64, count=len(self.documents))
+        return np.concatenate(([0], np.cumsum(counts)))[:-1].astype(np.int64)
+
+    @cached_property
+    def staged(self) -> np.ndarray:
+        """(pages,) bool: True where a page has its pooled vectors (the candidate stage)."""
+        out = np.zeros(len(self.pages), dtype=bool)
+        for doc, start in zip(self.documents, self.doc_starts.tolist(), strict=True):
+            if doc in self.pooled:
+                out[start : start + self.page_counts[doc]] = True
+        return out
+
+    def since(self, first: int) -> Catalog:
+        """The pages from catalog position ``first`` (a document's first page) on."""
+        if first == 0:
+            return self
+        if first >= len(self.pages):
+            return Catalog([], [], {}, self.lance_version, self.stamp)
+        d = self.documents.index(self.pages[first].doc_hash)
+        documents = self.documents[d:]
+        keep = set(documents)
+        return Catalog(self.pages[first:], documents, {h: e for h, e in self.extents.items() if h in keep},
+                       self.lance_version, self.stamp, {h: e for h, e in self.pooled.items() if h in keep})
 
     def document_records(self) -> list[DocumentRecord]:
         """One record per document, in search order."""

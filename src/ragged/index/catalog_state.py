@@ -17,7 +17,9 @@ record      effect
 ``move``    a document's path changes
 ``text``    documents got their text side
 ``purged``  the page-table rows of documents that went are deleted
-``relocate`` a document's vectors moved to another block (segment compaction)
+``relocate`` a document's blocks moved (segment compaction), or its pooled
+            vectors were written (the candidate stage built for a document
+            stored before it; readers that predate the stage ignore them)
 ``retire``  segment files no longer read by new snapshots (deleted later)
 ``deleted`` retired files are gone
 ``lance``   the page table's version after upkeep
@@ -37,13 +39,15 @@ from ragged.multivector.grid import PatchGrid
 
 @dataclass
 class DocEntry:
-    """One document: its path, pages (vectors and grid each), blocks and text side."""
+    """One document: its path, pages (vectors and grid each), blocks, pooled
+    blocks (the candidate stage; empty where not built yet) and text side."""
 
     path: str
     doc_pages: int
     pages: list[tuple[int, PatchGrid | None]] = field(default_factory=list)
     extents: list[Extent] = field(default_factory=list)
     text: bool = False
+    pooled: list[Extent] = field(default_factory=list)
     _records: tuple[PageRecord, ...] | None = field(default=None, repr=False, compare=False)
 
     def records(self, doc_hash: str) -> tuple[PageRecord, ...]:
@@ -52,16 +56,25 @@ class DocEntry:
             self._records = tuple(PageRecord(doc_hash, self.path, n, v, g) for n, (v, g) in enumerate(self.pages, 1))
         return self._records
 
+    @property
+    def staged(self) -> bool:
+        """True when every page has its pooled vectors (the candidate stage)."""
+        return sum(e.pages for e in self.pooled) == len(self.pages) > 0
+
     def to_json(self, doc_hash: str) -> dict[str, Any]:
-        return {"hash": doc_hash, "path": self.path, "n": self.doc_pages, "text": self.text,
-                "pages": [[n, *(g.as_list() if g else [])] for n, g in self.pages],
-                "extents": [e.as_list() for e in self.extents]}
+        raw = {"hash": doc_hash, "path": self.path, "n": self.doc_pages, "text": self.text,
+               "pages": [[n, *(g.as_list() if g else [])] for n, g in self.pages],
+               "extents": [e.as_list() for e in self.extents]}
+        if self.pooled:
+            raw["pooled"] = [e.as_list() for e in self.pooled]
+        return raw
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> tuple[str, DocEntry]:
         pages = [(int(p[0]), PatchGrid(*map(int, p[1:4])) if len(p) >= 4 else None) for p in raw["pages"]]
         extents = [Extent.from_list(e) for e in raw["extents"]]
-        entry = cls(str(raw["path"]), int(raw["n"]), pages, extents, bool(raw.get("text", False)))
+        pooled = [Extent.from_list(e) for e in raw.get("pooled", [])]
+        entry = cls(str(raw["path"]), int(raw["n"]), pages, extents, bool(raw.get("text", False)), pooled)
         return check_doc_id(raw["hash"]), entry
 
 
@@ -106,6 +119,8 @@ class CatalogState:
             piece.pages.extend((int(p[0]), PatchGrid(*map(int, p[1:4])) if len(p) >= 4 else None)
                                for p in record["pages"])
             piece.extents.append(Extent.from_list(record["extent"]))
+            if record.get("pooled") is not None:
+                piece.pooled.append(Extent.from_list(record["pooled"]))
             piece.text = piece.text and text
         elif op == "done":
             doc_hash = check_doc_id(record["hash"])
@@ -133,7 +148,10 @@ class CatalogState:
         elif op == "purged":
             self.unpurged.difference_update(record["hashes"])
         elif op == "relocate":
-            self.docs[check_doc_id(record["hash"])].extents = [Extent.from_list(e) for e in record["extents"]]
+            entry = self.docs[check_doc_id(record["hash"])]
+            entry.extents = [Extent.from_list(e) for e in record["extents"]]
+            if "pooled" in record:
+                entry.pooled = [Extent.from_list(e) for e in record["pooled"]]
         elif op == "retire":
             for number in record["files"]:
                 self.retired[int(number)] = float(record["at"])
@@ -169,7 +187,7 @@ class CatalogState:
         """Bytes of committed, visible blocks in each segment file."""
         live: dict[int, int] = {}
         for entry in [*self.docs.values(), *self.pending.values()]:
-            for extent in entry.extents:
+            for extent in [*entry.extents, *entry.pooled]:
                 live[extent.file] = live.get(extent.file, 0) + extent.end(self.dim) - extent.offset
         return live
 
@@ -177,7 +195,8 @@ class CatalogState:
         """The visible documents as a search snapshot."""
         pages = [record for h, e in self.docs.items() for record in e.records(h)]
         extents = {h: tuple(e.extents) for h, e in self.docs.items()}
-        return Catalog(pages, list(self.docs), extents, self.lance_version, stamp)
+        pooled = {h: tuple(e.pooled) for h, e in self.docs.items() if e.staged}
+        return Catalog(pages, list(self.docs), extents, self.lance_version, stamp, pooled)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": 3, "model": self.model, "dim": self.dim, "commit": self.commit,

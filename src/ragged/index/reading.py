@@ -28,7 +28,7 @@ from ragged.index.files import check_doc_id, refuse_link, storage_error
 from ragged.index.meta import FORMAT, IndexMeta
 from ragged.index.page_table import KeywordHit, PageTable
 from ragged.index.repair import rebuild
-from ragged.index.segments import SEGMENTS, SegmentDamaged, SegmentMaps
+from ragged.index.segments import MAGIC, POOL_MAGIC, SEGMENTS, SegmentDamaged, SegmentMaps
 
 
 class IndexReader:
@@ -116,12 +116,15 @@ class IndexReader:
 
     def _readable(self, catalog: Catalog) -> Catalog:
         """``catalog`` less documents whose blocks lie in missing segment files or
-        past their end (with a warning: the next ingest embeds them again); the
-        files of the rest are mapped now, so a later compaction cannot take them away."""
+        past their end (with a warning: the next ingest embeds them again), and
+        less pooled blocks so damaged (their pages are then scored exactly; the
+        next ingest pools them again); the files of the rest are mapped now, so
+        a later compaction cannot take them away."""
         assert self.meta is not None
-        maps = self._maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
+        dim = self.meta.dim
+        maps = self._maps = SegmentMaps(self.folder / SEGMENTS, dim)
         sizes: dict[int, int] = {}
-        for extents in catalog.extents.values():
+        for extents in [*catalog.extents.values(), *catalog.pooled.values()]:
             for e in extents:
                 if e.file not in sizes:
                     try:
@@ -129,16 +132,17 @@ class IndexReader:
                     except SegmentDamaged as exc:
                         logger.warning("{}", exc)
                         sizes[e.file] = 0
-        gone = {h for h, extents in catalog.extents.items() if any(e.end(self.meta.dim) > sizes[e.file]
-                                                                    for e in extents)}
-        if not gone:
+        gone = {h for h, extents in catalog.extents.items() if any(e.end(dim) > sizes[e.file] for e in extents)}
+        unpooled = {h for h, extents in catalog.pooled.items() if any(e.end(dim) > sizes[e.file] for e in extents)}
+        if not gone and not unpooled:
             return catalog
-        logger.warning("{} document(s) of the index at {} are left out of search (their vectors are missing or cut "
-                       "short); 'ragged ingest' embeds them again.", len(gone), self.folder)
+        if gone:
+            logger.warning("{} document(s) of the index at {} are left out of search (their vectors are missing or "
+                           "cut short); 'ragged ingest' embeds them again.", len(gone), self.folder)
         return Catalog([p for p in catalog.pages if p.doc_hash not in gone],
                        [d for d in catalog.documents if d not in gone],
                        {h: e for h, e in catalog.extents.items() if h not in gone}, catalog.lance_version,
-                       catalog.stamp)
+                       catalog.stamp, {h: e for h, e in catalog.pooled.items() if h not in gone | unpooled})
 
     def _check_table(self) -> None:
         if not self.legacy and self.catalog().lance_version is not None and not self.pages.exists():
@@ -177,12 +181,53 @@ class IndexReader:
                     yield at, lengths[at - position : at - position + extent.pages], self._vectors(doc, extent)
             position = end
 
-    def _vectors(self, doc_hash: str, extent: Any) -> np.ndarray:
+    def gather(self, catalog: Catalog, positions: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The vectors of the pages at ``positions`` (sorted catalog positions), a
+        stored run at a time: (positions, (pages,) vector counts, (vectors, dim)
+        fp16 rows, copied out of the maps)."""
+        if not len(positions):
+            return
+        lengths = catalog.lengths
+        starts = catalog.doc_starts
+        owners = np.searchsorted(starts, positions, side="right") - 1  # (positions,) document of each page
+        bounds = np.flatnonzero(np.diff(owners)) + 1
+        for wanted, owner in zip(np.split(positions, bounds), np.split(owners, bounds), strict=True):
+            d = int(owner[0])
+            doc, base = catalog.documents[d], int(starts[d])
+            count = catalog.page_counts[doc]
+            runs = ([(base + e.first_page - 1, e.pages, e) for e in catalog.extents[doc]]
+                    if not self.legacy and doc in catalog.extents else [(base, count, None)])
+            for first, pages, extent in runs:
+                mine = wanted[(wanted >= first) & (wanted < first + pages)]
+                if not len(mine):
+                    continue
+                if extent is None:
+                    assert self.meta is not None
+                    vectors = legacy.segment(self.folder, self.meta, self.pages, doc,
+                                             int(lengths[first : first + pages].sum()))
+                else:
+                    vectors = self._vectors(doc, extent)
+                offsets = np.concatenate(([0], np.cumsum(lengths[first : first + pages])))
+                rows = [vectors[offsets[p - first] : offsets[p - first + 1]] for p in mine.tolist()]
+                yield mine, lengths[mine], np.concatenate(rows) if len(rows) > 1 else np.array(rows[0])
+
+    def pooled_runs(self, catalog: Catalog) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The pooled vectors (the candidate stage) of ``catalog``'s pages that
+        have them, in catalog order, a block at a time: (first catalog position,
+        pages, (pages * pooled, dim) fp16 memory-mapped)."""
+        position = 0
+        for doc in catalog.documents:
+            count = catalog.page_counts[doc]
+            for extent in catalog.pooled.get(doc, ()):
+                yield position + extent.first_page - 1, extent.pages, self._vectors(doc, extent, POOL_MAGIC)
+            position += count
+
+    def _vectors(self, doc_hash: str, extent: Any, magic: bytes = MAGIC) -> np.ndarray:
         assert self.meta is not None
         if self._maps is None:
             self._maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
         try:
-            return self._maps.vectors(doc_hash, extent)
+            return self._maps.vectors(doc_hash, extent, magic)
         except SegmentDamaged as exc:
             logger.warning("{}", exc)
             raise IndexStoreError(f"The index at {self.folder} is damaged: {exc}. Run 'ragged ingest' again: it "

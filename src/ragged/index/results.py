@@ -38,6 +38,7 @@ class SearchResult:
     mode: str = "vision"
     text_model: str | None = None  # the index's text model (None: it has no text side)
     reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this search (none: no model needed)
+    pages_scored: int | None = None  # pages whose vectors were scored exactly (None: no image search ran)
 
     @property
     def answered_by(self) -> str:
@@ -56,7 +57,8 @@ class SearchResult:
         return {
             "query": self.query, "model": self.model, "text_model": self.text_model, "device": self.device,
             "mode": self.mode,
-            "pages_searched": self.pages_searched, "seconds": round(self.seconds, 3),
+            "pages_searched": self.pages_searched, "pages_scored": self.pages_scored,
+            "seconds": round(self.seconds, 3),
             "notices": list(self.notices),
             "hits": [{"rank": n, "path": h.path, "page": h.page, "score": round(h.score, 4), "doc_hash": h.doc_hash,
                       "signals": dict(h.signals)} for n, h in enumerate(self.hits, 1)],

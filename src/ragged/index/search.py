@@ -1,10 +1,14 @@
-"""Exact MaxSim search over the index.
+"""MaxSim search over the index: every page exactly, or candidates first.
 
 Page vectors come from a source: the memory-mapped fp16 segments (a
 one-off search reads them straight from disk) or a resident copy held by a
 long-lived process in the form that searches fastest (see
-:mod:`ragged.index.resident`). Either gives blocks of whole pages, which
+:mod:`ragged.index.resident`). Either gives blocks of whole pages (of the
+pages' vectors, or of their pooled vectors: the candidate stage), which
 the one MaxSim kernel (:mod:`ragged.multivector.maxsim`) scores.
+:meth:`MaxSimSearcher.score_all` scores every page exactly;
+:meth:`MaxSimSearcher.score_candidates` scores the candidate stage, then
+exactly the pages it finds (:mod:`ragged.index.candidates`).
 
 On the CPU, blocks are scored in the column layout (see
 :mod:`ragged.multivector.maxsim`) by a small pool of workers, one BLAS and one
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,20 +47,27 @@ MIN_CHUNK_VECTORS = 1_024
 SEARCH_WORK = "search"
 SEARCH_ADVICE = "Close other programs using the device, or search on another with --device."
 
-__all__ = ["Block", "MaxSimSearcher", "SearchHit", "SegmentSource", "VectorSource", "chunk_vectors", "top_k"]
+__all__ = ["Block", "MaxSimSearcher", "SearchHit", "SegmentSource", "StagedSource", "VectorSource", "chunk_vectors",
+           "top_k"]
 _TORCH_THREADS = threading.Lock()
 
 
 @dataclass(frozen=True)
 class Block:
-    """Consecutive whole pages: catalog positions from ``first``, their vector
-    counts, and their vectors: rows ((n, dim), fp16 or f32, NumPy or a device
-    tensor) or, with ``columns``, (dim, n) float32 on the CPU."""
+    """Whole pages: catalog positions from ``first`` (or, where ``positions``
+    is given, those positions), their vector counts, and their vectors: rows
+    ((n, dim), fp16 or f32, NumPy or a device tensor) or, with ``columns``,
+    (dim, n) float32 on the CPU."""
 
     first: int
     lengths: np.ndarray  # (pages,) int64
     vectors: np.ndarray | torch.Tensor  # (sum(lengths), dim), or (dim, sum(lengths)) with columns
     columns: bool = False
+    positions: np.ndarray | None = None  # (pages,) int64: pages not consecutive in the catalog
+
+    def rows(self) -> slice | np.ndarray:
+        """Where the block's pages are in the catalog (an index of a (pages, ...) array)."""
+        return self.positions if self.positions is not None else slice(self.first, self.first + len(self.lengths))
 
 
 class VectorSource(Protocol):
@@ -66,6 +77,18 @@ class VectorSource(Protocol):
     def catalog(self) -> Catalog: ...
 
     def blocks(self, max_vectors: int) -> Iterator[Block]: ...
+
+
+class StagedSource(VectorSource, Protocol):
+    """A source that also gives the candidate stage and chosen pages."""
+
+    def pooled_blocks(self, max_vectors: int) -> Iterator[Block]:
+        """The pooled vectors of the pages that have them, in blocks (catalog order)."""
+        ...
+
+    def page_blocks(self, positions: np.ndarray, max_vectors: int) -> Iterator[Block]:
+        """The vectors of the pages at ``positions`` (sorted), in blocks that give their positions."""
+        ...
 
 
 class SegmentSource:
@@ -86,11 +109,55 @@ class SegmentSource:
         for first, lengths, vectors in self.store.runs(self._catalog):  # vectors: (tokens, dim) fp16
             yield from split_blocks(first, lengths, vectors, max_vectors)
 
+    def pooled_blocks(self, max_vectors: int) -> Iterator[Block]:
+        """The candidate stage, read from the segment files: each document's
+        pooled block is small (16 vectors a page), so consecutive ones are
+        joined into blocks of about ``max_vectors`` (one block a document
+        cost more in scheduling than in arithmetic at 100,000 pages)."""
+        def runs() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            for first, pages, vectors in self.store.pooled_runs(self._catalog):  # (pages * pooled, dim) fp16
+                yield (np.arange(first, first + pages, dtype=np.int64),
+                       np.full(pages, vectors.shape[0] // pages, dtype=np.int64), vectors)
+
+        yield from gathered(runs(), max_vectors)
+
+    def page_blocks(self, positions: np.ndarray, max_vectors: int) -> Iterator[Block]:
+        """The pages at ``positions``, copied out of the maps into blocks of at most ``max_vectors``."""
+        yield from gathered(self.store.gather(self._catalog, positions), max_vectors)
+
+
+def gathered(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], max_vectors: int) -> Iterator[Block]:
+    """Pieces of (positions, vector counts, rows) joined into blocks of about ``max_vectors``."""
+    held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    size = 0
+    for part in parts:
+        held.append(part)
+        size += int(part[2].shape[0])
+        if size >= max_vectors:
+            yield _joined(held)
+            held, size = [], 0
+    if held:
+        yield _joined(held)
+
+
+def _joined(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Block:
+    positions = np.concatenate([p for p, _, _ in held])
+    lengths = np.concatenate([n for _, n, _ in held])
+    parts = [v for _, _, v in held]
+    if len(parts) == 1:
+        vectors = parts[0]
+    elif isinstance(parts[0], torch.Tensor):  # rows held on a device
+        vectors = torch.cat(parts)  # type: ignore[arg-type]
+    else:
+        vectors = np.concatenate(parts)  # (sum(lengths), dim)
+    return Block(int(positions[0]), lengths, vectors, positions=positions)
+
 
 def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Tensor,
-                 max_vectors: int, columns: bool = False) -> Iterator[Block]:
+                 max_vectors: int, columns: bool = False, positions: np.ndarray | None = None) -> Iterator[Block]:
     """``vectors`` of consecutive pages (rows, or columns) cut into blocks of at
-    most ``max_vectors`` (whole pages)."""
+    most ``max_vectors`` (whole pages); ``positions``, where given, are the
+    pages' catalog positions (pages not consecutive in the catalog)."""
     ends = np.cumsum(lengths)
     start_page, start_row = 0, 0
     while start_page < len(lengths):
@@ -99,7 +166,8 @@ def split_blocks(first: int, lengths: np.ndarray, vectors: np.ndarray | torch.Te
         stop = max(stop, start_page + 1)
         end_row = int(ends[stop - 1])
         part = vectors[:, start_row:end_row] if columns else vectors[start_row:end_row]
-        yield Block(first + start_page, lengths[start_page:stop], part, columns)
+        at = positions[start_page:stop] if positions is not None else None
+        yield Block(first + start_page if at is None else int(at[0]), lengths[start_page:stop], part, columns, at)
         start_page, start_row = stop, end_row
 
 
@@ -155,27 +223,43 @@ class MaxSimSearcher:
         return chunk_vectors(budget, dim, query_tokens)
 
     def score_all(self, queries: Sequence[np.ndarray]) -> np.ndarray:
-        """MaxSim of every page for every query: shape (pages, queries).
+        """MaxSim of every page for every query, exactly: shape (pages, queries).
 
         An OOM on the device is recovered by the one engine: smaller chunks,
         then the CPU; the size that failed is not tried again."""
         pages = self.catalog.pages
-        if not pages or not queries:
-            return np.zeros((len(pages), len(queries)), dtype=np.float32)
-        dim = int(np.asarray(queries[0]).shape[1])
-        chunk = self._chunk_vectors(dim, sum(len(q) for q in queries))
-        return self.oom_handler.run(lambda device, size: self._score(queries, device, size), self.device, chunk,
-                                    work=SEARCH_WORK, min_batch_size=MIN_CHUNK_VECTORS, advice=SEARCH_ADVICE)
-
-    def _score(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int) -> np.ndarray:
-        out = np.empty((len(self.catalog.pages), len(queries)), dtype=np.float32)
-        if device.is_accelerator:
-            self._score_on_device(queries, device, chunk, out)
-        else:
-            self._score_on_cpu(queries, chunk, out)
+        out = np.full((len(pages), len(queries)), -np.inf, dtype=np.float32)
+        if pages and queries:
+            self.score_into(queries, self.source.blocks, out)
         return out
 
-    def _score_on_cpu(self, queries: Sequence[np.ndarray], chunk: int, out: np.ndarray) -> None:
+    def score_candidates(self, queries: Sequence[np.ndarray], depth: int) -> np.ndarray:
+        """MaxSim, exactly, of the pages the candidate stage finds for each
+        query's ``depth`` best (every page where the source has no stage):
+        shape (pages, queries), -inf for pages not scored."""
+        from ragged.index.candidates import candidate_scores
+
+        if not hasattr(self.source, "pooled_blocks") or not self.catalog.pages or not queries:
+            return self.score_all(queries)
+        return candidate_scores(self, self.source, queries, depth)  # type: ignore[arg-type]
+
+    def score_into(self, queries: Sequence[np.ndarray], blocks: Callable[[int], Iterable[Block]],
+                   out: np.ndarray) -> None:
+        """MaxSim of the pages ``blocks(max_vectors)`` gives, written to their rows of ``out`` (pages, queries)."""
+        dim = int(np.asarray(queries[0]).shape[1])
+        chunk = self._chunk_vectors(dim, sum(len(q) for q in queries))
+        self.oom_handler.run(lambda device, size: self._score(queries, device, size, blocks, out), self.device,
+                             chunk, work=SEARCH_WORK, min_batch_size=MIN_CHUNK_VECTORS, advice=SEARCH_ADVICE)
+
+    def _score(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int,
+               blocks: Callable[[int], Iterable[Block]], out: np.ndarray) -> None:
+        if device.is_accelerator:
+            self._score_on_device(queries, device, chunk, blocks, out)
+        else:
+            self._score_on_cpu(queries, chunk, blocks, out)
+
+    def _score_on_cpu(self, queries: Sequence[np.ndarray], chunk: int, blocks: Callable[[int], Iterable[Block]],
+                      out: np.ndarray) -> None:
         block = QueryBlock(queries, torch.device("cpu"))
 
         def score(part: Block) -> None:
@@ -183,33 +267,40 @@ class MaxSimSearcher:
             if isinstance(vectors, torch.Tensor):
                 vectors = vectors.cpu().numpy()
             columns = vectors if part.columns else as_columns(vectors)  # (dim, n) f32, a view of rows
-            out[part.first : part.first + len(part.lengths)] = block.score_columns(columns, part.lengths)
+            out[part.rows()] = block.score_columns(columns, part.lengths)
 
         with single_threaded_kernels(), ThreadPoolExecutor(self.workers, "ragged-maxsim") as pool:
-            for future in [pool.submit(score, part) for part in self.source.blocks(chunk)]:
+            for future in [pool.submit(score, part) for part in blocks(chunk)]:
                 future.result()
 
     def _score_on_device(self, queries: Sequence[np.ndarray], device: DeviceInfo, chunk: int,
-                         out: np.ndarray) -> None:
+                         blocks: Callable[[int], Iterable[Block]], out: np.ndarray) -> None:
         dev = device.torch_device
         block = QueryBlock(queries, dev)
-        rows = max(chunk, max(p.n_vectors for p in self.catalog.pages))  # a page longer than a chunk is one block
+        longest = int(self.catalog.lengths.max()) if len(self.catalog.pages) else 0
+        rows = max(chunk, longest)  # a page longer than a chunk is one block
         buffer = torch.empty((rows, block.dim), dtype=torch.float32, device=dev)  # reused across chunks
         sims = torch.empty((rows, block.tokens), dtype=torch.float32, device=dev)
-        for part in self.source.blocks(chunk):
+        for part in blocks(chunk):
             n = int(part.lengths.sum())
+            if n > rows:  # a block of another kind (pooled) larger than the buffers: grow them
+                rows = n
+                buffer = torch.empty((rows, block.dim), dtype=torch.float32, device=dev)
+                sims = torch.empty((rows, block.tokens), dtype=torch.float32, device=dev)
             source = part.vectors if isinstance(part.vectors, torch.Tensor) else torch.from_numpy(part.vectors)
             buffer[:n].copy_(source.to(dev, non_blocking=True))  # to f32 on the device
             scores = block.score(buffer[:n], part.lengths, sims)  # (pages in block, queries)
-            out[part.first : part.first + len(part.lengths)] = scores.cpu().numpy()
+            out[part.rows()] = scores.cpu().numpy()
 
-    def search(self, queries: Sequence[np.ndarray], k: int = 10) -> list[list[SearchHit]]:
-        """The ``k`` best pages for each query by MaxSim, best first."""
+    def search(self, queries: Sequence[np.ndarray], k: int = 10, exact: bool = True) -> list[list[SearchHit]]:
+        """The ``k`` best pages for each query by MaxSim, best first: every
+        page scored, or (``exact`` false) the candidate stage's pages."""
         catalog = self.catalog
-        scores = self.score_all(queries)  # (pages, queries)
+        scores = self.score_all(queries) if exact else self.score_candidates(queries, k)  # (pages, queries)
         out = []
         for j in range(scores.shape[1]):
             order = top_k(scores[:, j], k)
+            order = order[np.isfinite(scores[order, j])]  # pages the candidate stage left out are not hits
             out.append([SearchHit(catalog.pages[p].path, catalog.pages[p].page, float(scores[p, j]),
                                   catalog.pages[p].doc_hash, {"vision": n}) for n, p in enumerate(order.tolist(), 1)])
         return out

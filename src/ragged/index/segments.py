@@ -4,8 +4,13 @@ A segment file (``segments/00000001.seg``) is a run of blocks, each the
 vectors of consecutive pages of one document, appended in commit order::
 
     block  = header (64 bytes) + vectors (n x dim fp16, C order) + padding to 64 bytes
-    header = magic "RGSEG3\\0\\0", document hash (32 bytes), first page, pages,
+    header = magic, document hash (32 bytes), first page, pages,
              the document's page count, vectors, width (little-endian u32 each)
+
+A block is one of two kinds, told apart by its magic: ``RGSEG3\\0\\0``
+holds the pages' vectors, ``RGPOOL3\\0`` their pooled centroids (the
+candidate stage, :mod:`ragged.multivector.pooling`), written just after
+the vectors they summarise.
 
 Search memory-maps the files and reads a block's vectors in place. The
 catalog says where each committed document's blocks are (:class:`Extent`);
@@ -33,7 +38,8 @@ from ragged.index.files import UMASK, check_doc_id, ensure_folder, refuse_link, 
 
 SEGMENTS = "segments"
 SEGMENT_BYTES = 256 * 1024**2  # a file is closed to appends once past this
-MAGIC = b"RGSEG3\0\0"
+MAGIC = b"RGSEG3\0\0"  # a block of page vectors
+POOL_MAGIC = b"RGPOOL3\0"  # a block of pooled centroids (the candidate stage)
 HEADER = struct.Struct("<8s32s5I")  # magic, hash, first page, pages, document pages, vectors, width
 HEADER_BYTES = 64
 ALIGN = 64
@@ -82,8 +88,9 @@ def segment_number(name: str) -> int | None:
     return int(stem) if dot and ext == "seg" and len(stem) == 8 and stem.isdigit() else None
 
 
-def _header(doc_hash: str, first_page: int, pages: int, doc_pages: int, vectors: int, dim: int) -> bytes:
-    packed = HEADER.pack(MAGIC, bytes.fromhex(doc_hash), first_page, pages, doc_pages, vectors, dim)
+def _header(doc_hash: str, first_page: int, pages: int, doc_pages: int, vectors: int, dim: int,
+            magic: bytes = MAGIC) -> bytes:
+    packed = HEADER.pack(magic, bytes.fromhex(doc_hash), first_page, pages, doc_pages, vectors, dim)
     return packed.ljust(HEADER_BYTES, b"\0")
 
 
@@ -96,6 +103,8 @@ class SegmentWriter:
         self.ends = dict(ends)
         self.last = last
         self._fd: int | None = None
+        self._unsynced = False  # an append made with sync=False and not synced since
+        self.touched: set[int] = set()  # files appended to since the last commit recorded their ends
 
     def _open(self, need: int) -> int:
         end = self.ends.get(self.last, 0)
@@ -119,29 +128,41 @@ class SegmentWriter:
         return self._fd
 
     def append(self, doc_hash: str, first_page: int, doc_pages: int, lengths: list[int],
-               vectors: np.ndarray) -> Extent:
+               vectors: np.ndarray, magic: bytes = MAGIC, sync: bool = True) -> Extent:
         """Append the vectors ((sum(lengths), dim) fp16) of pages ``first_page``
-        on, synced to disk before this returns (the commit that names them follows)."""
+        on (a block of ``magic``'s kind), synced to disk before this returns
+        unless ``sync`` is false (the caller syncs a later append: one sync for both)."""
         check_doc_id(doc_hash)
         data = np.ascontiguousarray(vectors, dtype=np.float16)
         size = _padded(HEADER_BYTES + data.nbytes)
         fd = self._open(size)
         offset = self.ends.get(self.last, 0)
-        header = _header(doc_hash, first_page, len(lengths), doc_pages, int(data.shape[0]), self.dim)
+        header = _header(doc_hash, first_page, len(lengths), doc_pages, int(data.shape[0]), self.dim, magic)
         pad = b"\0" * (size - HEADER_BYTES - data.nbytes)
         path = self.folder / segment_name(self.last)
         try:
             os.pwritev(fd, [header, data.data.cast("B"), pad], offset)
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
         except OSError as exc:
             raise storage_error(exc, path) from exc
+        self._unsynced = not sync
         self.ends[self.last] = offset + size
+        self.touched.add(self.last)
         return Extent(self.last, offset, first_page, len(lengths), int(data.shape[0]))
 
     def close(self) -> None:
+        """Close the newest file (synced first if an append left it unsynced)."""
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                if self._unsynced:
+                    os.fdatasync(fd)
+                    self._unsynced = False
+            except OSError as exc:
+                raise storage_error(exc, self.folder / segment_name(self.last)) from exc
+            finally:
+                os.close(fd)
 
 
 class SegmentMaps:
@@ -177,15 +198,16 @@ class SegmentMaps:
         self._maps[number] = mapped
         return mapped
 
-    def vectors(self, doc_hash: str, extent: Extent) -> np.ndarray:
-        """The block's vectors, (vectors, dim) fp16, a view of the map."""
+    def vectors(self, doc_hash: str, extent: Extent, magic: bytes = MAGIC) -> np.ndarray:
+        """The block's vectors (of ``magic``'s kind), (vectors, dim) fp16, a view of the map."""
         mapped = self._map(extent.file, extent.end(self.dim))
         head = bytes(mapped[extent.offset : extent.offset + HEADER.size])
-        magic, raw_hash, first, pages, _, vectors, dim = HEADER.unpack(head)
-        if (magic, raw_hash.hex(), first, pages, vectors, dim) != (
-                MAGIC, doc_hash, extent.first_page, extent.pages, extent.vectors, self.dim):
+        found, raw_hash, first, pages, _, vectors, dim = HEADER.unpack(head)
+        if (found, raw_hash.hex(), first, pages, vectors, dim) != (
+                magic, doc_hash, extent.first_page, extent.pages, extent.vectors, self.dim):
+            what = "pooled vectors of pages" if magic == POOL_MAGIC else "pages"
             raise SegmentDamaged(f"{self.folder / segment_name(extent.file)} at byte {extent.offset} does not hold "
-                                 f"pages {extent.first_page}-{extent.first_page + extent.pages - 1} of "
+                                 f"{what} {extent.first_page}-{extent.first_page + extent.pages - 1} of "
                                  f"document {doc_hash[:12]}")
         start = extent.offset + HEADER_BYTES
         data = mapped[start : start + extent.vectors * self.dim * 2]
@@ -205,7 +227,8 @@ class ScannedBlock:
 
 
 def scan(folder: Path, dim: int) -> Iterator[ScannedBlock]:
-    """Every whole block of every segment file, in file order (a torn tail ends a file)."""
+    """Every whole block of page vectors of every segment file, in file order
+    (a torn tail ends a file; blocks of pooled vectors are passed over)."""
     numbers = sorted(n for n in (segment_number(p.name) for p in folder.iterdir()) if n is not None)
     for number in numbers:
         path = folder / segment_name(number)
@@ -216,7 +239,8 @@ def scan(folder: Path, dim: int) -> Iterator[ScannedBlock]:
                 fh.seek(offset)
                 magic, raw_hash, first, pages, doc_pages, vectors, width = HEADER.unpack(fh.read(HEADER.size))
                 extent = Extent(number, offset, first, pages, vectors)
-                if magic != MAGIC or width != dim or pages < 1 or extent.end(dim) > size:
+                if magic not in (MAGIC, POOL_MAGIC) or width != dim or pages < 1 or extent.end(dim) > size:
                     break
-                yield ScannedBlock(raw_hash.hex(), doc_pages, extent)
+                if magic == MAGIC:
+                    yield ScannedBlock(raw_hash.hex(), doc_pages, extent)
                 offset = extent.end(dim)

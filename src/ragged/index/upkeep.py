@@ -9,7 +9,12 @@ cost per commit stays flat), and at the end of a run:
 - segment files: a file mostly holding removed or replaced documents has
   its live blocks copied to the newest file (one ``relocate`` record each)
   and is retired; a retired file is deleted once ``RETAIN_S`` has passed (a
-  reader that mapped it keeps reading it: a mapped file outlives its name).
+  reader that mapped it keeps reading it: a mapped file outlives its name);
+- the candidate stage: documents stored without pooled vectors (by a
+  ragged before the stage, or whose pooled block was damaged) get them,
+  pooled from their stored vectors (nothing is embedded again; one
+  ``relocate`` record each). Commits write the stage themselves, so this
+  costs nothing once an index has it.
 
 What a killed run left is cleared when the next writer opens the index
 (:meth:`IndexUpkeep._recover`): pieces of a document never finished, rows
@@ -31,7 +36,18 @@ from ragged.index.catalog_log import CatalogLog
 from ragged.index.catalog_state import DocEntry
 from ragged.index.meta import IndexMeta
 from ragged.index.page_table import RETAIN_S, PageTable
-from ragged.index.segments import SEGMENTS, SegmentDamaged, SegmentMaps, SegmentWriter, segment_name, segment_number
+from ragged.index.segments import (
+    MAGIC,
+    POOL_MAGIC,
+    SEGMENTS,
+    Extent,
+    SegmentDamaged,
+    SegmentMaps,
+    SegmentWriter,
+    segment_name,
+    segment_number,
+)
+from ragged.multivector.pooling import POOLED, pool_pages
 
 COMPACT_BELOW = 0.5  # a segment file is compacted once less than this share of it is live
 
@@ -69,6 +85,36 @@ class IndexUpkeep:
             self._record({"op": "lance", "lance": self.pages.upkeep()})
         self._compact_segments()
         self._delete_retired()
+        self._build_stage()
+
+    def _writer(self) -> SegmentWriter:
+        if self._segments is None:
+            assert self._log is not None and self.meta is not None
+            state = self._log.state
+            self._segments = SegmentWriter(self.folder / SEGMENTS, self.meta.dim, state.ends, state.last_file)
+        return self._segments
+
+    def _build_stage(self) -> None:
+        """Pool the vectors of documents stored without the candidate stage."""
+        assert self._log is not None and self.meta is not None
+        todo = [(h, e) for h, e in self._log.state.docs.items() if not e.staged]
+        if not todo:
+            return
+        started = time.perf_counter()
+        maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
+        writer = self._writer()
+        for doc_hash, entry in todo:
+            pooled = []
+            for extent in entry.extents:
+                lengths = [n for n, _ in entry.pages[extent.first_page - 1 : extent.first_page - 1 + extent.pages]]
+                centroids = pool_pages(maps.vectors(doc_hash, extent), lengths)  # (pages * POOLED, dim)
+                pooled.append(writer.append(doc_hash, extent.first_page, entry.doc_pages, [POOLED] * len(lengths),
+                                            centroids, POOL_MAGIC))
+            self._record({"op": "relocate", "hash": doc_hash, "extents": [e.as_list() for e in entry.extents],
+                          "pooled": [e.as_list() for e in pooled]})
+        maps.release()
+        logger.info("The candidate stage was built for {} document(s) stored before it ({:.1f} s; nothing embedded "
+                    "again).", len(todo), time.perf_counter() - started)
 
     def _compact_segments(self) -> None:
         assert self._log is not None and self.meta is not None
@@ -83,26 +129,30 @@ class IndexUpkeep:
         maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
         for number in sorted(sparse):
             for doc_hash, entry in [(h, e) for h, e in state.docs.items() if any(x.file == number
-                                                                                   for x in e.extents)]:
+                                                                                   for x in [*e.extents, *e.pooled])]:
                 self._relocate(maps, doc_hash, entry, number)
             self._record({"op": "retire", "files": [number], "at": time.time()})
         maps.release()
 
     def _relocate(self, maps: SegmentMaps, doc_hash: str, entry: DocEntry, number: int) -> None:
-        assert self._segments is not None or self.meta is not None
-        if self._segments is None:
-            assert self._log is not None and self.meta is not None
-            state = self._log.state
-            self._segments = SegmentWriter(self.folder / SEGMENTS, self.meta.dim, state.ends, state.last_file)
-        moved = []
-        for extent in entry.extents:
-            if extent.file != number:
-                moved.append(extent)
-                continue
-            vectors = maps.vectors(doc_hash, extent)
-            lengths = [n for n, _ in entry.pages[extent.first_page - 1 : extent.first_page - 1 + extent.pages]]
-            moved.append(self._segments.append(doc_hash, extent.first_page, entry.doc_pages, lengths, vectors))
-        self._record({"op": "relocate", "hash": doc_hash, "extents": [e.as_list() for e in moved]})
+        writer = self._writer()
+
+        def moved(extents: list[Extent], magic: bytes) -> list[Extent]:
+            out = []
+            for extent in extents:
+                if extent.file != number:
+                    out.append(extent)
+                    continue
+                first = extent.first_page - 1
+                lengths = ([n for n, _ in entry.pages[first : first + extent.pages]] if magic == MAGIC
+                           else [extent.vectors // extent.pages] * extent.pages)
+                out.append(writer.append(doc_hash, extent.first_page, entry.doc_pages, lengths,
+                                         maps.vectors(doc_hash, extent, magic), magic))
+            return out
+
+        extents, pooled = moved(entry.extents, MAGIC), moved(entry.pooled, POOL_MAGIC)
+        self._record({"op": "relocate", "hash": doc_hash, "extents": [e.as_list() for e in extents],
+                      "pooled": [e.as_list() for e in pooled]})
 
     def _delete_retired(self, now: float | None = None) -> None:
         assert self._log is not None
@@ -131,7 +181,12 @@ class IndexUpkeep:
                 self._record({"op": "lance", "lance": self._index_text(replace=True)})
         self._clear_segment_files()
         self._delete_retired()
-        damaged = self._damaged_documents()
+        damaged, unpooled = self._damaged_documents()
+        for doc_hash in sorted(unpooled - set(damaged)):  # pooled again from the vectors by the next upkeep
+            logger.warning("The pooled vectors of document {} are damaged; they are made again from its vectors.",
+                           doc_hash[:12])
+            self._record({"op": "relocate", "hash": doc_hash, "pooled": [],
+                          "extents": [e.as_list() for e in state.docs[doc_hash].extents]})
         if damaged:
             for doc_hash, why in damaged.items():
                 logger.warning("Document {} ({}) is left out of the index: {}; it is embedded again if its file "
@@ -150,12 +205,13 @@ class IndexUpkeep:
             if number is not None and number not in self._log.state.ends and entry.is_file():
                 entry.unlink()
 
-    def _damaged_documents(self) -> dict[str, str]:
+    def _damaged_documents(self) -> tuple[dict[str, str], set[str]]:
         """Documents whose blocks are missing, cut short or not theirs (the headers
-        are read: a few bytes a document)."""
+        are read: a few bytes a document), and those whose pooled blocks are."""
         assert self._log is not None and self.meta is not None
         maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
         damaged: dict[str, str] = {}
+        unpooled: set[str] = set()
         for doc_hash, entry in self._log.state.docs.items():
             for extent in entry.extents:
                 try:
@@ -163,5 +219,11 @@ class IndexUpkeep:
                 except SegmentDamaged as exc:
                     damaged[doc_hash] = str(exc)
                     break
+            for extent in entry.pooled:
+                try:
+                    maps.vectors(doc_hash, extent, POOL_MAGIC)
+                except SegmentDamaged:
+                    unpooled.add(doc_hash)
+                    break
         maps.release()
-        return damaged
+        return damaged, unpooled

@@ -23,13 +23,10 @@ from ragged.index.catalog_log import CatalogLog
 from ragged.index.catalog_state import DocEntry
 from ragged.index.files import check_doc_id
 from ragged.index.page_table import UPKEEP_MIN_COMMITS, PageTable
-from ragged.index.segments import (
-    SEGMENTS,
-    Extent,
-    SegmentWriter,
-)
+from ragged.index.segments import POOL_MAGIC, SEGMENTS, Extent, SegmentWriter
 from ragged.index.upkeep import IndexUpkeep
 from ragged.multivector.grid import PatchGrid
+from ragged.multivector.pooling import POOLED, pool_pages
 
 if TYPE_CHECKING:
     from ragged.index.meta import IndexMeta
@@ -86,8 +83,10 @@ class IndexWriter(IndexUpkeep):
         return DocumentWriter(self, check_doc_id(doc_hash), legacy.absolute(path), doc_pages)
 
     def _store_pages(self, doc_hash: str, path: str, items: list[StoredPage], first_page: int,
-                     doc_pages: int) -> tuple[Extent, list[list[int]], int]:
-        """Append a run of pages' vectors and rows; (block, pages' vector counts and grids, LanceDB version)."""
+                     doc_pages: int) -> tuple[Extent, Extent, list[list[int]], int]:
+        """Append a run of pages' vectors, their pooled vectors (the candidate
+        stage) and rows; (block, pooled block, pages' vector counts and grids,
+        LanceDB version)."""
         dim = int(items[0].vectors.shape[1])
         meta = self._meta_for(dim)
         halves = [np.asarray(p.vectors, dtype=np.float16) for p in items]  # each (tokens, dim)
@@ -98,22 +97,27 @@ class IndexWriter(IndexUpkeep):
             assert self._log is not None
             state = self._log.state
             self._segments = SegmentWriter(self.folder / SEGMENTS, meta.dim, state.ends, state.last_file)
-        extent = self._segments.append(doc_hash, first_page, doc_pages, [h.shape[0] for h in halves],
-                                       np.concatenate(halves, axis=0))
+        lengths = [int(h.shape[0]) for h in halves]
+        vectors = np.concatenate(halves, axis=0)  # (sum(lengths), dim) fp16
+        extent = self._segments.append(doc_hash, first_page, doc_pages, lengths, vectors, sync=False)
+        pooled = self._segments.append(doc_hash, first_page, doc_pages, [POOLED] * len(lengths),
+                                       pool_pages(vectors, lengths), POOL_MAGIC)  # one sync for both blocks
         rows = self._rows(doc_hash, path, items, first_page)
         version = self.pages.add(rows, meta.dim)
-        described = [[int(h.shape[0]), *(p.grid.as_list() if p.grid else [])] for h, p in zip(halves, items,
-                                                                                              strict=True)]
-        return extent, described, version
+        described = [[n, *(p.grid.as_list() if p.grid else [])] for n, p in zip(lengths, items, strict=True)]
+        return extent, pooled, described, version
 
     def _record(self, record: dict[str, Any]) -> None:
         assert self._log is not None and self.meta is not None
         orphans = self._orphans
         if orphans:  # rows of a commit that failed after they were written: cleared by the next upkeep
             record["orphans"] = sorted(orphans)
-        if self._segments is not None:
-            record["ends"] = {str(self._segments.last): self._segments.ends.get(self._segments.last, 0)}
+        segments = self._segments
+        if segments is not None:  # the committed ends of every file appended to since the last record
+            record["ends"] = {str(n): segments.ends.get(n, 0) for n in sorted(segments.touched | {segments.last})}
         self._log.append(record)
+        if segments is not None:
+            segments.touched.clear()
         orphans.clear()
 
     def _committed(self, gone: set[str]) -> None:
@@ -176,6 +180,11 @@ class IndexWriter(IndexUpkeep):
         self._purge(set(hashes))
         return pages
 
+    def needs_stage(self) -> bool:
+        """True when a stored document has no candidate stage yet (stored by a
+        ragged before it): :meth:`finish` builds it from the stored vectors."""
+        return self._log is not None and any(not e.staged for e in self._log.state.docs.values())
+
     def finish(self) -> None:
         """After a run of commits: make sure the full-text index exists, and upkeep."""
         self._require_writer()
@@ -207,30 +216,33 @@ class DocumentWriter:
         if first - 1 + len(items) > self.doc_pages:
             raise IndexStoreError(f"Document {self.doc_hash[:12]} was begun with {self.doc_pages} pages, "
                                   f"and {first - 1 + len(items)} were given.")
-        extent, described, version = self.store._store_pages(self.doc_hash, self.path, items, first, self.doc_pages)
+        extent, pooled, described, version = self.store._store_pages(self.doc_hash, self.path, items, first,
+                                                                     self.doc_pages)
         self.written += len(items)
         assert self.store.meta is not None and self.store._log is not None
         try:
-            self._commit_pages(items, extent, described, version, first, final)
+            self._commit_pages(items, (extent, pooled), described, version, first, final)
         except IndexStoreError:
             if first == 1:  # its rows are in LanceDB, its record is not: remembered, cleared later
                 self.store._orphans.add(self.doc_hash)
             raise
 
-    def _commit_pages(self, items: list[StoredPage], extent: Extent, described: list[list[int]], version: int,
-                      first: int, final: bool) -> None:
+    def _commit_pages(self, items: list[StoredPage], blocks: tuple[Extent, Extent], described: list[list[int]],
+                      version: int, first: int, final: bool) -> None:
         assert self.store.meta is not None
+        extent, pooled = blocks
         text = all(p.text is not None and p.text_vectors is not None for p in items)
         if final and first == 1 and self.written == self.doc_pages:
             gone = self._gone()
-            doc = DocEntry(self.path, self.doc_pages, [], [extent], text).to_json(self.doc_hash)
+            doc = DocEntry(self.path, self.doc_pages, [], [extent], text, [pooled]).to_json(self.doc_hash)
             doc["pages"] = described
             self.store._record({"op": "add", "doc": doc, "gone": sorted(gone), "lance": version,
                                 "model": self.store.meta.model})
             self.store._committed(gone)
             return
         self.store._record({"op": "piece", "hash": self.doc_hash, "path": self.path, "n": self.doc_pages,
-                            "pages": described, "extent": extent.as_list(), "lance": version, "text": text,
+                            "pages": described, "extent": extent.as_list(), "pooled": pooled.as_list(),
+                            "lance": version, "text": text,
                             "model": self.store.meta.model})
         if final:
             self.commit()

@@ -113,7 +113,7 @@ def ingest(paths: Sequence[str | Path], options: IngestOptions, progress: Progre
         older = awaiting_text(store, store.documents()) if wants_text else []
         if plan.embed or older:
             _embed(store, plan.embed, plan.replaces, older, options, report, progress, runtime)
-        elif store.needs_text_index():  # an interrupted first run: keyword search needs its index
+        elif store.needs_text_index() or store.needs_stage():  # an interrupted first run, an older index
             store.finish()
         sweep(options.index_dir, store.known_hashes())
     report.seconds = time.perf_counter() - started
@@ -143,7 +143,7 @@ def _embed(store: IndexStore, docs: list[Document], replaces: set[str], older: l
             with ColPaliEmbedder(options.model, device=options.device, batch_size=options.batch_size,
                                  cache_dir=options.cache_dir, runtime=runtime) as embedder:
                 _Stream(embedder, store, report, progress, options.dpi, replaces, text).run(docs)
-        if text.on or report.text_model:
+        if text.on or report.text_model or store.needs_stage():
             store.finish()
     finally:
         text.close()

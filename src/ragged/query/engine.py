@@ -40,6 +40,7 @@ class QueryAnswer:
     reports: tuple[EmbeddingReport, ...] = ()  # the models' figures for this call
     pages_searched: int = 0
     device: str | None = None  # where the first model used ran (None: no model was needed)
+    pages_scored: int | None = None  # pages whose vectors MaxSim scored, for any query (None: no image search)
 
 
 @dataclass
@@ -105,14 +106,17 @@ class QueryEngine:
                 self._passages = (catalog, vectors)
         return vectors
 
-    def answer(self, queries: list[str], k: int, mode: Mode) -> QueryAnswer:
-        """The ``k`` best pages for each query in ``mode``."""
+    def answer(self, queries: list[str], k: int, mode: Mode, exact: bool = False) -> QueryAnswer:
+        """The ``k`` best pages for each query in ``mode``. Page images are
+        ranked by exact MaxSim over the candidate stage's pages, or, with
+        ``exact``, over every page (a full scan)."""
         catalog = self.source.catalog  # the one snapshot this answer uses
         depth = depth_for(k) if mode is Mode.HYBRID else k
         per_query: list[dict[str, Ranking]] = [{} for _ in queries]
         notices: list[list[str]] = [[] for _ in queries]
         reports: list[EmbeddingReport] = []
         device: str | None = None
+        scored: int | None = None
         if mode in (Mode.VISION, Mode.HYBRID):
             embedder = self.vision()
             run = embedder.encode_queries(queries)
@@ -121,7 +125,9 @@ class QueryEngine:
             reports.append(run.report)
             device = run.report.device
             searcher = MaxSimSearcher(_Pinned(self.source, catalog), embedder.device, self.runtime)
-            scores = searcher.score_all(run.values())  # (pages, queries)
+            vectors = run.values()
+            scores = searcher.score_all(vectors) if exact else searcher.score_candidates(vectors, depth)  # (pages, q)
+            scored = int(np.isfinite(scores).any(axis=1).sum())
             for i in range(len(queries)):
                 per_query[i][Mode.VISION.value] = vision_ranking(scores[:, i], depth)
         if mode in (Mode.TEXT, Mode.HYBRID) and self.text is not None:
@@ -146,7 +152,8 @@ class QueryEngine:
             else:
                 ranking = rankings.get(mode.value, Ranking(np.zeros(0, dtype=np.int64), np.zeros(0)))
                 out.append(hits(catalog, single(mode.value, ranking, k)))
-        return QueryAnswer(out, [tuple(dict.fromkeys(n)) for n in notices], tuple(reports), len(catalog.pages), device)
+        return QueryAnswer(out, [tuple(dict.fromkeys(n)) for n in notices], tuple(reports), len(catalog.pages), device,
+                           scored)
 
 
 class _Pinned:
@@ -159,10 +166,21 @@ class _Pinned:
     def catalog(self) -> Catalog:
         return self._catalog
 
-    def blocks(self, max_vectors: int) -> Iterator[Block]:
+    def _check(self) -> None:
         if self._source.catalog is not self._catalog:
             raise RuntimeError("The index changed during an answer; its source must be refreshed between answers.")
+
+    def blocks(self, max_vectors: int) -> Iterator[Block]:
+        self._check()
         return self._source.blocks(max_vectors)
+
+    def pooled_blocks(self, max_vectors: int) -> Iterator[Block]:
+        self._check()
+        return self._source.pooled_blocks(max_vectors)  # type: ignore[attr-defined, no-any-return]
+
+    def page_blocks(self, positions: np.ndarray, max_vectors: int) -> Iterator[Block]:
+        self._check()
+        return self._source.page_blocks(positions, max_vectors)  # type: ignore[attr-defined, no-any-return]
 
 
 __all__ = ["QueryAnswer", "QueryEngine"]

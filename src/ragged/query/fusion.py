@@ -120,8 +120,10 @@ def coverage(query: str, texts: Sequence[str]) -> np.ndarray:
 
 
 def vision_ranking(scores: np.ndarray, depth: int) -> Ranking:
-    """Pages by MaxSim (a column of the searcher's (pages, queries) scores)."""
+    """Pages by MaxSim (a column of the searcher's (pages, queries) scores;
+    pages the candidate stage left out, at -inf, are not ranked)."""
     order = top_k(scores, depth)
+    order = order[np.isfinite(scores[order])]
     return Ranking(order, scores[order])
 
 

@@ -94,17 +94,19 @@ class Searcher:
             self.engine.text = self.text if fresh.meta is not None and fresh.meta.text_model else None  # added later
         return True
 
-    def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None) -> SearchResult:
-        """The ``k`` best pages for ``query``: exact MaxSim, text, keyword or
-        hybrid (the default where the index has text)."""
+    def search(self, query: str, *, k: int = 10, mode: str | Mode | None = None, exact: bool = False) -> SearchResult:
+        """The ``k`` best pages for ``query``: MaxSim, text, keyword or hybrid
+        (the default where the index has text). MaxSim scores the candidate
+        stage's pages exactly, or, with ``exact``, every page."""
         text = check_query(query)
         started = time.perf_counter()
         assert self.store.meta is not None
         chosen = parse_mode(mode, self.store.meta.text_model is not None)
-        answer = self.engine.answer([text], k, chosen)
+        answer = self.engine.answer([text], k, chosen, exact)
         return SearchResult(text, answer.hits[0], self.store.meta.model, answer.device or "index only",
                             answer.pages_searched, time.perf_counter() - started, list(answer.notices[0]),
-                            chosen.value, text_model=self.store.meta.text_model, reports=answer.reports)
+                            chosen.value, text_model=self.store.meta.text_model, reports=answer.reports,
+                            pages_scored=answer.pages_scored)
 
     def close(self) -> None:
         """Release the models (and the runtime, if this searcher made it)."""
@@ -123,13 +125,13 @@ class Searcher:
 
 def search(query: str, index_dir: Path, *, k: int = 10, device: DeviceHint = None, model: str | None = None,
            cache_dir: Path | None = None, policy: MemoryPolicy | None = None,
-           mode: str | Mode | None = None, runtime: Runtime | None = None) -> SearchResult:
+           mode: str | Mode | None = None, runtime: Runtime | None = None, exact: bool = False) -> SearchResult:
     """The ``k`` best pages for ``query`` in one call (the index opened and
     its models loaded for this query alone; see :class:`Searcher` for many)."""
     check_query(query)  # before opening anything
     with Searcher(index_dir, device=device, model=model, cache_dir=cache_dir, policy=policy,
                   runtime=runtime) as searcher:
-        return searcher.search(query, k=k, mode=mode)
+        return searcher.search(query, k=k, mode=mode, exact=exact)
 
 
 __all__ = ["SearchResult", "Searcher", "check_model", "check_query", "search"]

@@ -204,6 +204,9 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
         with_text = data.get("text", False)  # the pages' text, only when asked for
         if not isinstance(with_text, bool):
             raise ClientError("'text' must be true or false.")
+        exact = data.get("exact", False)  # MaxSim over every page instead of the candidate stage's
+        if not isinstance(exact, bool):
+            raise ClientError("'exact' must be true or false.")
         cost = estimate(queries, k, mode, service.pages, admission.limits)
         if (too_large := cost.refusal(admission.limits, len(queries), k)) is not None:
             raise ClientError(too_large, 413)
@@ -211,7 +214,7 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
             if not admitted:
                 raise ClientError("The server is busy with other searches; try again in a moment.", 429,
                                   {"Retry-After": "2"})
-            answer = await asyncio.wrap_future(service.search(queries, k, mode))
+            answer = await asyncio.wrap_future(service.search(queries, k, mode, exact))
         texts = {}
         if with_text:
             pairs = [(h.doc_hash, h.page) for hits in answer.hits for h in hits]
@@ -230,7 +233,8 @@ def create_app(service: SearchService, *, token: str | None = None, max_body_byt
             "ms": round(seconds * 1000, 2),
             "compute_ms": round(answer.compute_ms, 2), "batch_queries": answer.batch_queries,
             "model_load_ms": None if answer.model_load_ms is None else round(answer.model_load_ms, 1),
-            "pages_searched": service.pages, "notices": notices + answer.notices, "results": results,
+            "pages_searched": service.pages, "pages_scored": answer.pages_scored,
+            "notices": notices + answer.notices, "results": results,
         }
         if single:
             body["query"], body["hits"] = results[0]["query"], results[0]["hits"]

@@ -80,10 +80,12 @@ def find_server(index_dir: Path) -> str | None:
 
 
 def remote_search(url: str, query: str, k: int, token: str | None = None, timeout: float = 600,
-                  mode: str = "auto", text: bool = False) -> dict[str, Any]:
-    """The server's answer to one query (its JSON body; with ``text``, each hit carries its page's text)."""
+                  mode: str = "auto", text: bool = False, exact: bool = False) -> dict[str, Any]:
+    """The server's answer to one query (its JSON body; with ``text``, each hit carries its page's text;
+    with ``exact``, MaxSim over every page)."""
     check_url(url)  # the address as given, before a path is added to it
-    body: dict[str, Any] = {"query": query, "k": k, "mode": mode, **({"text": True} if text else {})}
+    body: dict[str, Any] = {"query": query, "k": k, "mode": mode, **({"text": True} if text else {}),
+                            **({"exact": True} if exact else {})}
     return _request(url.rstrip("/") + "/search", body, token or os.environ.get("RAGGED_TOKEN"), timeout)
 
 
@@ -107,7 +109,8 @@ def parse_result(data: dict[str, Any], url: str) -> SearchResult:
         return SearchResult(str(data["query"]), hits, str(data["model"]), f"{data['device']} via {url}",
                             int(data["pages_searched"]), float(data["ms"]) / 1000,
                             [str(n) for n in data.get("notices", [])], str(data.get("mode", "vision")),
-                            str(data["text_model"]) if data.get("text_model") else None)
+                            str(data["text_model"]) if data.get("text_model") else None,
+                            pages_scored=None if data.get("pages_scored") is None else int(data["pages_scored"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ServerError(f"The server at {url} did not answer as 'ragged serve' does ({type(exc).__name__}: "
                           f"{exc}); check --server.") from None

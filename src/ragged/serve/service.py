@@ -82,6 +82,7 @@ class Answer:
     model_load_ms: float | None  # set when the model had to be loaded for this pass
     notices: list[str]
     mode: str = "vision"
+    pages_scored: int | None = None  # pages MaxSim scored in this request's pass (None: no image search)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class _Passed:
 
     hits: list[list[SearchHit]]
     notices: tuple[str, ...]
+    pages_scored: int | None = None
 
 
 @dataclass
@@ -98,6 +100,7 @@ class _Request:
     k: int
     mode: Mode
     future: Future[Answer]
+    exact: bool = False
 
 
 class SearchService:
@@ -152,10 +155,17 @@ class SearchService:
         self.device = device
         self.engine = QueryEngine(self.resident.store, self.resident, self._vision,
                                   self._text if self.has_text else None, runtime)
-        loading = f"; loading {self.resident.loading} in the background" if self.resident.loading else ""
-        logger.info("Serving {} pages of {} with {} on {} (vectors {}: {:.0f} MiB{}; {})",
-                    len(self.resident.catalog.pages), self.config.index_dir, self.model_name, device.label,
-                    self.resident.form, self.resident.memory_bytes / 2**20, loading, self.resident.choice.reason)
+        logger.info("Serving {}", self.summary())
+
+    def summary(self) -> str:
+        """What is served, and the resident form the memory policy chose and why (the start-up line)."""
+        if self.resident is None or self.device is None:
+            return f"{self.config.index_dir}: not loaded ({self.readiness()[1]})"
+        resident = self.resident
+        loading = f"; loading {resident.loading} in the background" if resident.loading else ""
+        return (f"{len(resident.catalog.pages):,} pages of {self.config.index_dir} with {self.model_name} on "
+                f"{self.device.label} (vectors {resident.form}: {resident.memory_bytes / 2**20:,.0f} MiB{loading}; "
+                f"{resident.choice.reason})")
 
     def _load_model(self) -> float | None:
         """Load the model if it is not held; the milliseconds it took, or None."""
@@ -255,12 +265,12 @@ class SearchService:
 
     # -- searching --------------------------------------------------------
 
-    def search(self, queries: list[str], k: int, mode: Mode = Mode.VISION) -> Future[Answer]:
-        """Answer ``queries`` (each the ``k`` best pages in ``mode``), batched
-        with whatever else is waiting."""
+    def search(self, queries: list[str], k: int, mode: Mode = Mode.VISION, exact: bool = False) -> Future[Answer]:
+        """Answer ``queries`` (each the ``k`` best pages in ``mode``; with
+        ``exact``, MaxSim over every page), batched with whatever else is waiting."""
         future: Future[Answer] = Future()
         with self._lock:
-            self._pending.append(_Request(queries, k, mode, future))
+            self._pending.append(_Request(queries, k, mode, future, exact))
             if not self._scheduled:
                 self._scheduled = True
                 self._run(self._drain)
@@ -314,22 +324,23 @@ class SearchService:
                 continue
             self._outcomes.append(True)
             request.future.set_result(Answer(result.hits, self.model_name, self.device.label, queries,
-                                             seconds * 1000, load_ms, list(result.notices), request.mode.value))
+                                             seconds * 1000, load_ms, list(result.notices), request.mode.value,
+                                             result.pages_scored))
 
     def _pass(self, requests: list[_Request]) -> list[_Passed]:
         """Embed the queries of ``requests`` together and score them in one pass
         (one pass per mode asked for); each request's hits and notices."""
         assert self.engine is not None
         answers: dict[int, _Passed] = {}
-        for mode in {r.mode for r in requests}:
-            group = [(n, r) for n, r in enumerate(requests) if r.mode is mode]
+        for mode, exact in {(r.mode, r.exact) for r in requests}:
+            group = [(n, r) for n, r in enumerate(requests) if r.mode is mode and r.exact == exact]
             texts = [q for _, r in group for q in r.queries]
-            answer = self.engine.answer(texts, max(r.k for _, r in group), mode)
+            answer = self.engine.answer(texts, max(r.k for _, r in group), mode, exact)
             at = 0
             for n, request in group:
                 mine = [h[: request.k] for h in answer.hits[at : at + len(request.queries)]]
                 notices = [text for per_query in answer.notices[at : at + len(request.queries)] for text in per_query]
-                answers[n] = _Passed(mine, tuple(dict.fromkeys(notices)))
+                answers[n] = _Passed(mine, tuple(dict.fromkeys(notices)), answer.pages_scored)
                 at += len(request.queries)
         return [answers[n] for n in range(len(requests))]
 
