@@ -46,6 +46,8 @@ def test_ratio_pairs_the_rounds() -> None:
     assert Sweep(rows).ratio(ADAPTIVE) == pytest.approx(0.9)
     uneven = [rows[0], SweepRow(ADAPTIVE, None, (9.0, 29.0), None, 0)]  # rounds that do not pair: medians
     assert Sweep(uneven).ratio(ADAPTIVE) == pytest.approx(19.0 / 20.0)
+    out_of_memory = SweepRow("fixed 32", 32, (), None, 1)  # no rounds: nothing to compare, not 0
+    assert Sweep([rows[0], out_of_memory]).ratio("fixed 32") is None
 
 
 def test_chart_labels_sizes_as_integers_and_shows_adaptive_on_both_panels(tmp_path: Path) -> None:

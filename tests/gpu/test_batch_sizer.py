@@ -183,6 +183,20 @@ class TestSizer:
         assert max(sizer.next_batch_size() for _ in range(3)) <= size  # the last size stands: no growth
         assert sizer.last_budget_bytes is None
 
+    @pytest.mark.parametrize("pinned", [None, 8])
+    def test_without_a_reading_probes_do_not_ratchet_the_size_down(self, pinned: int | None) -> None:
+        # Larger batches are faster; the device cannot be read at all. The size must stay at the start
+        # (no growth without a reading), not fall step by step to 1 as each smaller probe lowers the limit.
+        backend = FakeBackend(cards=[FakeCard(total=80 * GiB)], readable=False)
+        manager = DeviceManager([backend, fake_cpu()])
+        sizer = AdaptiveBatchSizer(manager.get_optimal_device("cuda:0"), None,
+                                   BatchSizeConfig(initial_batch_size=pinned), manager,
+                                   oom_handler=OOMHandler(manager), prior_bytes_per_load=1.0)
+        start = pinned or UNREADABLE_START
+        sizes = drive(sizer, lambda size, _n: 10.0 * size, 80, noise=0.02)
+        assert sizes[0] == start and max(sizes) == start
+        assert sizer.record().current == start and sizes[-20:].count(start) >= 15
+
     def test_adjust_uses_monitor_and_ceiling(self) -> None:
         card = FakeCard(total=100 * GiB, others=90 * GiB)
         manager = DeviceManager([FakeBackend(cards=[card]), fake_cpu()])

@@ -158,3 +158,48 @@ def test_refresh_reads_only_what_was_appended(tmp_path: Path, monkeypatch: pytes
     assert resident.catalog.documents == [doc(n) for n in range(1, 5)]
     assert loads.count(resident._reader) == 1  # the snapshot once; three commits read as appended lines
     resident.release()
+
+
+def test_a_commit_is_appended_even_when_the_memory_figures_moved(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form's reason quotes the memory of the moment; a commit that keeps
+    the same form must be appended, not make the server load everything again."""
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        store.add_document(doc(1), "/d/1.pdf", pages(1))
+    budgets = iter(range(8 * 2**30, 9 * 2**30, 64 * 2**20))  # a little more free memory at every look
+    monkeypatch.setattr(ResidentIndex, "_budget", lambda self: next(budgets))
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    reloads: list[int] = []
+    real = ResidentIndex._reload
+    monkeypatch.setattr(ResidentIndex, "_reload", lambda self, *a: (reloads.append(1), real(self, *a))[1])
+    reasons = {resident.choice.reason}
+    for n in range(2, 5):
+        with IndexStore.open_for_writing(index, MODEL) as store:
+            store.add_document(doc(n), f"/d/{n}.pdf", pages(n))
+        assert resident.refresh()
+        reasons.add(resident.choice.reason)
+    assert len(reasons) > 1  # the figures did move
+    assert reloads == []  # and every commit was appended
+    assert resident.catalog.documents == [doc(n) for n in range(1, 5)]
+    resident.release()
+
+
+def test_held_pages_come_in_blocks_of_at_most_the_size_asked(tmp_path: Path) -> None:
+    """Candidates taken from a held slab are cut to the search's block size
+    (a widened query may take every page: one block of all would not fit a
+    device's buffer, nor spread over the CPU's threads)."""
+    index = tmp_path / "index"
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        for n in range(1, 4):
+            store.add_document(doc(n), f"/d/{n}.pdf", pages(n))
+    resident = ResidentIndex(IndexStore.open(index), cpu(), DeviceManager(), background=False)
+    assert resident.choice.holds and resident.choice.element_bytes
+    catalog = resident.catalog
+    every = np.arange(len(catalog.pages))
+    longest = int(max(p.n_vectors for p in catalog.pages))
+    limit = 2 * longest
+    blocks = list(resident.page_blocks(every, limit))
+    assert len(blocks) > 1 and all(int(b.vectors.shape[0]) <= limit for b in blocks)
+    assert np.concatenate([b.positions for b in blocks]).tolist() == every.tolist()  # every page, once, in order
+    resident.release()

@@ -111,8 +111,8 @@ class Sweep:
         change in the machine's load between rounds cancels out), or the
         ratio of their medians where their rounds do not pair up."""
         best, row = self.best_fixed, self.row(label)
-        if best is None or row is None or best.pages_per_second <= 0:
-            return None
+        if best is None or row is None or best.pages_per_second <= 0 or not row.rates:
+            return None  # nothing to compare (a configuration that ran out of memory has no rounds)
         if len(row.rates) == len(best.rates) and all(r > 0 for r in best.rates):
             return statistics.median(a / b for a, b in zip(row.rates, best.rates, strict=True))
         return row.pages_per_second / best.pages_per_second

@@ -192,6 +192,7 @@ class AdaptiveBatchSizer(SpecSizing):
                                   min_size=self.config.min_batch_size, name=f"{device.label} {work}")
         self._oom_slope = 0.0
         self._last_size: int | None = None
+        self._held_limit: int | None = None  # the limit while the device cannot be read
         self._budget: int | None = None
         self.budget_warning: str | None = None  # set once when the budget ran out
 
@@ -250,11 +251,15 @@ class AdaptiveBatchSizer(SpecSizing):
     def memory_limit(self, load_per_item: float = 1.0) -> int:
         """The largest batch that memory allows now (fit, else prior).
 
-        With no reading of the device the last size stands (no growth)."""
+        With no reading of the device the size of the last batch before the
+        reading was lost stands (no growth), and stays the limit while it is
+        lost: a smaller probe batch must not lower it."""
         budget = self._budget_now()
         if budget is None:
-            start = self.config.initial_batch_size or UNREADABLE_START
-            return self.oom_handler.clamp(self.device, self._last_size or start, self.work)
+            if self._held_limit is None:
+                self._held_limit = self._last_size or self.config.initial_batch_size or UNREADABLE_START
+            return self.oom_handler.clamp(self.device, self._held_limit, self.work)
+        self._held_limit = None
         fitted = self.fit()
         base, per_load = (fitted.base_bytes, fitted.bytes_per_load) if fitted is not None else (0.0, self._prior())
         return plan_batch_size(

@@ -202,8 +202,10 @@ class SizeSearch:
 
     def observe(self, size: int, rate: float | None, *, usable: bool = True) -> None:
         """One finished batch of ``size`` at ``rate`` (load per second).
-        ``usable`` False (cut short, disturbed by a costly measurement) or a
-        first batch at this size (warm-up) counts the batch but not its rate."""
+        ``usable`` False (disturbed, e.g. by a costly measurement) or a first
+        batch at this size (warm-up) counts the batch but not its rate. A
+        batch cut short by the end of the items is a sample of the size it
+        had (the caller passes that size)."""
         self.batches += 1
         warm = size in self._seen
         self._seen.add(size)

@@ -59,6 +59,12 @@ class FormChoice:
         """True when the form holds anything in memory."""
         return self.element_bytes > 0 or self.stage
 
+    def holds_as(self, other: FormChoice) -> bool:
+        """True when ``other`` holds the same things in the same precision
+        (the reason, which quotes the memory figures of the moment, aside)."""
+        return ((self.form, self.element_bytes, self.stage, self.stage_element_bytes)
+                == (other.form, other.element_bytes, other.stage, other.stage_element_bytes))
+
 
 def _forms(device: DeviceInfo) -> list[tuple[str, int, int]]:
     """(form, bytes per vector element, bytes per stage element), largest first."""

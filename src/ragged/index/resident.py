@@ -118,10 +118,11 @@ class ResidentIndex:
         choice = choose_form(catalog.total_vectors, pooled, store.meta.dim, self.device, self._budget(),
                              self.choice.form)
         files = SegmentSource(store, catalog)
-        appended = (choice == self.choice and choice.holds and not old.streamed and self._loading is None
+        appended = (choice.holds_as(self.choice) and choice.holds and not old.streamed and self._loading is None
                     and len(catalog.pages) >= len(old.catalog.pages)
                     and catalog.pages[: len(old.catalog.pages)] == old.catalog.pages
-                    and all(catalog.pooled.get(d) == e for d, e in old.catalog.pooled.items()))
+                    # no earlier document's stage changed or was built since (upkeep pools older ones)
+                    and all(catalog.pooled.get(d) == old.catalog.pooled.get(d) for d in old.catalog.documents))
         if not choice.holds:
             view = _View(catalog, (), files, True)
             self._cancel_loading()
@@ -160,7 +161,7 @@ class ResidentIndex:
             logger.warning("Loading the resident vectors failed ({}); searching the segment files meanwhile.", exc)
             self.version = None
             return False
-        if catalog is not self._view.catalog or choice != self.choice:
+        if catalog is not self._view.catalog or not choice.holds_as(self.choice):
             self.version = None  # the index moved on while loading: load again
             return False
         self._view = _View(catalog, (held,), self._view.files, False)

@@ -127,17 +127,37 @@ class SegmentSource:
 
 
 def gathered(parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], max_vectors: int) -> Iterator[Block]:
-    """Pieces of (positions, vector counts, rows) joined into blocks of about ``max_vectors``."""
+    """Pieces of (positions, vector counts, rows) joined into blocks of at most
+    ``max_vectors`` (a piece larger than that cut at page boundaries first; a
+    single page larger than that is a block of its own)."""
     held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     size = 0
     for part in parts:
-        held.append(part)
-        size += int(part[2].shape[0])
-        if size >= max_vectors:
-            yield _joined(held)
-            held, size = [], 0
+        for piece in _cut(part, max_vectors):
+            rows = int(piece[2].shape[0])
+            if held and size + rows > max_vectors:
+                yield _joined(held)
+                held, size = [], 0
+            held.append(piece)
+            size += rows
     if held:
         yield _joined(held)
+
+
+def _cut(part: tuple[np.ndarray, np.ndarray, np.ndarray],
+         max_vectors: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``part`` in pieces of at most ``max_vectors`` rows, whole pages each."""
+    positions, lengths, rows = part
+    if int(rows.shape[0]) <= max_vectors or len(lengths) <= 1:
+        yield part
+        return
+    ends = np.cumsum(lengths)
+    start_page, start_row = 0, 0
+    while start_page < len(lengths):
+        stop = max(int(np.searchsorted(ends, start_row + max_vectors, side="right")), start_page + 1)
+        end_row = int(ends[stop - 1])
+        yield positions[start_page:stop], lengths[start_page:stop], rows[start_row:end_row]
+        start_page, start_row = stop, end_row
 
 
 def _joined(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Block:
