@@ -331,3 +331,35 @@ def test_where_peaks_cost_time_only_a_sample_of_batches_is_measured(clock: FakeC
     resets = 0
     _, again = runner.run([1] * 40, lambda idx, dev: work(idx, dev.label))
     assert resets == len(again.batch_sizes) and None not in again.batch_peaks
+
+
+def test_fixed_batches_are_measured_on_one_cadence_across_calls() -> None:
+    """A fixed-batch caller (``--batch-size``, the server's request batches)
+    calls the runner once a document or request: on the CPU, where a
+    measured batch runs slower, the first batch of every call must not be
+    the measured one; one batch in 16 over the calls is."""
+    from ragged.gpu import Runtime
+    from ragged.gpu.managed import ManagedBatchJob
+
+    backend = fake_cpu()
+    backend.costly_peak = True
+    events: list[str] = []  # "m": a peak window opened (the next batch is measured), "b": a batch ran
+    real_reset = backend.reset_peak
+    backend.reset_peak = lambda index: (events.append("m"), real_reset(index))[1]  # type: ignore[method-assign]
+    runtime = Runtime(DeviceManager([backend]))
+    job = ManagedBatchJob("fake", lambda device, dtype: object(), lambda device, dtype: MiB, runtime=runtime,
+                          device="cpu")
+
+    def batch(indices: list[int], _device: DeviceInfo) -> list[int]:
+        events.append("b")
+        return [i * 2 for i in indices]
+
+    for _ in range(20):  # 20 calls of 2 batches each: 40 batches
+        results, _, _ = job.run([1, 1, 1, 1], batch, work="pages", fixed_batch_size=2)
+        assert results == [0, 2, 4, 6]
+    batches = "".join(events).replace("mb", "M")  # M: a measured batch
+    assert len(batches) == 40 and [n for n, e in enumerate(batches) if e == "M"] == [0, 16, 32]
+    # Another kind of work keeps a cadence of its own: its first batch is measured.
+    events.clear()
+    job.run([1, 1, 1, 1], batch, work="queries", fixed_batch_size=2)
+    assert "".join(events) == "mbb"

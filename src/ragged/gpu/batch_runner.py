@@ -30,7 +30,7 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 
 from ragged.errors import OutOfMemoryRecoveryError
-from ragged.gpu.batch_sizer import MEASURE_EVERY, AdaptiveBatchSizer, measured_peak
+from ragged.gpu.batch_sizer import AdaptiveBatchSizer, MeasureCadence, measured_peak
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.recovery import Attempt, OOMHandler, RecoveryStep
 from ragged.gpu.stats import RunStats
@@ -140,6 +140,7 @@ class BatchRunner(Generic[R]):
         work: str | None = None,
         prepare_fallback: Callable[[DeviceInfo], object] | None = None,
         cpu_fallback: bool = True,
+        cadence: MeasureCadence | None = None,
     ) -> None:
         if sizer is None and fixed_batch_size is None:
             raise ValueError("BatchRunner needs a sizer or a fixed batch size.")
@@ -152,7 +153,8 @@ class BatchRunner(Generic[R]):
         self.fixed_batch_size = fixed_batch_size
         self.manager = oom_handler.manager
         self.work = work or (sizer.work if sizer is not None else "batch")
-        self._unmeasured = 0  # batches since a measured one, without a sizer where measuring is costly
+        # Without a sizer, where measuring is costly: which batches are measured (shared across runs, where given).
+        self.cadence = cadence or MeasureCadence()
         self.prepare_fallback = prepare_fallback  # readies the CPU for a fallback step (loads a copy)
         # False for work whose batch function cannot move to the CPU (it places its own parts, each of
         # which has its own recovery): its recovery splits and clears the cache, then gives up.
@@ -292,13 +294,12 @@ class BatchRunner(Generic[R]):
     def _measure(self, device: DeviceInfo, load: int) -> bool:
         """Whether to measure this batch's peak: always where it is cheap; where
         it costs time (the CPU), on the sample the sizer asks for (without a
-        sizer: the first batch, then one in ``MEASURE_EVERY``)."""
+        sizer: as the cadence says, the first batch, then one in ``MEASURE_EVERY``)."""
         if not self.manager.peak_is_costly(device):
             return True
         if self.sizer is not None and device.same_device(self.sizer.device):
             return self.sizer.wants_measurement(load)
-        self._unmeasured = (self._unmeasured + 1) % MEASURE_EVERY
-        return self._unmeasured == 1
+        return self.cadence.due()
 
     def _attempt(
         self,

@@ -15,6 +15,7 @@ prior, so a budget never silently stops limiting.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +36,28 @@ from ragged.gpu.types import AllocatorCounters, DeviceInfo, MemoryInfo
 SNAPSHOT_MAX_AGE_S = 0.5  # a monitor snapshot younger than this stands in for a fresh reading
 MIN_MEASURED = 4  # peaks the fit gets before sampling starts, where measuring is costly
 MEASURE_EVERY = 16  # then one batch in this many is measured
+
+
+class MeasureCadence:
+    """Which batches of fixed-size work get their peak measured where that
+    costs time (the CPU: a measured batch runs about a fifth slower, as it
+    faults in again the heap the measurement handed back): the first, then
+    one in :data:`MEASURE_EVERY`, counted across every run that shares it
+    (the runtime keeps one per device and kind of work). A cadence of each
+    run's own would measure the first batch of every call: every document
+    of a fixed-batch ingest, every request batch of the server."""
+
+    def __init__(self) -> None:
+        self._since = -1  # batches since the last measured one (-1: none measured yet)
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        """Whether the next batch is measured (counts it)."""
+        with self._lock:
+            self._since = 0 if self._since < 0 or self._since + 1 >= MEASURE_EVERY else self._since + 1
+            return self._since == 0
+
+
 # The first batch on a CPU. Measured on 2 cores (docs/benchmarks.md, "Adaptive batching"): on a busy
 # machine the tiny presets ran at 0.80-0.96 of their best fixed batch at 8 but 0.36-0.73 at 4 (16-32
 # were best there); on idle cores an earlier measurement found them fastest at about 4. 8 is one growth

@@ -172,6 +172,7 @@ class ManagedBatchJob:
                 prefetch=self.prefetch,
                 work=self.work_key(work),
                 prepare_fallback=self.model_for,
+                cadence=self.runtime.cadence_for(device, self.work_key(work)) if fixed_batch_size else None,
             )
             results, stats = runner.run(costs, process, on_batch, keep_going=keep_going)
             return results, stats, held.placement

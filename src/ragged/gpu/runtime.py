@@ -24,7 +24,7 @@ import threading
 from dataclasses import replace
 from types import TracebackType
 
-from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig
+from ragged.gpu.batch_sizer import AdaptiveBatchSizer, BatchSizeConfig, MeasureCadence
 from ragged.gpu.device_manager import DeviceHint, DeviceManager, default_device_manager
 from ragged.gpu.memory_monitor import MemoryMonitor
 from ragged.gpu.model_manager import ModelManager
@@ -50,6 +50,7 @@ class Runtime:
         self.model_manager = ModelManager(self.device_manager, idle_timeout_s=idle_timeout_s, policy=self.policy)
         self._monitors: dict[str, MemoryMonitor] = {}
         self._sizers: dict[tuple[str, str], AdaptiveBatchSizer] = {}
+        self._cadences: dict[tuple[str, str], MeasureCadence] = {}
         self._lock = threading.Lock()
 
     def with_recovery(self, recovery: RecoveryOptions) -> Runtime:
@@ -61,7 +62,7 @@ class Runtime:
         twin.device_manager, twin.policy, twin.batch_config = self.device_manager, self.policy, self.batch_config
         twin.model_manager, twin._monitors, twin._lock = self.model_manager, self._monitors, self._lock
         twin.oom_handler = OOMHandler.with_options(self.device_manager, recovery)
-        twin._sizers = {}
+        twin._sizers, twin._cadences = {}, {}
         return twin
 
     # -- devices ------------------------------------------------------------
@@ -97,6 +98,13 @@ class Runtime:
                 )
                 self._sizers[key] = sizer
             return sizer
+
+    def cadence_for(self, device: DeviceInfo, work: str) -> MeasureCadence:
+        """Which of ``work``'s fixed-size batches on ``device`` get their peak
+        measured where that costs time: one cadence per pair, kept, so a
+        measurement is one batch in many, not the first of every call."""
+        with self._lock:
+            return self._cadences.setdefault((device.label, work), MeasureCadence())
 
     # -- lifetime -------------------------------------------------------------
 
