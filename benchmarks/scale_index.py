@@ -123,6 +123,11 @@ def search_rows(index: Path, work: Path, args: argparse.Namespace, cache: str) -
     fresh_exact = measure_search.fresh_process(index, int(targets[0]), exact=True)
     rows.append((label, "ragged, fresh process, after imports (open + search)", f"{statistics.median(fresh):.2f}",
                  f"{fresh_exact:.2f}", "-", "-", measure_search.environment()))
+    cold = [(measure_search.fresh_process(index, int(n), cold=True),
+             measure_search.fresh_process(index, int(n), cold=True, hints=False)) for n in targets[:3]]
+    rows.append((label, "ragged, fresh process, page cache dropped first: read-ahead hints / none",
+                 f"{statistics.median(c for c, _ in cold):.2f} / {statistics.median(c for _, c in cold):.2f}", "-",
+                 "-", "-", measure_search.environment()))
     cli = [measure_search.cli_search(index, cache, q) for q in measure_search.TEXT_QUERIES[:3]]
     cli_exact = measure_search.cli_search(index, cache, measure_search.TEXT_QUERIES[0], exact=True)
     rows.append((label, "`ragged search --local` (wall / after imports, text query)",
@@ -130,11 +135,16 @@ def search_rows(index: Path, work: Path, args: argparse.Namespace, cache: str) -
                  f"{cli_exact[0]:.2f} / {cli_exact[1]:.2f}", "-", "-", measure_search.environment()))
     print(f"{label}: fresh processes done", flush=True)
     if not args.no_serve:
+        planted = measure_search.plant_answers(index, cache, measure_search.served_queries(args.serve_queries))
+        if planted:
+            print(f"{label}: planted {planted} pages that answer the server's queries", flush=True)
         served = measure_search.serve(index, cache, args.serve_queries, args.exact_queries)
         memory = served["memory"]
-        rows.append((label, f"`ragged serve` p50 / p95 ({args.serve_queries} queries)",
+        rows.append((label, f"`ragged serve` p50 / p95 ({args.serve_queries} queries that pages answer; "
+                            f"pages scored, median: {served['scored']})",
                      f"{served['p50']:.3f} / {served['p95']:.3f}",
-                     f"{served['exact_p50']:.2f}" if served["exact_p50"] is not None else "-", "-", "-",
+                     f"{served['exact_p50']:.2f}" if served["exact_p50"] is not None else "-",
+                     f"{served['found']:.4f} planted" if served["found"] is not None else "-", "-",
                      measure_search.environment()))
         print(f"{label}: server {served['start_line']}", flush=True)
         print(f"{label}: server form {served['form']!r} ({served['reason']}); ready in {served['ready_s']:.1f} s; "

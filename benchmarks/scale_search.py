@@ -6,8 +6,12 @@
   after imports: catalog, query model, embedding, search), and a small
   process that opens the index and searches a synthetic query after its
   imports (the search alone);
-- ``ragged serve`` on loopback: p50/p95 of a bounded number of queries,
-  its resident form and why, and its memory;
+- ``ragged serve`` on loopback: p50/p95 of a bounded number of text
+  queries that pages answer (the index gets one planted document of
+  :data:`ANSWER_PAGES` pages for each, :func:`plant_answers`: the
+  tiny preset's random weights match no synthetic page, so without them
+  every query would be the candidate stage's worst case, a page set it
+  cannot tell apart), its resident form and why, and its memory;
 - peers on the same vectors: LanceDB's own multivector search and
   Qdrant's local mode (pooled prefetch, full MaxSim rerank), each on the
   first pages of the index (a subset: both are too slow or too large for
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -29,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks._process import ragged_command, ragged_env
-from benchmarks.synthetic import DIM, topic_page
+from benchmarks.synthetic import DIM, MODEL, answer_page, topic_page
 from ragged.gpu import DeviceManager, Runtime
 from ragged.index.catalog import Catalog
 from ragged.index.search import MaxSimSearcher, SegmentSource
-from ragged.index.store import IndexStore
+from ragged.index.store import IndexStore, StoredPage
 from ragged.multivector.pooling import pool_page
 from tests.serve.conftest import free_port, http
 
@@ -41,6 +46,39 @@ TEXT_QUERIES = ["quarterly revenue by region", "termination notice period", "how
                 "annual leave carried over", "lemon tart baking time", "claims line phone number",
                 "telescope mirror cleaning", "working from home equipment", "sourdough starter feeding",
                 "brake pad replacement torque"]
+ANSWER_PAGES = 10  # a planted document's pages: one query's answers, from close to loose
+
+
+def served_queries(count: int) -> list[str]:
+    """The ``count`` text queries the server benchmark sends (each different)."""
+    return [f"{TEXT_QUERIES[n % len(TEXT_QUERIES)]} {n}" for n in range(count)]
+
+
+def _answer_hash(text: str) -> str:
+    return hashlib.sha256(f"answers to {text}".encode()).hexdigest()
+
+
+def plant_answers(index: Path, cache: str, texts: list[str]) -> int:
+    """Give each of ``texts`` a document of pages that answer it as the
+    index's model embeds it (:func:`benchmarks.synthetic.answer_page`),
+    where the index has none yet: pages added."""
+    from ragged.embeddings import ColPaliEmbedder
+
+    have = set(IndexStore.open(index).catalog().documents)
+    missing = [t for t in texts if _answer_hash(t) not in have]
+    if not missing:
+        return 0
+    with ColPaliEmbedder(MODEL, device="cpu", cache_dir=cache) as embedder:
+        queries = [np.asarray(q, dtype=np.float32) for q in embedder.embed_queries(missing)]  # (tokens, dim) each
+    with IndexStore.open_for_writing(index, MODEL) as store:
+        for text, query in zip(missing, queries, strict=True):
+            digest = _answer_hash(text)
+            first = 10**9 + int(digest[:8], 16)  # page numbers no grown page has
+            pages = [StoredPage(answer_page(query, first + i, 0.9 - 0.03 * i), None, text)
+                     for i in range(ANSWER_PAGES)]
+            store.add_document(digest, f"/synthetic/answers/{digest[:12]}.pdf", pages)
+        store.finish()
+    return len(missing) * ANSWER_PAGES
 
 
 def key(hit: Any) -> tuple[str, int]:
@@ -91,6 +129,9 @@ from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
 from benchmarks.synthetic import topic_query
 query = topic_query(int(sys.argv[2]), seed=5)
+if sys.argv[4:] == ["no-hints"]:
+    import os
+    del os.posix_fadvise  # as before the read-ahead hints: every block read by its own page faults
 started = time.perf_counter()
 runtime = Runtime(DeviceManager())
 store = IndexStore.open(__import__("pathlib").Path(sys.argv[1]))
@@ -99,11 +140,28 @@ print(json.dumps({"seconds": time.perf_counter() - started, "pages": len(store.c
 """
 
 
-def fresh_process(index: Path, target: int, exact: bool = False) -> float:
-    """Seconds a fresh process takes, after its imports, to open the index and search a synthetic query."""
-    done = subprocess.run([sys.executable, "-c", FRESH, str(index), str(target), "exact" if exact else "candidates"],
+def fresh_process(index: Path, target: int, exact: bool = False, *, cold: bool = False, hints: bool = True) -> float:
+    """Seconds a fresh process takes, after its imports, to open the index and
+    search a synthetic query; ``cold``: with the index's files dropped from
+    the page cache first (as after a reboot, or once other work pushed them
+    out); ``hints`` False: without the read-ahead hints (as before them)."""
+    if cold:
+        evict(index)
+    done = subprocess.run([sys.executable, "-c", FRESH, str(index), str(target), "exact" if exact else "candidates",
+                           *([] if hints else ["no-hints"])],
                           capture_output=True, text=True, check=True, timeout=900, cwd=Path(__file__).parent.parent)
     return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def evict(index: Path) -> None:
+    """Drop the index's files from the page cache (``posix_fadvise`` DONTNEED: no privileges, nothing else touched)."""
+    for path in index.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
 
 
 def cli_search(index: Path, cache: str, query: str, exact: bool = False) -> tuple[float, float]:
@@ -158,18 +216,17 @@ def serve(index: Path, cache: str, queries: int, exact_queries: int) -> dict[str
             time.sleep(0.5)
         ready = time.perf_counter() - started
         http(url + "/search", {"query": TEXT_QUERIES[0], "k": 10, "mode": "vision"}, timeout=600)  # warm-up
-        latencies, exact_latencies, scored = [], [], []
-        for n in range(queries):
+        latencies, exact_latencies, scored, found = [], [], [], []
+        for text in served_queries(queries):
             began = time.perf_counter()
-            status, answer = http(url + "/search", {"query": TEXT_QUERIES[n % len(TEXT_QUERIES)] + f" {n}", "k": 10,
-                                                    "mode": "vision"}, timeout=600)
+            status, answer = http(url + "/search", {"query": text, "k": 10, "mode": "vision"}, timeout=600)
             if status == 200:
                 latencies.append(time.perf_counter() - began)
                 scored.append(int(answer.get("pages_scored") or 0))
-        for n in range(exact_queries):
+                found.append(_answers_found(answer, text))
+        for text in served_queries(exact_queries):
             began = time.perf_counter()
-            status, _ = http(url + "/search", {"query": TEXT_QUERIES[n % len(TEXT_QUERIES)], "k": 10,
-                                               "mode": "vision", "exact": True}, timeout=900)
+            status, _ = http(url + "/search", {"query": text, "k": 10, "mode": "vision", "exact": True}, timeout=900)
             if status == 200:
                 exact_latencies.append(time.perf_counter() - began)
         form, reason, _ = _form(url)
@@ -187,7 +244,15 @@ def serve(index: Path, cache: str, queries: int, exact_queries: int) -> dict[str
                                                                                    int(0.95 * len(ordered)))],
             "exact_p50": statistics.median(exact_latencies) if exact_latencies else None, "form": form,
             "scored": statistics.median(scored) if scored else None,
+            "found": float(np.mean(found)) if found else None,
             "reason": reason, "memory": memory, "start_line": start_line}
+
+
+def _answers_found(answer: Any, text: str) -> float:
+    """Share of the server's top 10 that are the pages planted for ``text``."""
+    planted = f"/synthetic/answers/{_answer_hash(text)[:12]}.pdf"
+    hits = answer.get("hits") or []
+    return sum(str(h.get("path", "")).endswith(planted) for h in hits) / ANSWER_PAGES
 
 
 def lance_peer(folder: Path, pages: int, queries: list[np.ndarray]) -> tuple[float, list[list[int]]]:

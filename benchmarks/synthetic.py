@@ -18,6 +18,9 @@ preset's name (so a server can embed real queries against them):
   (what the question names) and 8 near a shared query-buffer direction
   (ColPali pads every query with the same augmentation tokens). Page
   ``n`` is the same in every run (its generator is seeded by ``n``).
+  :func:`answer_page` makes a page that answers a query embedded by a
+  real model (the server's benchmark plants them, so that its text
+  queries have pages to find, as a user's do).
 """
 
 from __future__ import annotations
@@ -92,6 +95,21 @@ def topic_query(n: int, seed: int) -> np.ndarray:
     content = _TOPIC_VECTORS[named[rng.integers(0, len(named), 12)]] + 0.1 * rng.standard_normal((12, DIM))
     buffer = _BUFFER + 0.08 * rng.standard_normal((8, DIM))
     return _unit(np.concatenate([content, buffer]))
+
+
+def answer_page(query: np.ndarray, n: int, strength: float) -> np.ndarray:
+    """A page that answers ``query`` ((tokens, DIM) unit vectors, as a
+    model embeds it): page ``n`` of the structured corpus with 5 vectors
+    near each of the query's tokens in place of some of its own (cosine
+    about ``strength``, as a page showing what the question names has
+    patches close to its words): (600-800, DIM) float32 unit vectors."""
+    page = topic_page(n).copy()  # (size, dim)
+    rng = np.random.default_rng([10, n])
+    near = np.repeat(np.asarray(query, dtype=np.float32), 5, axis=0)  # (5 * tokens, dim)
+    noise = _unit(rng.standard_normal(near.shape))
+    mixed = strength * near + np.sqrt(max(1.0 - strength**2, 0.0)) * noise  # cosine ~strength with its token
+    page[rng.choice(len(page), min(len(mixed), len(page)), replace=False)] = mixed[: len(page)]
+    return _unit(page)
 
 
 def build_index(folder: Path, count: int, seed: int = 0) -> Path:

@@ -28,7 +28,15 @@ from ragged.index.files import check_doc_id, refuse_link, storage_error
 from ragged.index.meta import FORMAT, IndexMeta
 from ragged.index.page_table import KeywordHit, PageTable
 from ragged.index.repair import rebuild
-from ragged.index.segments import MAGIC, POOL_MAGIC, SEGMENTS, SegmentDamaged, SegmentMaps
+from ragged.index.segments import (
+    HEADER_BYTES,
+    MAGIC,
+    POOL_MAGIC,
+    SEGMENTS,
+    SegmentDamaged,
+    SegmentMaps,
+    read_ahead,
+)
 
 
 class IndexReader:
@@ -189,8 +197,10 @@ class IndexReader:
             return
         lengths = catalog.lengths
         starts = catalog.doc_starts
+        assert self.meta is not None
         owners = np.searchsorted(starts, positions, side="right") - 1  # (positions,) document of each page
         bounds = np.flatnonzero(np.diff(owners)) + 1
+        plan: list[tuple[str, np.ndarray, int, np.ndarray, Any]] = []  # (doc, pages wanted, first, offsets, extent)
         for wanted, owner in zip(np.split(positions, bounds), np.split(owners, bounds), strict=True):
             d = int(owner[0])
             doc, base = catalog.documents[d], int(starts[d])
@@ -199,35 +209,52 @@ class IndexReader:
                     if not self.legacy and doc in catalog.extents else [(base, count, None)])
             for first, pages, extent in runs:
                 mine = wanted[(wanted >= first) & (wanted < first + pages)]
-                if not len(mine):
-                    continue
-                if extent is None:
-                    assert self.meta is not None
-                    vectors = legacy.segment(self.folder, self.meta, self.pages, doc,
-                                             int(lengths[first : first + pages].sum()))
-                else:
-                    vectors = self._vectors(doc, extent)
-                offsets = np.concatenate(([0], np.cumsum(lengths[first : first + pages])))
-                rows = [vectors[offsets[p - first] : offsets[p - first + 1]] for p in mine.tolist()]
-                yield mine, lengths[mine], np.concatenate(rows) if len(rows) > 1 else np.array(rows[0])
+                if len(mine):
+                    offsets = np.concatenate(([0], np.cumsum(lengths[first : first + pages])))  # (pages + 1,) rows
+                    plan.append((doc, mine, first, offsets, extent))
+        row = self.meta.dim * 2  # bytes of one fp16 vector
+
+        def spans(item: tuple[str, np.ndarray, int, np.ndarray, Any]) -> list[tuple[int, int, int]]:
+            _, mine, first, offsets, extent = item
+            if extent is None:
+                return []
+            return [(extent.file, extent.offset, HEADER_BYTES)] + [
+                (extent.file, extent.offset + HEADER_BYTES + int(offsets[p - first]) * row,
+                 int(offsets[p - first + 1] - offsets[p - first]) * row) for p in mine.tolist()]
+
+        for doc, mine, first, offsets, extent in read_ahead(self._segment_maps(), plan, spans):
+            if extent is None:
+                vectors = legacy.segment(self.folder, self.meta, self.pages, doc, int(offsets[-1]))
+            else:
+                vectors = self._vectors(doc, extent)
+            rows = [vectors[offsets[p - first] : offsets[p - first + 1]] for p in mine.tolist()]
+            yield mine, lengths[mine], np.concatenate(rows) if len(rows) > 1 else np.array(rows[0])
 
     def pooled_runs(self, catalog: Catalog) -> Iterator[tuple[int, int, np.ndarray]]:
         """The pooled vectors (the candidate stage) of ``catalog``'s pages that
         have them, in catalog order, a block at a time: (first catalog position,
         pages, (pages * pooled, dim) fp16 memory-mapped)."""
+        assert self.meta is not None
+        dim = self.meta.dim
+        blocks: list[tuple[int, str, Any]] = []  # (first catalog position, document, extent)
         position = 0
         for doc in catalog.documents:
-            count = catalog.page_counts[doc]
-            for extent in catalog.pooled.get(doc, ()):
-                yield position + extent.first_page - 1, extent.pages, self._vectors(doc, extent, POOL_MAGIC)
-            position += count
+            blocks += [(position + e.first_page - 1, doc, e) for e in catalog.pooled.get(doc, ())]
+            position += catalog.page_counts[doc]
+        for first, doc, extent in read_ahead(self._segment_maps(), blocks,
+                                             lambda b: [(b[2].file, b[2].offset, b[2].end(dim) - b[2].offset)]):
+            yield first, extent.pages, self._vectors(doc, extent, POOL_MAGIC)
 
-    def _vectors(self, doc_hash: str, extent: Any, magic: bytes = MAGIC) -> np.ndarray:
+    def _segment_maps(self) -> SegmentMaps:
         assert self.meta is not None
         if self._maps is None:
             self._maps = SegmentMaps(self.folder / SEGMENTS, self.meta.dim)
+        return self._maps
+
+    def _vectors(self, doc_hash: str, extent: Any, magic: bytes = MAGIC) -> np.ndarray:
+        maps = self._segment_maps()
         try:
-            return self._maps.vectors(doc_hash, extent, magic)
+            return maps.vectors(doc_hash, extent, magic)
         except SegmentDamaged as exc:
             logger.warning("{}", exc)
             raise IndexStoreError(f"The index at {self.folder} is damaged: {exc}. Run 'ragged ingest' again: it "

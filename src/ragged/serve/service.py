@@ -305,6 +305,7 @@ class SearchService:
         runner: BatchRunner[_Passed] = BatchRunner(
             self.device, None, self.runtime.oom_handler, fixed_batch_size=len(group), prefetch=False, work=REQUESTS,
             cpu_fallback=False,  # a pass places its own parts (query embedding, scoring), each with its own recovery
+            cadence=self.runtime.cadence_for(self.device, REQUESTS),  # not every request's batch measured
         )
         costs = [sum(len(q) for q in r.queries) for r in group]
         try:
