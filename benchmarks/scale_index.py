@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -123,11 +124,12 @@ def search_rows(index: Path, work: Path, args: argparse.Namespace, cache: str) -
     fresh_exact = measure_search.fresh_process(index, int(targets[0]), exact=True)
     rows.append((label, "ragged, fresh process, after imports (open + search)", f"{statistics.median(fresh):.2f}",
                  f"{fresh_exact:.2f}", "-", "-", measure_search.environment()))
-    cold = [(measure_search.fresh_process(index, int(n), cold=True),
-             measure_search.fresh_process(index, int(n), cold=True, hints=False)) for n in targets[:3]]
-    rows.append((label, "ragged, fresh process, page cache dropped first: read-ahead hints / none",
-                 f"{statistics.median(c for c, _ in cold):.2f} / {statistics.median(c for _, c in cold):.2f}", "-",
-                 "-", "-", measure_search.environment()))
+    if hasattr(os, "posix_fadvise"):  # dropping the index from the page cache needs it (Linux)
+        cold = [(measure_search.fresh_process(index, int(n), cold=True),
+                 measure_search.fresh_process(index, int(n), cold=True, hints=False)) for n in targets[:3]]
+        rows.append((label, "ragged, fresh process, page cache dropped first: read-ahead hints / none",
+                     f"{statistics.median(c for c, _ in cold):.2f} / {statistics.median(c for _, c in cold):.2f}",
+                     "-", "-", "-", measure_search.environment()))
     cli = [measure_search.cli_search(index, cache, q) for q in measure_search.TEXT_QUERIES[:3]]
     cli_exact = measure_search.cli_search(index, cache, measure_search.TEXT_QUERIES[0], exact=True)
     rows.append((label, "`ragged search --local` (wall / after imports, text query)",

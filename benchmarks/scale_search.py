@@ -61,7 +61,9 @@ def _answer_hash(text: str) -> str:
 def plant_answers(index: Path, cache: str, texts: list[str]) -> int:
     """Give each of ``texts`` a document of pages that answer it as the
     index's model embeds it (:func:`benchmarks.synthetic.answer_page`),
-    where the index has none yet: pages added."""
+    where the index has none yet: pages added. They stay in the index (a
+    reused ``--workdir`` keeps them: 10 pages a served query, counted in
+    the page labels of later sizes; growth numbers its pages without them)."""
     from ragged.embeddings import ColPaliEmbedder
 
     have = set(IndexStore.open(index).catalog().documents)
@@ -129,7 +131,7 @@ from ragged.index.search import MaxSimSearcher
 from ragged.index.store import IndexStore
 from benchmarks.synthetic import topic_query
 query = topic_query(int(sys.argv[2]), seed=5)
-if sys.argv[4:] == ["no-hints"]:
+if sys.argv[4:] == ["no-hints"] and hasattr(__import__("os"), "posix_fadvise"):
     import os
     del os.posix_fadvise  # as before the read-ahead hints: every block read by its own page faults
 started = time.perf_counter()

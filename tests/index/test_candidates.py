@@ -255,8 +255,15 @@ def test_reads_of_scattered_blocks_are_announced_to_the_kernel_first(tmp_path: P
         return fd
 
     monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "POSIX_FADV_WILLNEED", getattr(os, "POSIX_FADV_WILLNEED", 3), raising=False)
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: hinted.append(
         (names[fd], offset, size)) if advice == os.POSIX_FADV_WILLNEED else None, raising=False)
+    from ragged.index import segments
+
+    reads: list[int] = []  # how many ranges had been hinted when each block was read
+    real_vectors = segments.SegmentMaps.vectors
+    monkeypatch.setattr(segments.SegmentMaps, "vectors", lambda self, *a, **k: (
+        reads.append(len(hinted)), real_vectors(self, *a, **k))[1])
 
     def read(name: str, offset: int, size: int) -> bytes:
         with open(name, "rb") as fh:
@@ -271,6 +278,7 @@ def test_reads_of_scattered_blocks_are_announced_to_the_kernel_first(tmp_path: P
     rows = [h for h in hinted if h not in heads]
     assert len(heads) == 4 and len(rows) == len(wanted)  # documents 0, 1, 4 and 5; one range per page
     assert [read(*h) for h in rows] == [v.tobytes() for v in pages]  # exactly the bytes read, no more
+    assert reads and min(reads) == len(hinted)  # every range was hinted before the first block was read
 
     hinted.clear()
     pooled = [v.tobytes() for _, _, v in store.pooled_runs(catalog)]
@@ -297,9 +305,36 @@ def test_read_ahead_stays_a_bounded_window_ahead_of_the_reader(monkeypatch: pyte
 
     sizes = [300, 50, 700, 10, 10, 900, 400, 5, 1200, 100]
     read: list[int] = []
+    seen: list[list[int]] = []  # what had been hinted as each item was reached
     for item in segments.read_ahead(Maps(), list(range(len(sizes))), lambda n: [(n, 0, sizes[n])]):  # type: ignore[arg-type]
         assert item in hinted  # hinted before it is read
         ahead = sum(sizes[n] for n in hinted if n not in read)
         assert ahead <= 1000 + max(sizes)  # the window, overshot by at most one item
+        seen.append(list(hinted))
         read.append(item)
     assert read == hinted == list(range(len(sizes)))  # each hinted once, in order
+    # Ahead, not item by item: the first group fills the window (300 + 50 + 700 > 1000); it is topped up
+    # only once half or less of it is left unread (after item 2: 0 left), again to the window.
+    assert seen[0] == seen[1] == seen[2] == [0, 1, 2]
+    assert seen[3] == [0, 1, 2, 3, 4, 5, 6]  # 10 + 10 + 900 + 400 > 1000
+
+
+def test_an_empty_range_is_not_hinted_as_the_rest_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # posix_fadvise reads a length of 0 as "to the end of the file": a page without vectors must not ask
+    # the kernel to read the rest of a segment file.
+    import os
+
+    from ragged.index.segments import SEGMENTS, SegmentMaps, segment_name
+
+    folder = tmp_path / SEGMENTS
+    folder.mkdir()
+    (folder / segment_name(1)).write_bytes(b"\0" * 8192)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "POSIX_FADV_WILLNEED", getattr(os, "POSIX_FADV_WILLNEED", 3), raising=False)
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, size, advice: calls.append((offset, size)),
+                        raising=False)
+    SegmentMaps(folder, DIM).prefetch([(1, 64, 0), (1, 128, 256), (2, 0, 64)])  # file 2 does not exist
+    assert calls == [(128, 256)]
+    monkeypatch.delattr(os, "POSIX_FADV_WILLNEED")
+    SegmentMaps(folder, DIM).prefetch([(1, 128, 256)])  # a platform without the advice: nothing, no error
+    assert calls == [(128, 256)]

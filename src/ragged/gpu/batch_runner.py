@@ -154,7 +154,7 @@ class BatchRunner(Generic[R]):
         self.manager = oom_handler.manager
         self.work = work or (sizer.work if sizer is not None else "batch")
         # Without a sizer, where measuring is costly: which batches are measured (shared across runs, where given).
-        self.cadence = cadence or MeasureCadence()
+        self.cadence = cadence if cadence is not None else MeasureCadence()
         self.prepare_fallback = prepare_fallback  # readies the CPU for a fallback step (loads a copy)
         # False for work whose batch function cannot move to the CPU (it places its own parts, each of
         # which has its own recovery): its recovery splits and clears the cache, then gives up.

@@ -222,12 +222,13 @@ class SegmentMaps:
         page cache then waits on the disk once, with every read in flight,
         instead of once per page fault. Only a hint: where the platform has
         no ``posix_fadvise``, or a file cannot be opened, nothing happens."""
-        advise = getattr(os, "posix_fadvise", None)
-        if advise is None:
+        advise, willneed = getattr(os, "posix_fadvise", None), getattr(os, "POSIX_FADV_WILLNEED", None)
+        if advise is None or willneed is None:
             return
         by_file: dict[int, list[tuple[int, int]]] = {}
         for number, offset, size in ranges:
-            by_file.setdefault(number, []).append((offset, size))
+            if size > 0:  # a length of 0 would mean "to the end of the file"
+                by_file.setdefault(number, []).append((offset, size))
         for number, spans in by_file.items():
             try:
                 fd = os.open(self.folder / segment_name(number), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -235,7 +236,7 @@ class SegmentMaps:
                 continue  # reading it says what is wrong
             try:
                 for offset, size in spans:
-                    advise(fd, offset, size, os.POSIX_FADV_WILLNEED)
+                    advise(fd, offset, size, willneed)
             except OSError:
                 pass
             finally:
@@ -247,8 +248,9 @@ class SegmentMaps:
 
 def read_ahead(maps: SegmentMaps, items: Sequence[T], spans: Callable[[T], list[tuple[int, int, int]]]) -> Iterator[T]:
     """``items`` in order, each one's (file, offset, bytes) ranges (``spans``)
-    hinted to the kernel before it is reached, at most :data:`READ_AHEAD`
-    bytes ahead of the reader (topped up in groups of half that): a search
+    hinted to the kernel before it is reached, about :data:`READ_AHEAD`
+    bytes ahead of the reader (topped up in groups of half that; at most one
+    item more): a search
     of a few hundred scattered pages is read in parallel, and a full scan
     does not ask for more than the page cache can keep until it is read."""
     ranges = [spans(item) for item in items]
