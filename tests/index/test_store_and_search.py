@@ -190,3 +190,16 @@ def test_device_search_with_a_budget_smaller_than_a_page(store: IndexStore,
     searcher = MaxSimSearcher(store, manager.get_optimal_device("cuda:0"), Runtime(manager))
     assert searcher._chunk_vectors(DIM, 5) == search_module.MIN_CHUNK_VECTORS < 1030
     np.testing.assert_allclose(searcher.score_all([pages[1][:5]]), expected, rtol=1e-5)
+
+
+def test_a_page_without_vectors_is_refused_before_anything_is_written(store: IndexStore) -> None:
+    # Nothing to search or pool: a clear error naming the page, and the index as it was (the other document stays).
+    rng = np.random.default_rng(5)
+    good = [rng.standard_normal((30, 16)).astype(np.float32) for _ in range(2)]
+    store.add_document("a" * 64, "/docs/a.pdf", good)
+    segments = sorted(p.stat().st_size for p in (store.folder / "segments").glob("*.seg"))
+    with pytest.raises(IndexStoreError, match="Page 2 of document bbbbbbbbbbbb has no vectors"):
+        store.add_document("b" * 64, "/docs/b.pdf", [good[0], np.zeros((0, 16), dtype=np.float32)])
+    assert sorted(p.stat().st_size for p in (store.folder / "segments").glob("*.seg")) == segments
+    store.add_document("c" * 64, "/docs/c.pdf", good)  # the store goes on
+    assert [d.path for d in IndexStore.open(store.folder).documents()] == ["/docs/a.pdf", "/docs/c.pdf"]

@@ -33,6 +33,7 @@ from ragged.index.segments import (
     MAGIC,
     POOL_MAGIC,
     SEGMENTS,
+    Extent,
     SegmentDamaged,
     SegmentMaps,
     read_ahead,
@@ -200,7 +201,7 @@ class IndexReader:
         assert self.meta is not None
         owners = np.searchsorted(starts, positions, side="right") - 1  # (positions,) document of each page
         bounds = np.flatnonzero(np.diff(owners)) + 1
-        plan: list[tuple[str, np.ndarray, int, np.ndarray, Any]] = []  # (doc, pages wanted, first, offsets, extent)
+        plan: list[tuple[str, np.ndarray, int, np.ndarray, Extent | None]] = []  # (doc, wanted, first, offsets, extent)
         for wanted, owner in zip(np.split(positions, bounds), np.split(owners, bounds), strict=True):
             d = int(owner[0])
             doc, base = catalog.documents[d], int(starts[d])
@@ -214,7 +215,7 @@ class IndexReader:
                     plan.append((doc, mine, first, offsets, extent))
         row = self.meta.dim * 2  # bytes of one fp16 vector
 
-        def spans(item: tuple[str, np.ndarray, int, np.ndarray, Any]) -> list[tuple[int, int, int]]:
+        def spans(item: tuple[str, np.ndarray, int, np.ndarray, Extent | None]) -> list[tuple[int, int, int]]:
             _, mine, first, offsets, extent = item
             if extent is None:
                 return []
@@ -236,7 +237,7 @@ class IndexReader:
         pages, (pages * pooled, dim) fp16 memory-mapped)."""
         assert self.meta is not None
         dim = self.meta.dim
-        blocks: list[tuple[int, str, Any]] = []  # (first catalog position, document, extent)
+        blocks: list[tuple[int, str, Extent]] = []  # (first catalog position, document, extent)
         position = 0
         for doc in catalog.documents:
             blocks += [(position + e.first_page - 1, doc, e) for e in catalog.pooled.get(doc, ())]

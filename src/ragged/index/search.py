@@ -151,13 +151,9 @@ def _cut(part: tuple[np.ndarray, np.ndarray, np.ndarray],
     if int(rows.shape[0]) <= max_vectors or len(lengths) <= 1:
         yield part
         return
-    ends = np.cumsum(lengths)
-    start_page, start_row = 0, 0
-    while start_page < len(lengths):
-        stop = max(int(np.searchsorted(ends, start_row + max_vectors, side="right")), start_page + 1)
-        end_row = int(ends[stop - 1])
-        yield positions[start_page:stop], lengths[start_page:stop], rows[start_row:end_row]
-        start_page, start_row = stop, end_row
+    for block in split_blocks(int(positions[0]), lengths, rows, max_vectors, positions=positions):
+        assert block.positions is not None
+        yield block.positions, block.lengths, block.vectors  # type: ignore[misc]  # device rows stay tensors
 
 
 def _joined(held: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Block:

@@ -93,6 +93,9 @@ class IndexWriter(IndexUpkeep):
         if any(h.ndim != 2 or h.shape[1] != meta.dim for h in halves):
             raise IndexStoreError(f"Vectors of size {[h.shape[-1] for h in halves]} do not match the index's "
                                   f"{meta.dim}.")
+        if any(h.shape[0] == 0 for h in halves):  # nothing to search or pool: refused before anything is written
+            raise IndexStoreError(f"Page {first_page + [h.shape[0] for h in halves].index(0)} of document "
+                                  f"{doc_hash[:12]} has no vectors; a page needs at least one.")
         if self._segments is None:
             assert self._log is not None
             state = self._log.state
