@@ -39,6 +39,19 @@ class TestCompare:
         assert compare([-x for x in leaning], 0.03, last=True) is Verdict.SLOWER
         assert compare([x - 0.2 for x in leaning], 0.03, last=True) is Verdict.UNSURE  # no lean: stay
 
+    def test_a_neighbour_that_cannot_be_chosen_is_behind(self) -> None:
+        # About 10% slower inside +-8% noise: three pairs do not show it slower, but they do show
+        # that it cannot be chosen, whichever side of the incumbent it is on.
+        slower = logs(0.8, 0.95, 0.88)
+        assert compare(slower, 0.03) is Verdict.UNSURE
+        assert compare(slower, 0.03, larger=True) is Verdict.BEHIND
+        assert compare(slower, 0.03, larger=False) is Verdict.BEHIND
+        # As fast: a larger size needs a gain it has not got, a smaller one needs only that speed.
+        level = logs(0.97, 1.02, 1.0)
+        assert compare(level, 0.03, larger=True) is Verdict.BEHIND
+        assert compare(level, 0.03, larger=False) is Verdict.UNSURE
+        assert compare(logs(1.2, 1.25, 1.18), 0.03, larger=True) is Verdict.FASTER  # a gain is still a gain
+
     def test_nothing_is_unsure(self) -> None:
         assert compare([], 0.03) is Verdict.UNSURE
 
@@ -150,3 +163,17 @@ class TestSearch:
             sizes.append(size)
             search.observe(size, 20.0 * (next(swing) if size == 8 else 1.0))
         assert search.incumbent == 4 and search.next_size(64) == 4  # ended as not faster, 8 waits
+
+    def test_a_slower_neighbour_is_left_after_few_pairs(self) -> None:
+        search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)
+        search.begin(4)
+        swing = iter([1.12, 0.85, 1.0] * 10)  # 8 runs 10% slower than 4, inside +-15% noise
+        sizes = []
+        for _ in range(12):
+            size = search.next_size(64)
+            sizes.append(size)
+            search.observe(size, {2: 10.0, 4: 20.0}.get(size) or 18.0 * next(swing))
+        # Three pairs cannot show 8 slower (that took all ten), but they show it cannot gain 3%:
+        # its probe ends there, and the size below is tried next.
+        assert sizes[:9] == [4, 8, 8, 4, 8, 4, 8, 4, 2]
+        assert search.incumbent == 4

@@ -26,10 +26,12 @@ class Verdict(StrEnum):
     FASTER = "faster"
     SLOWER = "slower"
     SAME = "same"
+    BEHIND = "behind"  # not shown slower, but too far behind to be chosen: its probe can end
     UNSURE = "unsure"
 
 
-def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, *, last: bool = False) -> Verdict:
+def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, *, last: bool = False,
+            larger: bool | None = None) -> Verdict:
     """Judge a neighbour from log(rate_neighbour / rate_incumbent) pairs.
 
     The median is held against a band from the noise: the standard error of
@@ -39,7 +41,15 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     standard errors; slower, the same below zero; the same, within
     ``min_gain`` with two standard errors inside it too; else unsure. The
     ``last`` look of a probe drops the two-error condition: the samples are
-    spent, and the side the evidence leans to is the better bet."""
+    spent, and the side the evidence leans to is the better bet.
+
+    ``larger`` says which side of the incumbent the neighbour is on, and so
+    what it needs to be chosen: a larger size must be faster by the gain, a
+    smaller one only as fast within it (the same speed for less memory).
+    Once the median plus one standard error falls short of that, the
+    neighbour is behind: more pairs would only confirm that it is not chosen,
+    and each costs a batch at the slower size. Without ``larger`` this is not
+    judged."""
     if not log_ratios:
         return Verdict.UNSURE
     mid = statistics.median(log_ratios)
@@ -53,6 +63,8 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
         return Verdict.SLOWER
     if abs(mid) <= gain and SIGMAS * error < gain:
         return Verdict.SAME
+    if larger is not None and mid + GAIN_SIGMAS * error < (gain if larger else -gain):
+        return Verdict.BEHIND
     return Verdict.UNSURE
 
 
