@@ -177,3 +177,18 @@ class TestSearch:
         # its probe ends there, and the size below is tried next.
         assert sizes[:9] == [4, 8, 8, 4, 8, 4, 8, 4, 2]
         assert search.incumbent == 4
+
+    def test_a_smaller_neighbour_as_fast_is_not_left_early(self) -> None:
+        # A smaller size needs only to be as fast. A level one swinging +-1.8% is not behind (a larger one at
+        # that speed would be, after 2 pairs); once enough pairs show it the same, it is kept for its memory.
+        search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)
+        search.begin(4)
+        swing = iter([1.0] + [1.018, 0.982, 1.0] * 20)  # its warm-up, then the pairs' halves
+        for _ in range(40):
+            size = search.next_size(64)
+            search.observe(size, {4: 20.0, 8: 10.0}.get(size) or 20.0 * next(swing))
+            if search.incumbent != 4:
+                break
+        assert search.incumbent == 2 and search.record().chosen[-1].why is Why.SMALLER
+        # In its first probe (after 8's probe and its own warm-up), not after being left and waiting.
+        assert search.record().chosen[-1].batch <= 8 + 1 + 2 * PAIRS_MAX

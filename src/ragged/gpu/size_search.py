@@ -21,11 +21,12 @@ works out. What it does:
   Slower: it loses. Behind (it cannot be chosen: one standard error above
   its median is still short of the gain a larger size needs, or of the
   incumbent's speed less the gain for a smaller one): it loses at once,
-  since every further pair would spend a batch at the slower size only to
-  confirm that. Undecided: more pairs, up to ``PAIRS_MAX``, where the side
-  the evidence leans to (by the gain and one standard error) wins, or else
-  the incumbent stays. So one slow sample never decides, a plateau or a
-  peak stops the search, and a slower neighbour costs few batches.
+  since every further pair would spend a batch at a size that would not be
+  chosen only to confirm that. Undecided: more pairs, up to
+  ``PAIRS_MAX``, where the side the evidence leans to (by the gain and one
+  standard error) wins, or else the incumbent stays. So one slow sample
+  never decides, a plateau or a peak stops the search, and a slower
+  neighbour costs few batches.
 - **Warm-up.** The first batch at a size pays one-off costs (kernels chosen
   per shape, memory grown); it is not a sample.
 - **Back-off.** A neighbour that lost waits ``BACKOFF_START`` batches before
@@ -238,7 +239,7 @@ class SizeSearch:
             return
         typical = statistics.median(self._deviations) if noise_known else 0.0
         last = len(probe.ratios) >= PAIRS_MAX
-        larger = self.incumbent is not None and probe.candidate > self.incumbent
+        larger = None if self.incumbent is None else probe.candidate > self.incumbent
         verdict = compare(probe.ratios, self.min_gain, typical, last=last, larger=larger)
         if verdict is not Verdict.UNSURE or last:
             self._end_probe(verdict, f"{len(probe.ratios)} pairs", penalise=True)

@@ -26,7 +26,7 @@ class Verdict(StrEnum):
     FASTER = "faster"
     SLOWER = "slower"
     SAME = "same"
-    BEHIND = "behind"  # not shown slower, but too far behind to be chosen: its probe can end
+    BEHIND = "behind"  # not shown slower, but short of what it needs to be chosen: its probe can end
     UNSURE = "unsure"
 
 
@@ -48,8 +48,8 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     smaller one only as fast within it (the same speed for less memory).
     Once the median plus one standard error falls short of that, the
     neighbour is behind: more pairs would only confirm that it is not chosen,
-    and each costs a batch at the slower size. Without ``larger`` this is not
-    judged."""
+    and each costs a batch at a size that would not be chosen. Without
+    ``larger`` this is not judged."""
     if not log_ratios:
         return Verdict.UNSURE
     mid = statistics.median(log_ratios)
