@@ -250,9 +250,9 @@ def read_ahead(maps: SegmentMaps, items: Sequence[T], spans: Callable[[T], list[
     """``items`` in order, each one's (file, offset, bytes) ranges (``spans``)
     hinted to the kernel before it is reached, about :data:`READ_AHEAD`
     bytes ahead of the reader (topped up in groups of half that; at most one
-    item more): a search
-    of a few hundred scattered pages is read in parallel, and a full scan
-    does not ask for more than the page cache can keep until it is read."""
+    item more): a search of a few hundred scattered pages is read in
+    parallel, and a full scan does not ask for more than the page cache can
+    keep until it is read."""
     ranges = [spans(item) for item in items]
     sizes = [sum(size for _, _, size in r) for r in ranges]
     hinted = ahead = 0  # items hinted so far; bytes hinted and not yet read
