@@ -27,6 +27,13 @@ works out. What it does:
   standard error) wins, or else the incumbent stays. So one slow sample
   never decides, a plateau or a peak stops the search, and a slower
   neighbour costs few batches.
+- **Looking past a level step.** A smaller neighbour whose probe ends
+  undecided after ``PAIRS_MAX`` pairs is level with the incumbent as far as
+  the noise lets it be told. The next probe down then compares the size
+  past it with the incumbent directly (once; the neighbour is probed again
+  after that): a level step one size wide would otherwise hide faster
+  sizes below it from a search that compares neighbours only. Going down
+  is always safe for memory.
 - **Warm-up.** The first batch at a size pays one-off costs (kernels chosen
   per shape, memory grown); it is not a sample.
 - **Back-off.** A neighbour that lost waits ``BACKOFF_START`` batches before
@@ -110,6 +117,7 @@ class SizeSearch:
         self._waits: dict[int, _Wait] = {}
         self._seen: set[int] = set()
         self._deviations: deque[float] = deque(maxlen=NOISE_WINDOW)  # of past probes' log ratios
+        self._level: int | None = None  # a smaller neighbour that probed level: the next probe down looks past it
         self._rates: dict[int, deque[float]] = {}
         self._reference: list[float] = []  # the incumbent's first samples since it was chosen
         self._recent: deque[float] = deque(maxlen=CHANGE_WINDOW)
@@ -182,7 +190,7 @@ class SizeSearch:
             return inc if size == probe.candidate else probe.candidate
         if inc not in self._seen and size != inc:
             return inc
-        for neighbour in (self.up(inc, limit), self.down(inc)):
+        for neighbour in (self.up(inc, limit), self._below(inc, self.batches + 1)):
             if neighbour is not None and self._due(neighbour, self.batches + 1):
                 return neighbour
         return inc
@@ -194,12 +202,21 @@ class SizeSearch:
             return probe.candidate
         return self.incumbent if probe.pending[0] == probe.candidate else probe.candidate
 
+    def _below(self, size: int, at: int) -> int | None:
+        """The size a probe down from ``size`` tries at batch ``at``: its lower
+        neighbour, or the one past it (when due) once that neighbour probed level."""
+        step = self.down(size)
+        past = self.down(step) if step is not None and step == self._level else None
+        return past if past is not None and self._due(past, at) else step
+
     def _start_probe(self, limit: int) -> _Probe | None:
         assert self.incumbent is not None
-        for neighbour in (self.up(self.incumbent, limit), self.down(self.incumbent)):
+        for neighbour in (self.up(self.incumbent, limit), self._below(self.incumbent, self.batches)):
             if neighbour is not None and self._due(neighbour, self.batches):
                 self._probe = _Probe(neighbour, self.batches)
                 self.probes += 1
+                if neighbour < self.incumbent:
+                    self._level = None  # looked past once; the next probe down is the neighbour again
                 return self._probe
         return None
 
@@ -253,6 +270,8 @@ class SizeSearch:
             self._deviations.extend(abs(mid - x) * math.sqrt(n / (n - 1)) for x in probe.ratios)
         logger.debug("{}: batch {}: size {} vs {}: {} (median rate ratio {:.3f}, {})", self.name, self.batches,
                      probe.candidate, self.incumbent, verdict.value, math.exp(mid), note)
+        if verdict is Verdict.UNSURE and n >= PAIRS_MAX and probe.candidate == self.down(self.incumbent):
+            self._level = probe.candidate  # level, as far as the noise lets it be told
         if verdict is Verdict.FASTER or (verdict is Verdict.SAME and probe.candidate < self.incumbent):
             loser = self.incumbent
             self._choose(probe.candidate, Why.FASTER if verdict is Verdict.FASTER else Why.SMALLER)
@@ -305,6 +324,7 @@ class SizeSearch:
             logger.debug("{}: batch {}: size {} chosen ({})", self.name, self.batches, size, why.value)
             self._chosen.append(SizeChoice(self.batches, size, why))
         self.incumbent = size
+        self._level = None
         self._clamped = 0
         self._reference.clear()
         self._recent.clear()
