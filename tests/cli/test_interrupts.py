@@ -1,0 +1,42 @@
+"""Ctrl-C is held back while an import runs (a native module initialising
+would abort the process), and is immediate otherwise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import sys, time
+from ragged.cli import install_interrupt_handler
+install_interrupt_handler()
+sys.path.insert(0, {folder!r})
+began = time.monotonic()
+try:
+    {body}
+    time.sleep(5)
+    print("not interrupted")
+except KeyboardInterrupt:
+    module = sys.modules.get("slow_module")
+    print(f"interrupted; imported: {{getattr(module, 'done', False)}}; after {{time.monotonic() - began:.1f}} s")
+"""
+
+
+def run(tmp_path: Path, body: str) -> str:
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\ndone = True\n")
+    script = SCRIPT.format(folder=str(tmp_path), body=body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False).stdout.strip()
+
+
+def test_ctrl_c_during_an_import_waits_until_the_import_is_done(tmp_path: Path) -> None:
+    # The module interrupts itself half-way through its body: the import still completes, then Ctrl-C acts.
+    out = run(tmp_path, "import slow_module")
+    assert out.startswith("interrupted; imported: True; after 0.")
+
+
+def test_ctrl_c_outside_an_import_is_immediate(tmp_path: Path) -> None:
+    out = run(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGINT); time.sleep(1)")
+    assert out == "interrupted; imported: False; after 0.0 s"
