@@ -333,6 +333,52 @@ def test_where_peaks_cost_time_only_a_sample_of_batches_is_measured(clock: FakeC
     assert resets == len(again.batch_sizes) and None not in again.batch_peaks
 
 
+class HeapKeepingCPU(FakeBackend):
+    """Counters as the real CPU's: resident memory, where what a batch frees
+    stays with the process (the heap keeps it for the next batch) until a
+    peak window hands it back (``malloc_trim``)."""
+
+    kept = 0
+
+    def allocate(self, index: int, nbytes: int) -> None:
+        card = self.cards[index]
+        reused = min(self.kept, nbytes)
+        self.kept -= reused
+        card.allocated += nbytes - reused
+        card.reserved = card.allocated
+        card.peak = max(card.peak, card.allocated)
+
+    def release(self, index: int, nbytes: int) -> None:
+        self.kept += nbytes  # still resident
+
+    def reset_peak(self, index: int) -> None:
+        card = self.cards[index]
+        card.allocated -= self.kept
+        card.reserved = card.peak = card.allocated
+        self.kept = 0
+
+
+def test_a_peak_is_measured_above_what_is_held_once_the_window_opens(clock: FakeClock) -> None:
+    """The CPU keeps freed heap resident between batches; a peak measured
+    from the reading taken before the window handed it back would miss what
+    the batch reused (here, all of it): every measured peak is the batch's need."""
+    backend = HeapKeepingCPU(kind=DeviceType.CPU, cards=[FakeCard(total=16 * GiB, allocated=1 * GiB,
+                                                                  reserved=1 * GiB)], costly_peak=True)
+    manager = DeviceManager([backend])
+    device = manager.cpu()
+    monitor = MemoryMonitor(device, manager)
+    handler = OOMHandler(manager)
+    sizer = AdaptiveBatchSizer(device, monitor, BatchSizeConfig(max_batch_size=4), manager, oom_handler=handler)
+    work = Workload(backend, base=10 * MiB, per_item=50 * MiB, seconds_per_batch=0.1, seconds_per_item=0.01,
+                    clock=clock)
+    results, stats = BatchRunner(device, sizer, handler, monitor=monitor).run(
+        [1] * 60, lambda idx, dev: work(idx, dev.label))
+    assert results == [i * 10 for i in range(60)]
+    measured = [(n, p) for n, p in zip(stats.batch_sizes, stats.batch_peaks, strict=True) if p is not None]
+    assert len(measured) >= 4 and backend.kept > 0
+    assert all(p == 10 * MiB + n * 50 * MiB for n, p in measured)
+
+
 def test_fixed_batches_are_measured_on_one_cadence_across_calls() -> None:
     """A fixed-batch caller (``--batch-size``, the server's request batches)
     calls the runner once a document or request: on the CPU, where a

@@ -319,6 +319,7 @@ class BatchRunner(Generic[R]):
         measure = self._measure(device, len(batch) * longest)
         if measure:
             self.manager.reset_peak(device)
+            before = self.manager.counters(device)  # the window's floor: the CPU handed its kept heap back
         began = time.perf_counter()
         prepared = ready.result() if ready is not None else prefetcher.prepare(batch)
         prepared_at = time.perf_counter()
