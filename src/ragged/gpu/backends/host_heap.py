@@ -1,12 +1,12 @@
 """The host's C heap (glibc malloc): keep what one batch frees for the next.
 
-Measured on the 2-core CI machine (docs/benchmarks.md, "the host heap"):
-with glibc's defaults a batch of 8 pages of tiny-colmodernvbert spent a
-third of its process time in the kernel, faulting in memory that the batch
-before had just handed back. glibc raises its mmap and trim thresholds only
+Measured on the 2-core development machine (docs/benchmarks.md, "The host
+heap"): with glibc's defaults, embedding tiny-colmodernvbert in batches of 2
+and 8 spent 27% of its CPU time in the kernel, faulting in memory that the
+batch before had just handed back. glibc raises its mmap and trim thresholds only
 up to the largest block freed so far, and returns the free top of the heap
-whenever it passes the trim threshold; so the first batches after a smaller
-one ran 20-30% slower than the same size a few batches on. That made a size
+whenever it passes the trim threshold; so a batch of 8 right after a batch of 2
+ran 22% slower than one after another 8. That made a size
 look slower *because it was tried*, and tilted every probe of the sizer
 towards the smaller size.
 
