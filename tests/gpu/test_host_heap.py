@@ -71,22 +71,23 @@ class FakeLibc:
 def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLibc]:
     """The module as a process that has not tuned its heap yet, over a fake glibc."""
     libc = FakeLibc()
-    monkeypatch.setattr(host_heap, "_settings", None)
+    monkeypatch.delenv(host_heap.ENV, raising=False)
+    monkeypatch.setattr(host_heap, "_kept", None)
     monkeypatch.setattr(host_heap, "_libc", libc)
     yield libc
 
 
 @pytest.mark.parametrize(("ram", "keep"), [(24 * GiB, 1 * GiB), (4 * GiB, 256 * MiB), (256 * MiB, 32 * MiB)])
 def test_the_heap_keeps_a_share_of_ram_within_bounds(fresh: FakeLibc, ram: int, keep: int) -> None:
-    settings = host_heap.keep_freed_memory(ram, environ={})
-    assert settings == host_heap.HeapSettings(keep_bytes=keep, mmap_threshold=32 * MiB)
+    assert host_heap.keep_freed_memory(ram) == keep
     assert dict(fresh.calls) == {host_heap.M_MMAP_THRESHOLD: 32 * MiB, host_heap.M_TRIM_THRESHOLD: keep,
                                  host_heap.M_TOP_PAD: host_heap.TOP_PAD}
-    assert host_heap.keep_freed_memory(2 * ram, environ={}) is settings and len(fresh.calls) == 3  # once a process
+    assert host_heap.keep_freed_memory(2 * ram) == keep and len(fresh.calls) == 3  # once a process
 
 
-def test_system_leaves_malloc_alone(fresh: FakeLibc) -> None:
-    assert host_heap.keep_freed_memory(8 * GiB, environ={"RAGGED_HOST_HEAP": " System "}) is None
+def test_system_leaves_malloc_alone(fresh: FakeLibc, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAGGED_HOST_HEAP", " System ")
+    assert host_heap.keep_freed_memory(8 * GiB) is None
     assert fresh.calls == []
     host_heap.trim()  # handing back is still allowed (a model released, an OOM)
     assert fresh.trims == 1
@@ -94,13 +95,14 @@ def test_system_leaves_malloc_alone(fresh: FakeLibc) -> None:
 
 def test_a_refused_setting_is_reported_as_nothing_set(fresh: FakeLibc) -> None:
     fresh.accept = False
-    assert host_heap.keep_freed_memory(8 * GiB, environ={}) is None
+    assert host_heap.keep_freed_memory(8 * GiB) is None
 
 
 def test_off_glibc_nothing_is_touched(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host_heap, "_settings", None)
+    monkeypatch.delenv(host_heap.ENV, raising=False)
+    monkeypatch.setattr(host_heap, "_kept", None)
     monkeypatch.setattr(host_heap, "_libc", None)
     monkeypatch.setattr(host_heap.platform, "libc_ver", lambda: ("", ""))
-    assert host_heap.keep_freed_memory(8 * GiB, environ={}) is None
+    assert host_heap.keep_freed_memory(8 * GiB) is None
     assert not host_heap.can_trim()
     host_heap.trim()  # a no-op, not an error

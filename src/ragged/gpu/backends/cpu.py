@@ -52,7 +52,7 @@ class CPUBackend:
     def __init__(self) -> None:
         self._process = psutil.Process(os.getpid())
         self._can_reset_hwm: bool | None = None
-        self.heap = host_heap.keep_freed_memory(int(psutil.virtual_memory().total))
+        host_heap.keep_freed_memory(int(psutil.virtual_memory().total))  # once per process
 
     def is_available(self) -> bool:
         return True

@@ -12,12 +12,12 @@ towards the smaller size.
 
 :func:`keep_freed_memory` makes the heap behave like a GPU caching allocator
 instead: large blocks (up to ``MMAP_THRESHOLD``) come from the heap and go
-back to it, and up to ``keep_bytes`` of free heap stays with the process
-(a sixteenth of RAM, at most ``KEEP_MAX``). :func:`trim` hands it all back,
+back to it, and up to a sixteenth of RAM of free heap (at most
+``KEEP_MAX``) stays with the process. :func:`trim` hands it all back,
 which the CPU backend does when a model is released, after an out-of-memory
 error, and before it opens a peak-memory window. Memory the heap keeps is
 resident, so it counts as used in every memory reading: the budgets err on
-the safe side by at most ``keep_bytes``.
+the safe side by at most that much.
 
 Only glibc has these knobs; elsewhere (macOS, musl) nothing changes.
 ``RAGGED_HOST_HEAP=system`` leaves glibc's defaults alone.
@@ -29,7 +29,6 @@ import ctypes
 import ctypes.util
 import os
 import platform
-from dataclasses import dataclass
 from typing import Any
 
 from loguru import logger
@@ -44,16 +43,8 @@ KEEP_SHARE = 16  # keep up to 1/16 of RAM of free heap
 KEEP_MAX = 1024**3  # (mallopt takes a C int)
 
 
-@dataclass(frozen=True)
-class HeapSettings:
-    """What :func:`keep_freed_memory` set."""
-
-    keep_bytes: int  # free heap the process keeps (malloc's trim threshold)
-    mmap_threshold: int  # blocks above this are mapped and unmapped on their own
-
-
-_libc: Any = None
-_settings: HeapSettings | None = None
+_libc: Any = None  # None: not looked for yet; False: not glibc
+_kept: int | None = None  # bytes of free heap kept, once set
 
 
 def _glibc() -> Any:
@@ -72,15 +63,14 @@ def _glibc() -> Any:
     return _libc or None
 
 
-def keep_freed_memory(total_bytes: int, *, environ: dict[str, str] | None = None) -> HeapSettings | None:
+def keep_freed_memory(total_bytes: int) -> int | None:
     """Tune glibc's heap for batches (see the module docstring); once per
-    process. Returns what was set, or None where nothing was (not glibc,
-    ``RAGGED_HOST_HEAP=system``, or malloc refused)."""
-    global _settings
-    if _settings is not None:
-        return _settings
-    env = os.environ if environ is None else environ
-    if env.get(ENV, "").strip().lower() == "system":
+    process. Returns the bytes of free heap kept, or None where nothing was
+    set (not glibc, ``RAGGED_HOST_HEAP=system``, or malloc refused)."""
+    global _kept
+    if _kept is not None:
+        return _kept
+    if os.environ.get(ENV, "").strip().lower() == "system":
         return None
     libc = _glibc()
     if libc is None:
@@ -91,9 +81,9 @@ def keep_freed_memory(total_bytes: int, *, environ: dict[str, str] | None = None
     if not all(done):
         logger.debug("host heap: malloc refused some settings ({}); left as it is", done)
         return None
-    _settings = HeapSettings(keep_bytes=keep, mmap_threshold=MMAP_THRESHOLD)
+    _kept = keep
     logger.debug("host heap: keeps up to {:,} MiB of freed memory for the next batch", keep // 1024**2)
-    return _settings
+    return keep
 
 
 def can_trim() -> bool:
