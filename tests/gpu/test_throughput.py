@@ -39,6 +39,17 @@ class TestCompare:
         assert compare([-x for x in leaning], 0.03, last=True) is Verdict.SLOWER
         assert compare([x - 0.2 for x in leaning], 0.03, last=True) is Verdict.UNSURE  # no lean: stay
 
+    def test_the_last_look_takes_a_smaller_neighbour_that_is_as_fast(self) -> None:
+        # A smaller size needs only to be as fast (within the gain). Leaning faster (+5%) inside noise
+        # too wide to show a gain: at the last look one standard error below its median is still within
+        # the gain, so it is taken for its memory; a larger size at the same figures is not.
+        leaning = [-0.1, -0.05, 0.0, 0.03, 0.05, 0.05, 0.08, 0.12, 0.15, 0.2]
+        assert compare(leaning, 0.03, larger=False) is Verdict.UNSURE
+        assert compare(leaning, 0.03, last=True, larger=False) is Verdict.SAME
+        assert compare(leaning, 0.03, last=True, larger=True) is Verdict.UNSURE
+        # Leaning slower (-3%) inside the same noise: not shown as fast, so the incumbent stays.
+        assert compare([x - 0.08 for x in leaning], 0.03, last=True, larger=False) is Verdict.UNSURE
+
     def test_a_neighbour_that_cannot_be_chosen_is_behind(self) -> None:
         # About 10% slower inside +-8% noise: three pairs do not show it slower, but they do show
         # that it cannot be chosen, whichever side of the incumbent it is on.
@@ -177,6 +188,28 @@ class TestSearch:
         # its probe ends there, and the size below is tried next.
         assert sizes[:9] == [4, 8, 8, 4, 8, 4, 8, 4, 2]
         assert search.incumbent == 4
+
+    @pytest.mark.parametrize(("shift", "chosen"), [(1.0, 2), (0.9, 4)])
+    def test_a_smaller_neighbour_is_taken_at_the_last_look_when_it_is_as_fast(self, shift: float,
+                                                                               chosen: int) -> None:
+        # 2 leans 6% faster than 4 inside a +-20% swing that never shows a gain: at its last pair it is taken
+        # (as fast, for less memory). Shifted 10% slower, the same swing leaves 4 in place.
+        search = SizeSearch(growth_factor=2.0, min_gain=0.03, min_size=1)
+        search.begin(4)
+        swing = iter([1.0] + [1.06, 1.20, 0.92] * 20)  # its warm-up, then the pairs' halves
+        lines: list[str] = []
+        sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{message}")
+        try:
+            for _ in range(60):
+                size = search.next_size(64)
+                search.observe(size, {4: 20.0, 8: 10.0}.get(size) or 20.0 * shift * next(swing))
+                if any("size 2 vs 4" in x for x in lines):
+                    break
+        finally:
+            logger.remove(sink)
+        assert search.incumbent == chosen
+        assert any(f"size 2 vs 4: {'same' if chosen == 2 else 'unsure'}" in x and f"{PAIRS_MAX} pairs" in x
+                   for x in lines)
 
     def test_a_smaller_neighbour_as_fast_is_not_left_early(self) -> None:
         # A smaller size needs only to be as fast. A level one swinging +-1.8% is not behind (a larger one at

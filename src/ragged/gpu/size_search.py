@@ -24,7 +24,8 @@ works out. What it does:
   since every further pair would spend a batch at a size that would not be
   chosen only to confirm that. Undecided: more pairs, up to
   ``PAIRS_MAX``, where the side the evidence leans to (by the gain and one
-  standard error) wins, or else the incumbent stays. So one slow sample
+  standard error) wins: a larger neighbour faster by the gain, a smaller
+  one as fast within it; else the incumbent stays. So one slow sample
   never decides, a plateau or a peak stops the search, and a slower
   neighbour costs few batches.
 - **Looking past a level step.** A smaller neighbour whose probe ends

@@ -41,7 +41,12 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     standard errors; slower, the same below zero; the same, within
     ``min_gain`` with two standard errors inside it too; else unsure. The
     ``last`` look of a probe drops the two-error condition: the samples are
-    spent, and the side the evidence leans to is the better bet.
+    spent, and the side the evidence leans to is the better bet. For a
+    smaller neighbour that side is "as fast" once one standard error below
+    its median is within the gain (the mirror of *behind*, below): on a
+    plateau too noisy to rank, the smaller size keeps the speed and frees
+    memory, and over whole runs larger sizes lost more than their batches
+    showed (``docs/benchmarks.md``).
 
     ``larger`` says which side of the incumbent the neighbour is on, and so
     what it needs to be chosen: a larger size must be faster by the gain, a
@@ -59,6 +64,8 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     band = gain + GAIN_SIGMAS * error if last else max(gain + GAIN_SIGMAS * error, SIGMAS * error)
     if mid > band:
         return Verdict.FASTER
+    if last and larger is False and mid - GAIN_SIGMAS * error >= -gain:
+        return Verdict.SAME  # as fast within the gain by one standard error: less memory wins
     if mid < -band:
         return Verdict.SLOWER
     if abs(mid) <= gain and SIGMAS * error < gain:
