@@ -8,7 +8,8 @@ this VM, so a change to the search rules cannot be judged by one run.
 This script replays the same protocol (the kept sizer learns over 4 calls
 of 64 pages, then 5 timed calls; the median call's speed against the best
 fixed size) through the real :class:`~ragged.gpu.AdaptiveBatchSizer` on a
-fake CPU, where each batch of size ``s`` runs at the profile's rate for
+fake CPU whose load reading says the cores are free (idle) or one is busy
+(loaded), where each batch of size ``s`` runs at the profile's rate for
 ``s`` times log-normal noise (a batch whose peak is measured runs a quarter
 slower and is no sample, as on the real CPU). The profiles are the fixed-batch medians
 (pages/s) that ``benchmarks.adaptive`` measured on the development machine
@@ -37,6 +38,7 @@ from ragged.gpu import AdaptiveBatchSizer, DeviceManager, OOMHandler
 from tests.fakes import GiB, MiB, fake_cpu
 
 TARGETS = {"idle": 0.95, "loaded": 0.85}
+BUSY = {"idle": 0.05, "loaded": 1.0}  # what the load reading reports: cores' worth used by other processes
 MEASURED_SLOWER = 1.25  # a batch whose peak is measured on the CPU (the heap handed back first), as measured
 
 # (model, condition, run) -> fixed batch size -> median pages/s, from benchmarks.adaptive (fifth session).
@@ -58,9 +60,12 @@ PROFILES: dict[tuple[str, str, str], dict[int, float]] = {
 }
 
 
-def new_sizer() -> AdaptiveBatchSizer:
-    """A sizer on a fake 24 GiB CPU (memory never limits these sizes), as the embedder makes one."""
-    manager = DeviceManager([fake_cpu(total=24 * GiB, others=2 * GiB)])
+def new_sizer(busy_elsewhere: float | None = None) -> AdaptiveBatchSizer:
+    """A sizer on a fake 24 GiB CPU (memory never limits these sizes), as the embedder makes one;
+    ``busy_elsewhere`` is what its load reading reports (cores' worth used by other processes)."""
+    cpu = fake_cpu(total=24 * GiB, others=2 * GiB)
+    cpu.elsewhere = busy_elsewhere
+    manager = DeviceManager([cpu])
     return AdaptiveBatchSizer(manager.cpu(), None, None, manager, oom_handler=OOMHandler(manager),
                               prior_bytes_per_load=1.0)
 
@@ -80,10 +85,11 @@ def call(sizer: AdaptiveBatchSizer, rates: dict[int, float], pages: int, noise: 
     return pages / seconds
 
 
-def replay(rates: dict[int, float], noise: float, seed: int, *, pages: int, learn: int, rounds: int) -> float:
+def replay(rates: dict[int, float], noise: float, seed: int, *, pages: int, learn: int, rounds: int,
+           busy_elsewhere: float | None = None) -> float:
     """The kept sizer's median timed call against the best fixed size."""
     rng = random.Random(seed)
-    sizer = new_sizer()
+    sizer = new_sizer(busy_elsewhere)
     for _ in range(learn):
         call(sizer, rates, pages, noise, rng)
     return statistics.median(call(sizer, rates, pages, noise, rng) for _ in range(rounds)) / max(rates.values())
@@ -102,8 +108,9 @@ def main() -> None:
     rows = []
     for (model, condition, run), rates in PROFILES.items():
         noise = args.noise_idle if condition == "idle" else args.noise_loaded
-        ratios = sorted(replay(rates, noise, seed, pages=args.pages, learn=args.learn_runs, rounds=args.rounds)
-                        for seed in range(args.seeds))
+        busy = BUSY[condition]
+        ratios = sorted(replay(rates, noise, seed, pages=args.pages, learn=args.learn_runs, rounds=args.rounds,
+                               busy_elsewhere=busy) for seed in range(args.seeds))
         target = TARGETS[condition]
         best = max(rates, key=lambda s: rates[s])
         rows.append([model, condition, run, f"{best}: {rates[best]:.1f}", f"{statistics.median(ratios):.3f}",

@@ -58,6 +58,7 @@ class FakeBackend:
     on_clear: Callable[[int], None] | None = None
     readable: bool = True  # False: memory readings fail, as a broken driver's would
     costly_peak: bool = False  # True: peaks are measured on a sample of batches, as on the real CPU
+    elsewhere: float | None = None  # what busy_elsewhere reports (cores' worth other processes use)
 
     def is_available(self) -> bool:
         return self.available
@@ -100,6 +101,9 @@ class FakeBackend:
     def processes(self, index: int) -> list[ProcessMemory] | None:
         card = self.cards[index]
         return [ProcessMemory(4242, "other-job", card.others)] if card.others else []
+
+    def busy_elsewhere(self, index: int) -> float | None:
+        return self.elsewhere
 
     # -- simulated allocations ----------------------------------------------
 

@@ -15,6 +15,7 @@ import pytest
 _SCRIPT = textwrap.dedent("""
     import builtins, json, os, signal, sys, traceback
     from ragged.cli.interrupts import hold_interrupts_during_import
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even where started with SIGINT ignored (a `&` job)
     sys.path.insert(0, sys.argv[1])
     if sys.argv[2] == "held":
         hold_interrupts_during_import(frozenset({"nativepkg"}))

@@ -23,7 +23,7 @@ from ragged.gpu import (
     memory_budget,
     plan_batch_size,
 )
-from ragged.gpu.batch_sizer import CPU_START, UNREADABLE_START, measured_peak
+from ragged.gpu.batch_sizer import CPU_START, CPU_START_IDLE, UNREADABLE_START, measured_peak
 from ragged.gpu.throughput import Why
 from ragged.gpu.types import AllocatorCounters
 from tests.fakes import FakeBackend, FakeCard, GiB, MiB, fake_cpu
@@ -213,8 +213,10 @@ class TestSizer:
 
 
 def cpu_sizer(total: int = 16 * GiB, others: int = 2 * GiB, config: BatchSizeConfig | None = None,
-              prior: float = 1.0) -> AdaptiveBatchSizer:
-    manager = DeviceManager([fake_cpu(total=total, others=others)])
+              prior: float = 1.0, elsewhere: float | None = None) -> AdaptiveBatchSizer:
+    cpu = fake_cpu(total=total, others=others)
+    cpu.elsewhere = elsewhere
+    manager = DeviceManager([cpu])
     return AdaptiveBatchSizer(manager.cpu(), None, config, manager, oom_handler=OOMHandler(manager),
                               prior_bytes_per_load=prior)
 
@@ -342,6 +344,19 @@ class TestThroughputSearch:
         assert cpu_sizer(others=int(9.5 * GiB), prior=float(300 * MiB)).next_batch_size() == 3
         # A pinned first size is kept (memory still caps it).
         assert cpu_sizer(config=BatchSizeConfig(initial_batch_size=16)).next_batch_size() == 16
+
+    @pytest.mark.parametrize(("elsewhere", "first"), [(0.1, CPU_START_IDLE), (0.9, CPU_START), (None, CPU_START)])
+    def test_the_cpu_starts_from_how_busy_other_processes_keep_it(self, elsewhere: float | None,
+                                                                   first: int) -> None:
+        # Free cores: idle runs were fastest at 1-16, so the search starts lower; a busy core (or no
+        # reading): at 8, one step from the 16-32 that busy runs were fastest at.
+        assert CPU_START_IDLE < CPU_START
+        assert cpu_sizer(elsewhere=elsewhere).next_batch_size() == first
+        # Read once, for the first batch: a later change in load is the search's to follow.
+        sizer = cpu_sizer(elsewhere=elsewhere)
+        sizer.next_batch_size()
+        sizer.manager.backend_for(sizer.device).elsewhere = 0.0 if elsewhere else 2.0  # type: ignore[attr-defined]
+        assert sizer.next_batch_size() == first
 
     def test_without_a_reading_the_first_batch_is_small(self) -> None:
         backend = FakeBackend(cards=[FakeCard(total=80 * GiB)], readable=False)

@@ -58,11 +58,17 @@ class MeasureCadence:
             return self._since == 0
 
 
-# The first batch on a CPU. Measured on 2 cores (docs/benchmarks.md, "Adaptive batching"): on a busy
-# machine the tiny presets ran at 0.80-0.96 of their best fixed batch at 8 but 0.36-0.73 at 4 (16-32
-# were best there); on idle cores an earlier measurement found them fastest at about 4. 8 is one growth
-# step from either; memory still caps it. Without any memory reading the first batch is small.
-CPU_START = 8
+# The first batch on a CPU, from a reading of how busy other processes keep the cores. Measured on 2
+# cores (docs/benchmarks.md, "Adaptive batching"): with a busy loop on one core the tiny presets ran
+# fastest at 16-32 in every run (at 8 a fresh sizer reached 0.80-0.96 of that, at 4 only 0.36-0.73);
+# with the cores idle, at 1-2 or on a plateau (tiny-colpali at 8-16). A run searches from its first
+# size one step at a time, so that step count is what the start decides: in the replay of those
+# profiles (benchmarks/sizer_replay.py) starting idle runs at 4 and busy ones at 8 met both targets
+# more often than either constant. Unknown load starts at 8; memory still caps it. Without any memory
+# reading the first batch is small.
+CPU_START = 8  # other processes keep at least BUSY_CORES busy, or unknown
+CPU_START_IDLE = 4  # the cores are free
+BUSY_CORES = 0.5  # cores' worth of other processes' CPU use from which the machine counts as busy
 UNREADABLE_START = 2
 
 
@@ -78,7 +84,8 @@ class BatchSizeConfig:
     sequence_length: int = 1030
     bytes_per_element: int = 2
     overhead_factor: float = 3.0
-    # The first batch: None chooses it (the memory plan on an accelerator, CPU_START on the CPU);
+    # The first batch: None chooses it (the memory plan on an accelerator; on the CPU 4 or 8, by how
+    # busy other processes keep the cores);
     # a number pins it (memory still caps it). Sizes then move one growth step at a time, and only
     # to a size measured faster by more than min_throughput_gain and the noise.
     initial_batch_size: int | None = None
@@ -183,7 +190,8 @@ class AdaptiveBatchSizer(SpecSizing):
     proposes a size above it. Below that limit a
     :class:`~ragged.gpu.size_search.SizeSearch` chooses the size from paired,
     repeated rate samples. The first batch is the memory plan on an
-    accelerator and ``CPU_START`` on the CPU (see :class:`BatchSizeConfig`).
+    accelerator; on the CPU it comes from how busy other processes keep the
+    cores (``CPU_START_IDLE`` or ``CPU_START``; see :class:`BatchSizeConfig`).
     """
 
     def __init__(
@@ -296,12 +304,19 @@ class AdaptiveBatchSizer(SpecSizing):
 
     def _first_size(self, limit: int) -> int:
         """The first batch: pinned by the config, else the memory plan where a
-        reading exists (an accelerator) or ``CPU_START`` on the CPU."""
+        reading exists (an accelerator); on the CPU ``CPU_START_IDLE`` where
+        other processes leave the cores free, else ``CPU_START``."""
         if self.config.initial_batch_size is not None:
             return min(limit, self.config.initial_batch_size)
         if self._budget is None:
             return min(limit, UNREADABLE_START)
-        return limit if self.device.is_accelerator else min(limit, CPU_START)
+        if self.device.is_accelerator:
+            return limit
+        busy = self.manager.busy_elsewhere(self.device)
+        start = CPU_START_IDLE if busy is not None and busy < BUSY_CORES else CPU_START
+        logger.debug("{} {}: first batch {} (other processes use {} cores)", self.device.label, self.work, start,
+                     "unknown" if busy is None else f"{busy:.2f}")
+        return min(limit, start)
 
     def next_batch_size(self, load_per_item: float = 1.0, *, limit: int | None = None) -> int:
         """The size of the next batch: the throughput search's choice below the

@@ -263,6 +263,15 @@ class DeviceManager:
             logger.debug("process list of {} failed: {}", device.label, exc)
             return None
 
+    def busy_elsewhere(self, device: DeviceInfo) -> float | None:
+        """How much of ``device``'s compute other processes use now (the CPU:
+        cores' worth, over about 0.1 s, this thread waiting); None if unknown."""
+        try:
+            return self.backend_for(device).busy_elsewhere(device.index)
+        except Exception as exc:
+            logger.debug("load reading of {} failed: {}", device.label, exc)
+            return None
+
     def cpu(self) -> DeviceInfo:
         """The CPU device record."""
         found = self.find(DeviceType.CPU)

@@ -76,3 +76,8 @@ class DeviceBackend(Protocol):
     def processes(self, index: int) -> list[ProcessMemory] | None:
         """Processes holding memory on the device; None when it cannot be known."""
         ...
+
+    def busy_elsewhere(self, index: int) -> float | None:
+        """How much of the device's compute other processes use now (on the
+        CPU: cores' worth, from a reading of about 0.1 s); None where unknown."""
+        ...

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from ragged.gpu.backends import host_heap
+from ragged.gpu.backends import host_heap, host_load
 from ragged.gpu.backends.base import DeviceProperties
 from ragged.gpu.types import AllocatorCounters, DeviceType, MemoryInfo, ProcessMemory
 
@@ -91,6 +91,9 @@ class CPUBackend:
     def clear_cache(self, index: int) -> None:
         gc.collect()
         host_heap.trim()
+
+    def busy_elsewhere(self, index: int) -> float | None:
+        return host_load.busy_elsewhere()
 
     def supports_bf16(self, index: int) -> bool:
         return False

@@ -102,6 +102,9 @@ class TorchCudaAllocator:
         with torch.cuda.device(index):
             torch.cuda.empty_cache()
 
+    def busy_elsewhere(self, index: int) -> float | None:
+        return None  # not read on accelerators: their first batch comes from the memory plan
+
 
 class CUDABackend(TorchCudaAllocator):
     """Answers device questions for NVIDIA GPUs through torch and NVML."""

@@ -75,3 +75,6 @@ class MPSBackend:
 
     def processes(self, index: int) -> list[ProcessMemory] | None:
         return None  # Metal reports no per-process figures
+
+    def busy_elsewhere(self, index: int) -> float | None:
+        return None  # not read on accelerators: their first batch comes from the memory plan

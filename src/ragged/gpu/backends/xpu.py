@@ -56,3 +56,6 @@ class XPUBackend:
 
     def processes(self, index: int) -> list[ProcessMemory] | None:
         return None
+
+    def busy_elsewhere(self, index: int) -> float | None:
+        return None  # not read on accelerators: their first batch comes from the memory plan
