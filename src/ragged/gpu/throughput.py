@@ -45,8 +45,7 @@ def compare(log_ratios: list[float], min_gain: float, typical_mad: float = 0.0, 
     smaller neighbour that side is "as fast" once one standard error below
     its median is within the gain (the mirror of *behind*, below): on a
     plateau too noisy to rank, the smaller size keeps the speed and frees
-    memory, and over whole runs larger sizes lost more than their batches
-    showed (``docs/benchmarks.md``).
+    memory.
 
     ``larger`` says which side of the incumbent the neighbour is on, and so
     what it needs to be chosen: a larger size must be faster by the gain, a
