@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ragged.gpu.batch_sizer import CPU_START
+from ragged.gpu.batch_sizer import CPU_START_IDLE
 from tests.cli.conftest import Ragged
 from tests.inputs import EXAMPLES, make_bad_inputs
 
@@ -26,7 +26,7 @@ def test_ingest_search_and_reingest(ragged: Ragged) -> None:
     assert "3 document(s), 6 page(s) added" in first.stdout
     for label in ("device", "batches", "memory", "out of memory", "speed"):
         assert label in first.stdout
-    assert f"chosen {CPU_START} (start)" in first.stdout  # what the sizer chose, and why
+    assert f"chosen {CPU_START_IDLE} (start)" in first.stdout  # what the sizer chose (cores read as free), and why
 
     again = ragged("ingest", str(EXAMPLES), "--json")  # model taken from the index
     report = json.loads(again.stdout)

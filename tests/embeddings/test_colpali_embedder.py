@@ -24,7 +24,7 @@ from ragged.errors import (
     UnknownModelError,
 )
 from ragged.gpu import BatchSizeConfig, DeviceInfo, DeviceManager, DeviceType, ItemFailure, Runtime
-from ragged.gpu.batch_sizer import CPU_START
+from ragged.gpu.batch_sizer import CPU_START_IDLE
 from ragged.gpu.throughput import Why
 from tests.fakes import FakeBackend, FakeCard, GiB, fake_cpu, oom_message
 from tests.pages import MIXED, make_pages
@@ -176,7 +176,7 @@ class TestBehaviour:
             sizer = emb.batch_sizer
             assert sizer is not None
             first = emb.embed_pages(PAGES).report
-            assert first.batch_sizes[0] == min(CPU_START, len(PAGES))  # the CPU's first guess
+            assert first.batch_sizes[0] == min(CPU_START_IDLE, len(PAGES))  # the CPU's first guess, cores free
             second = emb.embed_pages(PAGES).report
             assert emb.batch_sizer is sizer
             assert len(sizer.measurements) == len(first.batch_sizes) + len(second.batch_sizes)
