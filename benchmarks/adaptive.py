@@ -20,6 +20,12 @@ after ``--load-limit`` seconds, so nothing outlives a crash.
 Targets on a 2-core CPU: adaptive / best fixed >= 0.95 idle and >= 0.85
 under the load; no OOMs in the timed rounds; adaptive's largest batch
 peak within the policy's budget.
+
+The best fixed batch is the largest of several noisy medians, so the
+table also says which fixed sizes, and whether adaptive, the rounds cannot
+tell from it (a sign test over the paired rounds at 5%: with 5 rounds,
+level means it won at least one): on a plateau that is how far the
+yardstick itself moves.
 """
 
 from __future__ import annotations
@@ -113,6 +119,8 @@ def row(result: Result) -> list[str]:
         f"{ratio:.3f}" if ratio is not None else "-",
         ("yes" if ratio >= target else "no") + f" (>= {target})" if ratio is not None else "-",
         f"{fresh_ratio:.3f}" if fresh_ratio is not None else "-",
+        " ".join(str(b) for b in sweep.level_sizes) or "-",
+        {True: "yes", False: "no", None: "-"}[sweep.level_with_best(ADAPTIVE)],
         " | ".join(size_runs(s) for s in kept.sizes) if kept is not None else "-",
         str(ooms),
         within,
@@ -161,7 +169,8 @@ def print_result(result: Result) -> None:
 
 
 HEADERS = ["model", "condition", "best fixed: pages/s", "adaptive pages/s", "adaptive / best", "target met",
-           "new sizer / best", "adaptive's sizes, per round", "OOMs (timed)", "adaptive peak of budget", "took"]
+           "new sizer / best", "fixed level with best", "adaptive level", "adaptive's sizes, per round",
+           "OOMs (timed)", "adaptive peak of budget", "took"]
 
 
 if __name__ == "__main__":

@@ -62,4 +62,4 @@ def _cores_read_as_free(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
         return
     from ragged.gpu.backends import host_load
 
-    monkeypatch.setattr(host_load, "busy_elsewhere", lambda window_s=0.0: 0.0)
+    monkeypatch.setattr(host_load.LoadMeter, "read", lambda self: 0.0)

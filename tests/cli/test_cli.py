@@ -214,6 +214,8 @@ def test_gpu_benchmark(ragged: Ragged, tmp_path: Path, monkeypatch: pytest.Monke
     adaptive = rows[2]
     assert [sum(s) for s in adaptive["sizes"]] == [3, 3] and sum(adaptive["warmup_sizes"]) == 3
     assert data["sizing"]["chosen"][0]["why"] == "start"
+    # Two rounds cannot tell any two configurations apart: a sign test needs 5 to call one slower at 5%.
+    assert data["level_with_best"] == {r["label"]: True for r in rows}
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "chart written" in result.stderr
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as without the extra, whatever is installed here
     missing = ragged("gpu", "benchmark", "--pages", "2", "--plot", str(tmp_path / "y.png"))

@@ -67,3 +67,14 @@ def test_chart_labels_sizes_as_integers_and_shows_adaptive_on_both_panels(tmp_pa
     chart = tmp_path / "c.png"
     plot_sweep(sweep(), chart, "t")
     assert chart.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sizes_level_with_the_best_are_those_the_rounds_cannot_tell_apart() -> None:
+    best = SweepRow("fixed 8", 8, (30.0, 31.0, 29.0, 32.0, 30.0), None, 0)
+    won_one = SweepRow("fixed 4", 4, (29.0, 31.5, 28.0, 31.0, 29.5), None, 0)  # lost 4 of 5: chance does that (19%)
+    lost_all = SweepRow("fixed 16", 16, (29.9, 30.9, 28.9, 31.9, 29.9), None, 0)  # lost 5 of 5 by a hair: 3%
+    adaptive = SweepRow(ADAPTIVE, None, (28.0, 29.0, 30.0, 31.0, 29.0), None, 0)  # lost 4: level
+    result = Sweep([best, won_one, lost_all, adaptive], None, 5)
+    assert result.level_sizes == [8, 4]
+    assert result.level_with_best(ADAPTIVE) is True and result.level_with_best("fixed 16") is False
+    assert Sweep([best, SweepRow(ADAPTIVE, None, (28.0, 29.0), None, 0)]).level_with_best(ADAPTIVE) is None

@@ -55,3 +55,31 @@ def test_no_reading_where_the_system_gives_none(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(host_load.psutil, "cpu_times", refuse)
     assert host_load.busy_elsewhere(0.01) is None
+
+
+def test_a_reading_spans_the_time_since_the_last_one_and_does_not_wait() -> None:
+    meter = host_load.LoadMeter(min_window_s=0.1)
+    child = subprocess.Popen([sys.executable, "-c", SPIN])
+    try:
+        time.sleep(0.8)  # the window the next reading covers: the child busy for most of it
+        began = time.monotonic()
+        busy = meter.read()
+        took = time.monotonic() - began
+    finally:
+        child.kill()
+        child.wait(timeout=5)
+    assert busy is not None and busy >= 0.5
+    assert took < 0.05  # the window was already long enough: nothing waited
+
+
+def test_a_window_too_short_is_waited_out_and_one_too_old_is_started_afresh() -> None:
+    short = host_load.LoadMeter(min_window_s=0.2)
+    began = time.monotonic()
+    assert short.read() is not None
+    assert time.monotonic() - began >= 0.15  # the meter was made just now: the rest of 0.2 s is waited
+
+    stale = host_load.LoadMeter(min_window_s=0.2, max_window_s=0.05)
+    time.sleep(0.1)  # older than its longest window
+    began = time.monotonic()
+    assert stale.read() is not None
+    assert time.monotonic() - began >= 0.15  # a fresh window of 0.2 s, not the stale one

@@ -193,6 +193,7 @@ def benchmark(model: str, device: str, pages: int, max_batch: int, rounds: int, 
     if as_json:
         out.print_json(json.dumps({"model": model, "device": target.label, "pages": pages, "rounds": rounds,
                                    "rows": [r.as_dict() for r in sweep.rows],
+                                   "level_with_best": {r.label: sweep.level_with_best(r.label) for r in sweep.rows},
                                    "sizing": None if sweep.sizing is None else sweep.sizing.as_dict()}))
     else:
         _print_sweep(sweep, f"{model} on {target}, {pages} pages of 612x792, median of {rounds} interleaved rounds")
@@ -216,9 +217,14 @@ def _print_sweep(sweep: Sweep, title: str) -> None:
         low, high = r.spread
         paired = sweep.ratio(r.label) if best is not None else None  # the median of per-round ratios
         ratio = f"{paired:.2f}" if paired is not None else "-"
+        if paired is not None and r is not best and sweep.level_with_best(r.label):
+            ratio += ", level"
         table.add_row(r.label, f"{r.pages_per_second:.2f}", f"{low:.2f}-{high:.2f}", ratio, gib(r.peak_bytes),
                       str(r.ooms))
     out.print(table)
+    if any(sweep.level_with_best(r.label) for r in sweep.rows if r is not best):
+        out.print("level: the rounds cannot tell it from the best fixed batch (it won too many of them for a "
+                  "sign test to call it slower at 5%)")
     for r in sweep.rows:
         if r.batch is None:
             rounds = " | ".join(size_runs(s) for s in r.sizes)

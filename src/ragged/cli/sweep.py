@@ -17,6 +17,7 @@ search for a good size on 'pages' pages.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import Counter
@@ -41,6 +42,13 @@ from ragged.paths import cache_dir
 
 ADAPTIVE = "adaptive"
 FRESH = "adaptive, new sizer"
+SIGN_TEST_LEVEL = 0.05  # a configuration is behind the best only where it lost so many rounds that chance says this
+
+
+def sign_test(losses: int, rounds: int) -> float:
+    """The chance of losing at least ``losses`` of ``rounds`` paired rounds
+    to an equal rival (one-sided sign test)."""
+    return sum(math.comb(rounds, k) for k in range(losses, rounds + 1)) / float(2**rounds)
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,26 @@ class Sweep:
         if len(row.rates) == len(best.rates) and all(r > 0 for r in best.rates):
             return statistics.median(a / b for a, b in zip(row.rates, best.rates, strict=True))
         return row.pages_per_second / best.pages_per_second
+
+    def level_with_best(self, label: str) -> bool | None:
+        """Whether the rounds cannot tell ``label`` from the best fixed batch:
+        it lost to it in too few paired rounds for a sign test to say it is
+        behind at :data:`SIGN_TEST_LEVEL` (with 5 rounds: it won at least
+        one). The best is the largest of several noisy medians, so on a
+        plateau the sizes level with it show how far the yardstick itself
+        moves. None where the rounds do not pair up."""
+        best, row = self.best_fixed, self.row(label)
+        if best is None or row is None or not row.rates or len(row.rates) != len(best.rates):
+            return None
+        if row is best:
+            return True
+        losses = sum(a < b for a, b in zip(row.rates, best.rates, strict=True))
+        return sign_test(losses, len(row.rates)) > SIGN_TEST_LEVEL
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """The fixed batch sizes level with the best (:meth:`level_with_best`), the best included."""
+        return [r.batch for r in self.rows if r.batch is not None and self.level_with_best(r.label)]
 
 
 def synthetic_pages(n: int) -> list[Image.Image]:

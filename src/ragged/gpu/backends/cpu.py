@@ -53,6 +53,7 @@ class CPUBackend:
         self._process = psutil.Process(os.getpid())
         self._can_reset_hwm: bool | None = None
         host_heap.keep_freed_memory(int(psutil.virtual_memory().total))  # once per process
+        self._load = host_load.LoadMeter()  # its window starts now: the first reading spans the model load
 
     def is_available(self) -> bool:
         return True
@@ -93,7 +94,7 @@ class CPUBackend:
         host_heap.trim()
 
     def busy_elsewhere(self, index: int) -> float | None:
-        return host_load.busy_elsewhere()
+        return self._load.read()
 
     def supports_bf16(self, index: int) -> bool:
         return False
