@@ -22,10 +22,10 @@ under the load; no OOMs in the timed rounds; adaptive's largest batch
 peak within the policy's budget.
 
 The best fixed batch is the largest of several noisy medians, so the
-table also says which fixed sizes, and whether adaptive, the rounds cannot
-tell from it (a sign test over the paired rounds at 5%: with 5 rounds,
-level means it won at least one): on a plateau that is how far the
-yardstick itself moves.
+table also says which fixed sizes, and whether adaptive, the rounds do not
+show slower than it (a sign test over the paired rounds at 5%: with 5
+rounds, level means it won at least one round): on a plateau that is how
+far the yardstick itself moves.
 """
 
 from __future__ import annotations

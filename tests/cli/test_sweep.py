@@ -69,7 +69,7 @@ def test_chart_labels_sizes_as_integers_and_shows_adaptive_on_both_panels(tmp_pa
     assert chart.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_sizes_level_with_the_best_are_those_the_rounds_cannot_tell_apart() -> None:
+def test_level_with_the_best_means_the_rounds_do_not_show_it_slower() -> None:
     best = SweepRow("fixed 8", 8, (30.0, 31.0, 29.0, 32.0, 30.0), None, 0)
     won_one = SweepRow("fixed 4", 4, (29.0, 31.5, 28.0, 31.0, 29.5), None, 0)  # lost 4 of 5: chance does that (19%)
     lost_all = SweepRow("fixed 16", 16, (29.9, 30.9, 28.9, 31.9, 29.9), None, 0)  # lost 5 of 5 by a hair: 3%
@@ -78,3 +78,5 @@ def test_sizes_level_with_the_best_are_those_the_rounds_cannot_tell_apart() -> N
     assert result.level_sizes == [8, 4]
     assert result.level_with_best(ADAPTIVE) is True and result.level_with_best("fixed 16") is False
     assert Sweep([best, SweepRow(ADAPTIVE, None, (28.0, 29.0), None, 0)]).level_with_best(ADAPTIVE) is None
+    ahead = SweepRow(ADAPTIVE, None, tuple(r * 1.1 for r in best.rates), None, 0)  # won every round: not slower
+    assert Sweep([best, ahead]).level_with_best(ADAPTIVE) is True

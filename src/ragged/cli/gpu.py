@@ -223,8 +223,8 @@ def _print_sweep(sweep: Sweep, title: str) -> None:
                       str(r.ooms))
     out.print(table)
     if any(sweep.level_with_best(r.label) for r in sweep.rows if r is not best):
-        out.print("level: the rounds cannot tell it from the best fixed batch (it won too many of them for a "
-                  "sign test to call it slower at 5%)")
+        out.print("level: the rounds do not show it slower than the best fixed batch (it won too many of them "
+                  "for a sign test to call it slower at 5%)")
     for r in sweep.rows:
         if r.batch is None:
             rounds = " | ".join(size_runs(s) for s in r.sizes)

@@ -126,12 +126,12 @@ class Sweep:
         return row.pages_per_second / best.pages_per_second
 
     def level_with_best(self, label: str) -> bool | None:
-        """Whether the rounds cannot tell ``label`` from the best fixed batch:
-        it lost to it in too few paired rounds for a sign test to say it is
-        behind at :data:`SIGN_TEST_LEVEL` (with 5 rounds: it won at least
-        one). The best is the largest of several noisy medians, so on a
-        plateau the sizes level with it show how far the yardstick itself
-        moves. None where the rounds do not pair up."""
+        """Whether the rounds do not show ``label`` slower than the best
+        fixed batch: it lost to it in too few paired rounds for a sign test
+        to call it slower at :data:`SIGN_TEST_LEVEL` (with 5 rounds: it won
+        at least one). The best is the largest of several noisy medians, so
+        on a plateau the sizes level with it show how far the yardstick
+        itself moves. None where the rounds do not pair up."""
         best, row = self.best_fixed, self.row(label)
         if best is None or row is None or not row.rates or len(row.rates) != len(best.rates):
             return None
