@@ -264,8 +264,10 @@ class DeviceManager:
             return None
 
     def busy_elsewhere(self, device: DeviceInfo) -> float | None:
-        """How much of ``device``'s compute other processes use now (the CPU:
-        cores' worth, over about 0.1 s, this thread waiting); None if unknown."""
+        """How much of ``device``'s compute other processes use (the CPU:
+        cores' worth, over the time since the previous reading or since the
+        manager started; this thread waits only where that is under 0.1 s);
+        None if unknown."""
         try:
             return self.backend_for(device).busy_elsewhere(device.index)
         except Exception as exc:

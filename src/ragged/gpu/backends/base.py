@@ -78,6 +78,7 @@ class DeviceBackend(Protocol):
         ...
 
     def busy_elsewhere(self, index: int) -> float | None:
-        """How much of the device's compute other processes use now (on the
-        CPU: cores' worth, from a reading of about 0.1 s); None where unknown."""
+        """How much of the device's compute other processes use (on the CPU:
+        cores' worth, since the previous reading or the backend's start, at
+        least 0.1 s); None where unknown."""
         ...
