@@ -25,7 +25,7 @@ def _while_own_thread_spins() -> float | None:
     worker = threading.Thread(target=spin, daemon=True)
     worker.start()
     try:
-        return host_load.busy_elsewhere(0.5)
+        return host_load.LoadMeter(min_window_s=0.5).read()
     finally:
         stop.set()
         worker.join(timeout=5)
@@ -54,7 +54,7 @@ def test_no_reading_where_the_system_gives_none(monkeypatch: pytest.MonkeyPatch)
         raise OSError("no /proc here")
 
     monkeypatch.setattr(host_load.psutil, "cpu_times", refuse)
-    assert host_load.busy_elsewhere(0.01) is None
+    assert host_load.LoadMeter(min_window_s=0.01).read() is None
 
 
 def test_a_reading_spans_the_time_since_the_last_one_and_does_not_wait() -> None:

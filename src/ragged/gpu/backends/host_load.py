@@ -81,10 +81,3 @@ class LoadMeter:
             self._last = end
         elapsed = end.at - start.at
         return max(0.0, (end.machine - start.machine) - (end.own - start.own)) / elapsed if elapsed > 0 else None
-
-
-def busy_elsewhere(window_s: float = WINDOW_S) -> float | None:
-    """Cores' worth of CPU time other processes use over the next
-    ``window_s`` seconds (this thread sleeps meanwhile); None where the
-    system does not say."""
-    return LoadMeter(min_window_s=window_s).read()
